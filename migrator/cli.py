@@ -1,0 +1,127 @@
+"""The `migrator` command: subcommands and flags only; the work is in `pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from migrator.config import Options
+from migrator.errors import ConfigError, MigratorError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+DEFAULTS = Options()
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds, or an ISO date/time (UTC unless it says otherwise)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not epoch ms or an ISO date/time: {text!r}"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, staging: bool) -> None:
+    if source:
+        p.add_argument("--source", required=True, help="source tracking URI")
+    if target:
+        p.add_argument("--target", required=True, help="target tracking URI")
+    if staging:
+        p.add_argument(
+            "--staging", default=DEFAULTS.staging,
+            help="s3://bucket/prefix or a local folder; the same URI resumes "
+            f"(default: ./{DEFAULTS.staging})",
+        )
+    p.add_argument("--experiments", type=_csv, default=(), help="names, ids or globs (comma-separated; default all)")
+    p.add_argument("--models", type=_csv, default=(), help="registered model names or globs")
+    p.add_argument("--include-deleted", action="store_true", help="also migrate deleted experiments and runs")
+    p.add_argument("--run-start-time", type=parse_time_ms, default=None,
+                   help="only runs started at or after this time (epoch ms or ISO date)")
+    p.add_argument("--no-import-source-tags", dest="import_source_tags", action="store_false",
+                   help="do not keep original system attributes as mlflow_exim.* tags")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (default: a local Ray; 'none' runs inline)")
+    p.add_argument("--dry-run", action="store_true", help="show what would move; write nothing")
+    p.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="runs per task")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migrator",
+        description="Move a whole MLflow tracking server: experiments, runs, metrics, artifacts, with lineage.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_common(sub.add_parser("migrate", help="export + import + source tags"), source=True, target=True, staging=True)
+    _add_common(sub.add_parser("export", help="source -> staging"), source=True, target=False, staging=True)
+    _add_common(sub.add_parser("import", help="staging -> target"), source=False, target=True, staging=True)
+    plan = sub.add_parser("plan", help="what would move; writes nothing")
+    _add_common(plan, source=True, target=False, staging=True)
+    plan.add_argument("--target", default="", help="target tracking URI (shows what exists there)")
+    demo = sub.add_parser("demo", help="embedded end-to-end demo: seeded source, target, S3, local Ray")
+    demo.add_argument("--runs", type=int, default=40, help="runs to seed on the source")
+    demo.add_argument("--keep", action="store_true", help="keep servers up until Ctrl-C")
+    demo.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    fields = {f for f in Options.__dataclass_fields__}
+    return Options(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("mlflow", "urllib3", "botocore", "boto3", "s3transfer", "alembic", "ray"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        if args.command == "demo":
+            from migrator.demo import run_demo
+
+            return run_demo(n_runs=args.runs, keep=args.keep)
+        opts = options_from_args(args)
+        if args.command == "plan" or opts.dry_run:
+            from migrator.plan import run_plan
+
+            print(run_plan(opts, args.command).render())
+            return EXIT_OK
+        from migrator.fanout import make_executor
+        from migrator.pipeline import run_command
+
+        summary = run_command(args.command, opts, make_executor)
+        print(summary.render())
+        return EXIT_OK if summary.ok else EXIT_FAILED
+    except ConfigError as e:
+        print(f"migrator: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MigratorError as e:
+        print(f"migrator: failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

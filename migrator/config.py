@@ -1,0 +1,43 @@
+"""One frozen set of options for every command; defaults live here and nowhere else."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """What a migration does. The CLI and `jobs/migrate.py` both build one of these."""
+
+    source: str = ""
+    """Source tracking URI (`http(s)://…`, `sqlite:///…`, `postgresql://…`)."""
+    target: str = ""
+    """Target tracking URI."""
+    staging: str = "migrator-staging"
+    """`s3://bucket/prefix` or a local folder; one staging URI is one migration (resumable)."""
+    experiments: tuple[str, ...] = ()
+    """Experiment names, ids or globs to migrate; empty means all."""
+    models: tuple[str, ...] = ()
+    """Registered model names or globs; empty means all."""
+    include_deleted: bool = False
+    """Also migrate deleted experiments and runs; they end deleted on the target."""
+    run_start_time: int | None = None
+    """Only runs started at or after this time (epoch milliseconds)."""
+    import_source_tags: bool = True
+    """Keep every original system attribute as an `mlflow_exim.*` tag on the target."""
+    ray_address: str | None = None
+    """Ray cluster address; None starts a local Ray."""
+    dry_run: bool = False
+    """Plan only: enumerate and report, write nothing."""
+    concurrency: int = 8
+    """Tasks running at once (each holds one MLflow connection per server)."""
+    batch_size: int = 8
+    """Runs per task: small runs are batched so each task is worth its overhead."""
+    max_attempts: int = 3
+    """Attempts per object for transient errors (connection resets, 5xx)."""
+    manifest_flush_rows: int = 500
+    """Status rows buffered by the driver before a journal file is written."""
+
+    def replace(self, **changes: object) -> Options:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

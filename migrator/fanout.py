@@ -1,0 +1,172 @@
+"""The fan-out: the only module that imports Ray.
+
+A stage is a plain function `(row, options) -> row`. Work goes out in jobs (a stage and a small
+batch of rows). Executors keep a bounded number of jobs in flight, hand back results in
+completion order, and accept follow-up jobs as results arrive, so one stage can feed the next
+(export → import) without a barrier. `InlineExecutor` runs the same jobs in this process, for
+tests and for `--ray-address none`.
+
+This is the one place that catches broadly: whatever a stage raises for one row becomes a
+`failed` row naming the object, the stage and the error; the other rows go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from migrator.config import Options
+from migrator.errors import MigratorError, TransientError
+from migrator.manifest import FAILED, Row, now_ms
+
+log = logging.getLogger(__name__)
+
+StageFn = Callable[[Row, Options], Row]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: StageFn
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: Stage
+    rows: list[Row]
+
+
+OnDone = Callable[[Job, list[Row]], Iterable[Job]]
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, MigratorError):
+        return f"{type(e).__name__}: {e.message}"
+    return f"{type(e).__name__}: {e}"
+
+
+def failed_row(row: Row, stage: str, error: BaseException | str) -> Row:
+    msg = error if isinstance(error, str) else describe(error)
+    return {**row, "state": FAILED, "error": msg, "failed_stage": stage, "updated_at": now_ms()}
+
+
+def run_one(stage: Stage, row: Row, opts: Options) -> Row:
+    """Run a stage on one row; never raises. Transient errors are retried with backoff."""
+    for attempt in range(1, opts.max_attempts + 1):
+        try:
+            return stage.fn(row, opts)
+        except TransientError as e:
+            if attempt == opts.max_attempts:
+                return failed_row(row, stage.name, e)
+            log.warning("%s (attempt %d of %d, retrying)", e, attempt, opts.max_attempts)
+            time.sleep(min(2**attempt, 30))
+        except Exception as e:  # the one broad catch: the object fails, the migration goes on
+            log.warning("%s %s failed: %s", stage.name, row.get("source_run_id", ""), describe(e))
+            return failed_row(row, stage.name, e)
+    raise AssertionError("unreachable")
+
+
+def run_job(job: Job, opts: Options) -> list[Row]:
+    return [run_one(job.stage, row, opts) for row in job.rows]
+
+
+class Executor(Protocol):
+    def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None: ...
+    def close(self) -> None: ...
+
+
+class InlineExecutor:
+    """Runs every job in this process, one after another (tests, tiny migrations)."""
+
+    def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
+        queue: deque[Job] = deque()
+        fresh = iter(jobs)
+        while True:
+            job = queue.popleft() if queue else next(fresh, None)
+            if job is None:
+                return
+            queue.extend(on_done(job, run_job(job, opts)))
+
+    def close(self) -> None:
+        pass
+
+
+_FORWARDED_ENV = ("MLFLOW_", "AWS_", "BOTO_")
+
+
+def forwarded_env() -> dict[str, str]:
+    """Settings the workers need (S3 endpoint and credentials, MLflow client settings)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
+
+
+class RayExecutor:
+    """Runs jobs as Ray tasks: at most `2 × concurrency` in flight, results by `ray.wait`."""
+
+    def __init__(self, opts: Options) -> None:
+        import ray
+
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            env = {"env_vars": forwarded_env()}
+            if opts.ray_address:
+                ray.init(address=opts.ray_address, runtime_env=env, log_to_driver=True)
+            else:
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+                ray.init(
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    runtime_env=env,
+                    log_to_driver=True,
+                    configure_logging=False,
+                )
+            self._started = True
+        # I/O-bound tasks: a fraction of a CPU each, so `concurrency` of them run at once.
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        self._num_cpus = max(0.01, cpus / max(1, opts.concurrency))
+        self._remote = ray.remote(max_retries=3)(run_job)
+
+    def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
+        ray = self._ray
+        window = 2 * max(1, opts.concurrency)
+        opts_ref = ray.put(opts)
+        queue: deque[Job] = deque()
+        fresh: Iterator[Job] | None = iter(jobs)
+        in_flight: dict[Any, Job] = {}
+        while True:
+            while len(in_flight) < window:
+                job = queue.popleft() if queue else (next(fresh, None) if fresh else None)
+                if job is None:
+                    fresh = None
+                    break
+                ref = self._remote.options(num_cpus=self._num_cpus).remote(job, opts_ref)
+                in_flight[ref] = job
+            if not in_flight:
+                if queue:
+                    continue
+                return
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                job = in_flight.pop(ref)
+                try:
+                    rows = ray.get(ref)
+                except Exception as e:  # the task itself died (worker lost, after Ray's retries)
+                    rows = [failed_row(r, job.stage.name, f"task lost: {describe(e)}") for r in job.rows]
+                queue.extend(on_done(job, rows))
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+
+
+def make_executor(opts: Options) -> Executor:
+    """Ray by default (local, or the cluster at --ray-address); inline when asked for `none`."""
+    if opts.ray_address == "none":
+        return InlineExecutor()
+    return RayExecutor(opts)

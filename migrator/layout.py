@@ -1,0 +1,126 @@
+"""The staging layout and the run/experiment documents stored in it (versioned JSON).
+
+```
+experiments/<source_experiment_id>/experiment.json
+runs/<source_run_id>/run.json            written last: its presence means the export is complete
+runs/<source_run_id>/metrics.parquet     key, step, timestamp, value (every point)
+runs/<source_run_id>/artifacts/<path>    bytes as on the source
+```
+Everything read back is validated here, so the import stage works only on well-formed input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from migrator.errors import StagingError
+from migrator.staging import safe_key
+
+RUN_FORMAT = "mlflow-migrator/run"
+EXPERIMENT_FORMAT = "mlflow-migrator/experiment"
+FORMAT_VERSION = 1
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+METRICS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("step", pa.int64()),
+        ("timestamp", pa.int64()),
+        ("value", pa.float64()),
+        ("model_id", pa.string()),
+        ("dataset_name", pa.string()),
+        ("dataset_digest", pa.string()),
+    ]
+)
+
+
+def _checked_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise StagingError(f"invalid {what} {value!r}")
+    return value
+
+
+def experiment_key(experiment_id: str) -> str:
+    return f"experiments/{_checked_id(experiment_id, 'experiment id')}/experiment.json"
+
+
+def run_key(run_id: str, name: str) -> str:
+    return f"runs/{_checked_id(run_id, 'run id')}/{name}"
+
+
+def artifact_key(run_id: str, path: str) -> str:
+    """Where an artifact lives in staging; `path` is checked (no `..`, absolute, `#`)."""
+    return run_key(run_id, "artifacts/" + safe_key(path))
+
+
+def dump_doc(kind: str, body: dict[str, Any]) -> bytes:
+    return json.dumps({"format": kind, "version": FORMAT_VERSION, **body}, indent=1).encode()
+
+
+def load_doc(data: bytes, kind: str, what: str) -> dict[str, Any]:
+    """Parse and check a staged document.
+
+    Raises:
+        StagingError: not JSON, another format, or a newer version than this migrator reads.
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StagingError(f"corrupt staging file (not JSON: {e})", obj=what) from None
+    if not isinstance(doc, dict) or doc.get("format") != kind:
+        raise StagingError(f"not a {kind} document", obj=what)
+    if not isinstance(doc.get("version"), int) or doc["version"] > FORMAT_VERSION:
+        raise StagingError(f"unsupported {kind} version {doc.get('version')!r}", obj=what)
+    return doc
+
+
+def validate_run_doc(doc: dict[str, Any], run_id: str) -> None:
+    """Check the parts of a run document the importer relies on, before anything is written.
+
+    Raises:
+        StagingError: a field is missing or of the wrong type, or an artifact path is unsafe.
+    """
+    what = f"run {run_id}"
+    info = doc.get("info")
+    if not isinstance(info, dict) or info.get("run_id") != run_id:
+        raise StagingError("run.json does not describe this run", obj=what)
+    for field in ("params", "tags"):
+        value = doc.get(field)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise StagingError(f"run.json field {field!r} is not a string map", obj=what)
+    artifacts = doc.get("artifacts")
+    if not isinstance(artifacts, list):
+        raise StagingError("run.json field 'artifacts' is not a list", obj=what)
+    for a in artifacts:
+        if not isinstance(a, dict) or not isinstance(a.get("path"), str):
+            raise StagingError("run.json has a malformed artifact entry", obj=what)
+        try:
+            safe_key(a["path"])
+        except StagingError as e:
+            raise StagingError(f"artifact path refused: {e.message}", obj=what) from None
+
+
+def metrics_to_parquet(points: list[dict[str, Any]]) -> bytes:
+    table = pa.Table.from_pylist(points, schema=METRICS_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def metrics_from_parquet(data: bytes, what: str) -> pa.Table:
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        return table.select(["key", "step", "timestamp", "value"]).cast(
+            METRICS_SCHEMA.remove(6).remove(5).remove(4)
+        )
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise StagingError(f"corrupt metrics.parquet: {e}", obj=what) from None

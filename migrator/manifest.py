@@ -1,0 +1,216 @@
+"""Parquet manifests: one row per source object, the lineage audit and the resume state.
+
+Status rows from the tasks are appended to a journal (`manifests/_journal/<table>/…parquet`,
+one small file per flush, names sortable by time). `compact` folds the journal into
+`manifests/<table>.parquet`, keeping the newest row per source object, and removes the journal
+files it folded. A driver killed mid-way leaves journal files behind; the next run folds them in
+first, so at most the rows of one unflushed buffer are lost, and those objects are redone
+safely (every stage is idempotent).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from migrator.errors import StagingError
+from migrator.staging import Staging
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+TS = pa.timestamp("ms", tz="UTC")
+TAGS = pa.map_(pa.string(), pa.string())
+
+# States a run passes through; `failed` records the stage in `failed_stage`.
+EXPORTED, IMPORTED, TAGGED, FAILED = "exported", "imported", "tagged", "failed"
+
+RUNS_SCHEMA = pa.schema(
+    [
+        ("source_experiment_id", pa.string()),
+        ("source_run_id", pa.string()),
+        ("target_experiment_id", pa.string()),
+        ("target_run_id", pa.string()),
+        ("run_name", pa.string()),
+        ("user_id", pa.string()),
+        ("status", pa.string()),
+        ("lifecycle_stage", pa.string()),
+        ("start_time", TS),
+        ("end_time", TS),
+        ("artifact_uri", pa.string()),
+        ("source_parent_run_id", pa.string()),
+        ("mlflow_tags", TAGS),
+        ("n_params", pa.int64()),
+        ("n_metric_points", pa.int64()),
+        ("n_artifacts", pa.int64()),
+        ("artifact_bytes", pa.int64()),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+EXPERIMENTS_SCHEMA = pa.schema(
+    [
+        ("source_experiment_id", pa.string()),
+        ("target_experiment_id", pa.string()),
+        ("name", pa.string()),
+        ("artifact_location", pa.string()),
+        ("lifecycle_stage", pa.string()),
+        ("creation_time", TS),
+        ("last_update_time", TS),
+        ("tags", TAGS),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def rows_to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build a table from row dicts (times as epoch ms, maps as dicts); unknown keys are dropped."""
+    rows = list(rows)
+    columns = {}
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        if pa.types.is_map(f.type):
+            values = [list(v.items()) if v is not None else None for v in values]
+        columns[f.name] = pa.array(values, type=f.type)
+    return pa.table(columns, schema=schema)
+
+
+def table_to_rows(table: pa.Table) -> list[Row]:
+    """The inverse of `rows_to_table`: times back to epoch ms, maps back to dicts."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.int64()))
+    rows = table.to_pylist()
+    maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
+    for r in rows:
+        for m in maps:
+            if r[m] is not None:
+                r[m] = dict(r[m])
+    return rows
+
+
+def _to_parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _from_parquet(data: bytes, what: str, schema: pa.Schema) -> pa.Table:
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StagingError(f"corrupt manifest file: {e}", obj=what) from None
+    # Columns added by later versions are tolerated; missing ones are filled with nulls.
+    missing = [f for f in schema if f.name not in table.column_names]
+    for f in missing:
+        table = table.append_column(f, pa.nulls(len(table), f.type))
+    return table.select(schema.names).cast(schema)
+
+
+class ManifestTable:
+    """One manifest (`runs`, `experiments`, …): a compacted Parquet file plus a journal."""
+
+    def __init__(
+        self, staging: Staging, name: str, schema: pa.Schema, key: str, flush_rows: int = 500
+    ) -> None:
+        self.staging = staging
+        self.name = name
+        self.schema = schema
+        self.key = key
+        self.flush_rows = flush_rows
+        self._buffer: list[Row] = []
+
+    @property
+    def path(self) -> str:
+        return f"manifests/{self.name}.parquet"
+
+    @property
+    def journal_prefix(self) -> str:
+        return f"manifests/_journal/{self.name}"
+
+    def append(self, rows: Iterable[Row]) -> None:
+        """Buffer rows; written to the journal once `flush_rows` have gathered."""
+        self._buffer.extend(rows)
+        if len(self._buffer) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        self.staging.write_bytes(
+            f"{self.journal_prefix}/{name}", _to_parquet(rows_to_table(self._buffer, self.schema))
+        )
+        self._buffer.clear()
+
+    def _journal_keys(self) -> list[str]:
+        return sorted(self.staging.list_keys(self.journal_prefix))
+
+    def read_table(self) -> pa.Table:
+        """The newest row per key, from the compacted file and any journal files."""
+        parts = []
+        if self.staging.exists(self.path):
+            parts.append(_from_parquet(self.staging.read_bytes(self.path), self.path, self.schema))
+        for k in self._journal_keys():
+            try:
+                parts.append(_from_parquet(self.staging.read_bytes(k), k, self.schema))
+            except StagingError as e:
+                # A journal file cut short by a crash: its objects are redone, nothing is lost.
+                log.warning("skipping %s", e)
+        if not parts:
+            return self.schema.empty_table()
+        table = pa.concat_tables(parts)
+        return _newest_per_key(table, self.key)
+
+    def compact(self) -> pa.Table:
+        """Fold the journal into the compacted file; returns the compacted table."""
+        self.flush()
+        journal = self._journal_keys()
+        table = self.read_table()
+        if journal or not self.staging.exists(self.path):
+            self.staging.write_bytes(self.path, _to_parquet(table))
+            for k in journal:
+                self.staging.delete(k)
+        return table
+
+    def load(self) -> dict[str, Row]:
+        """Newest row per key as dicts (times as epoch ms)."""
+        return {r[self.key]: r for r in table_to_rows(self.read_table())}
+
+
+def _newest_per_key(table: pa.Table, key: str) -> pa.Table:
+    """Keep the last row of each key (journal order is time order)."""
+    if table.num_rows == 0:
+        return table
+    idx = pa.array(range(table.num_rows), type=pa.int64())
+    t = table.append_column("__i", idx)
+    last = t.group_by(key, use_threads=False).aggregate([("__i", "max")])
+    keep = pc.sort_indices(last["__i_max"])
+    return table.take(pc.take(last["__i_max"], keep))
+
+
+def runs_table(staging: Staging, flush_rows: int = 500) -> ManifestTable:
+    return ManifestTable(staging, "runs", RUNS_SCHEMA, "source_run_id", flush_rows)
+
+
+def experiments_table(staging: Staging) -> ManifestTable:
+    return ManifestTable(staging, "experiments", EXPERIMENTS_SCHEMA, "source_experiment_id")

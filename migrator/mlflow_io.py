@@ -1,0 +1,205 @@
+"""Everything the stages ask of an MLflow server: clients, paged searches, chunked writes.
+
+Clients are made once per process and tracking URI (HTTP sessions are reused across runs).
+MLflow's own exceptions are translated here into the migrator's: a server that is down or
+overloaded is transient, anything the server refuses on its merits is permanent.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+from migrator.errors import ConfigError, PermanentError, TransientError
+from migrator.lineage import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    SOURCE_RUN_ID_TAG,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mysql+pymysql", "mssql", "databricks")
+
+# Quieter, quicker-failing clients than MLflow's defaults (7 retries, 120 s timeout), unless the
+# user set them; the migrator retries transient failures itself.
+CLIENT_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+}
+
+
+def apply_client_env() -> None:
+    for k, v in CLIENT_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+@functools.lru_cache(maxsize=8)
+def client(uri: str) -> Any:
+    """The MlflowClient for a tracking URI, one per process."""
+    apply_client_env()
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def check_tracking_uri(uri: str, role: str) -> None:
+    """Fail fast, with one clear line, on a bad or unreachable tracking URI.
+
+    Raises:
+        ConfigError: the URI is malformed, of an unknown scheme, or the server does not answer.
+    """
+    scheme = urlparse(uri).scheme
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            f"{role} tracking URI {uri!r} has unsupported scheme {scheme!r} "
+            "(use http(s)://, sqlite:///, postgresql://, mysql://, databricks://)",
+            obj=role,
+        )
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            resp = requests.get(uri.rstrip("/") + "/health", timeout=10)
+        except requests.RequestException as e:
+            raise ConfigError(
+                f"{role} server {uri} is not reachable: {type(e).__name__}", obj=role
+            ) from None
+        if resp.status_code >= 400:
+            raise ConfigError(
+                f"{role} server {uri} answered HTTP {resp.status_code} to /health", obj=role
+            )
+    try:
+        with translate_errors(role):
+            client(uri).search_experiments(max_results=1)
+    except (TransientError, PermanentError) as e:
+        raise ConfigError(f"{role} tracking URI {uri} is not usable: {e.message}", obj=role) from None
+
+
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}
+
+
+@contextmanager
+def translate_errors(obj: str, stage: str = "") -> Iterator[None]:
+    """Turn MLflow and HTTP exceptions into TransientError / PermanentError naming `obj`."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as e:
+        kind = TransientError if e.error_code in _TRANSIENT_CODES else PermanentError
+        raise kind(f"{e.error_code}: {e.message}", obj=obj, stage=stage) from e
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise TransientError(f"{type(e).__name__}: {e}", obj=obj, stage=stage) from e
+
+
+def iter_experiments(uri: str, view_type: int) -> Iterator[Any]:
+    """Every experiment of a server, one page at a time."""
+    token = None
+    while True:
+        page = client(uri).search_experiments(
+            view_type=view_type, max_results=PAGE_SIZE, page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def iter_runs(
+    uri: str, experiment_ids: Sequence[str], view_type: int, filter_string: str = ""
+) -> Iterator[Any]:
+    """Every run of the given experiments, oldest first, one page at a time."""
+    token = None
+    while True:
+        page = client(uri).search_runs(
+            experiment_ids=list(experiment_ids),
+            filter_string=filter_string,
+            run_view_type=view_type,
+            max_results=PAGE_SIZE,
+            order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def find_run_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> Any | None:
+    """The target run created earlier for a source run, found by its lineage tag, if any.
+
+    Looks at deleted runs too; if several exist (an outside duplicate), the oldest wins.
+    """
+    from mlflow.entities import ViewType
+
+    runs = client(uri).search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{SOURCE_RUN_ID_TAG}` = '{source_run_id}'",
+        run_view_type=ViewType.ALL,
+        max_results=10,
+        order_by=["attributes.start_time ASC"],
+    )
+    return runs[0] if runs else None
+
+
+def log_batch_chunked(
+    uri: str,
+    run_id: str,
+    *,
+    metrics: Sequence[Any] = (),
+    params: Sequence[Any] = (),
+    tags: Sequence[Any] = (),
+) -> int:
+    """Write metrics, params and tags in as few `log_batch` calls as MLflow's limits allow.
+
+    Each call carries at most 1,000 entities, of which at most 100 params and tags.
+    Returns the number of calls made.
+    """
+    c = client(uri)
+    calls = 0
+    small = [("p", p) for p in params] + [("t", t) for t in tags]
+    m_i = 0
+    s_i = 0
+    while m_i < len(metrics) or s_i < len(small):
+        chunk_small = small[s_i : s_i + MAX_PARAMS_TAGS_PER_BATCH]
+        s_i += len(chunk_small)
+        room = MAX_METRICS_PER_BATCH - len(chunk_small)
+        chunk_metrics = list(metrics[m_i : m_i + room])
+        m_i += len(chunk_metrics)
+        c.log_batch(
+            run_id,
+            metrics=chunk_metrics,
+            params=[x for kind, x in chunk_small if kind == "p"],
+            tags=[x for kind, x in chunk_small if kind == "t"],
+            synchronous=True,
+        )
+        calls += 1
+    return calls
+
+
+def artifact_repo(tracking_uri: str, artifact_uri: str) -> Any:
+    """The artifact repository behind a run's artifact URI (no extra `get_run` calls)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+
+
+def iter_artifact_files(repo: Any, path: str = "") -> Iterator[Any]:
+    """Every file (FileInfo) under `path`, depth first, in name order."""
+    for info in repo.list_artifacts(path or None):
+        if info.is_dir:
+            yield from iter_artifact_files(repo, info.path)
+        else:
+            yield info

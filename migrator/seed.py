@@ -1,0 +1,127 @@
+"""A small, realistic source server for the demo and the tests.
+
+Seeded through the public client against a real server: experiments with tags and
+descriptions (one deleted), runs with params, user and system tags, metric histories with NaN
+and ±inf, dataset inputs, nested runs across experiments, finished/failed/running and deleted
+runs, and artifacts in nested folders with awkward names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrator.mlflow_io import apply_client_env
+
+EXPERIMENTS = ("demo/classification", "demo/regression", "demo/archived")
+
+
+@dataclass
+class Seeded:
+    """What was seeded, for the demo's report and the tests' assertions."""
+
+    experiment_ids: dict[str, str] = field(default_factory=dict)
+    run_ids: list[str] = field(default_factory=list)
+    deleted_run_ids: list[str] = field(default_factory=list)
+    parent_child: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _write_artifacts(folder: str, i: int) -> None:
+    os.makedirs(os.path.join(folder, "plots", "deep"), exist_ok=True)
+    with open(os.path.join(folder, "model.txt"), "w") as f:
+        f.write(f"weights of run {i}\n" * 20)
+    with open(os.path.join(folder, "plots", "loss curve ü.csv"), "w") as f:
+        f.write("step,loss\n" + "".join(f"{s},{1 / (s + 1):.4f}\n" for s in range(50)))
+    with open(os.path.join(folder, "plots", "deep", "empty.txt"), "w"):
+        pass
+    with open(os.path.join(folder, "plots", "deep", "random.bin"), "wb") as f:
+        f.write(random.Random(i).randbytes(4096))
+
+
+def seed_source(uri: str, n_runs: int = 40, *, seed: int = 7) -> Seeded:
+    """Fill the server at `uri`; returns the ids it made."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+
+    apply_client_env()
+    rng = random.Random(seed)
+    c = MlflowClient(uri)
+    out = Seeded()
+    for name in EXPERIMENTS:
+        exp_id = c.create_experiment(
+            name, tags={"team": "vision" if "class" in name else "forecast",
+                        "mlflow.note.content": f"Experiment {name}: **demo** data"},
+        )
+        out.experiment_ids[name] = exp_id
+    out.experiment_ids["Default"] = "0"
+    names = list(out.experiment_ids)
+    now = int(time.time() * 1000) - 86_400_000
+    parents: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n_runs):
+            exp_name = names[i % len(names)]
+            exp_id = out.experiment_ids[exp_name]
+            start = now + i * 60_000
+            tags = {
+                "mlflow.user": rng.choice(["alice", "bob", "carol"]),
+                "mlflow.source.name": "train.py",
+                "mlflow.source.type": "LOCAL",
+                "owner": "ml-platform",
+                "k'ey": "legacy key that log_batch refuses",
+            }
+            if i % 5 == 4 and parents:
+                parent_exp, parent_id = parents[-1]
+                tags["mlflow.parentRunId"] = parent_id
+            run = c.create_run(exp_id, start_time=start, tags=tags, run_name=f"run-{i:03d}")
+            rid = run.info.run_id
+            if "mlflow.parentRunId" in tags:
+                out.parent_child.append((tags["mlflow.parentRunId"], rid))
+            if i % 5 == 0:
+                parents.append((exp_id, rid))
+            params = [Param(f"p{j}", str(rng.random())) for j in range(10)]
+            metrics = [
+                Metric(k, rng.random(), start + s * 1000, s)
+                for k in ("loss", "accuracy", "lr")
+                for s in range(50)
+            ]
+            metrics += [
+                Metric("odd", math.nan, start, 0),
+                Metric("odd", math.inf, start + 1, 1),
+                Metric("odd", -math.inf, start + 2, 2),
+            ]
+            c.log_batch(rid, metrics=metrics, params=params, tags=[RunTag("epoch_count", "50")])
+            if i % 3 == 0:
+                ds = Dataset(name="iris", digest=f"d{i % 4}", source_type="local",
+                             source='{"uri": "data/iris.csv"}', schema='{"mlflow_colspec": []}',
+                             profile='{"num_rows": 150}')
+                c.log_inputs(rid, [DatasetInput(ds, [InputTag("mlflow.data.context", "train")])])
+            folder = os.path.join(tmp, str(i))
+            _write_artifacts(folder, i)
+            c.log_artifacts(rid, folder)
+            status = "FAILED" if i % 11 == 10 else "FINISHED"
+            if i % 13 == 12:
+                out.run_ids.append(rid)  # left RUNNING, like a job still in progress
+                continue
+            c.set_terminated(rid, status, end_time=start + 30_000 + i)
+            out.run_ids.append(rid)
+            if i % 17 == 16:
+                c.delete_run(rid)
+                out.deleted_run_ids.append(rid)
+    c.delete_experiment(out.experiment_ids["demo/archived"])
+    return out
+
+
+def source_summary(uri: str) -> dict[str, Any]:
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    c = MlflowClient(uri)
+    exps = c.search_experiments(view_type=ViewType.ALL)
+    runs = c.search_runs([e.experiment_id for e in exps], run_view_type=ViewType.ALL,
+                         max_results=50000)
+    return {"experiments": len(exps), "runs": len(runs)}

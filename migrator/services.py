@@ -1,0 +1,211 @@
+"""Real local parts for the demo and the tests: MLflow servers, an S3 server, databases.
+
+Everything binds to 127.0.0.1 on a free port, runs in its own process group, and is stopped by
+the PID we started (never by name). Databases are created fresh and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    """A process we started, its URL, and its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    backend: str = ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def _start(name: str, cmd: list[str], url: str, health: str, workdir: Path,
+           env: dict[str, str] | None = None, timeout: float = 180.0) -> Service:
+    import requests
+
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+    svc = Service(name, proc, url, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{svc.log_tail()}")
+        try:
+            if requests.get(url + health, timeout=2).status_code < 500:
+                return svc
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    svc.stop()
+    raise RuntimeError(f"{name} did not become ready in {timeout:.0f} s:\n{svc.log_tail()}")
+
+
+def start_s3(workdir: Path) -> Service:
+    """moto's S3 server (objects in memory)."""
+    port = free_port()
+    return _start(
+        "s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}", "/moto-api/", workdir, timeout=60,
+    )
+
+
+def start_mlflow(name: str, backend_uri: str, workdir: Path) -> Service:
+    """`mlflow server` with proxied artifacts in a folder of its own, one worker, no job runner."""
+    port = free_port()
+    artifacts = workdir / f"{name}-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    return _start(name, cmd, f"http://127.0.0.1:{port}", "/health", workdir, SERVER_ENV)
+
+
+# ---- databases ------------------------------------------------------------------------------
+
+POSTGRES = "postgresql"
+MYSQL = "mysql"
+
+
+def database_available(kind: str) -> bool:
+    try:
+        with contextlib.closing(_admin_connection(kind)):
+            return True
+    except Exception:
+        return False
+
+
+def _admin_connection(kind: str):  # type: ignore[no-untyped-def]
+    if kind == POSTGRES:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres",
+                                connect_timeout=3)
+        conn.autocommit = True
+        return conn
+    import pymysql
+
+    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
+                           connect_timeout=3, autocommit=True)
+
+
+def create_database(kind: str, prefix: str = "migrator") -> str:
+    """Create a fresh database; returns its SQLAlchemy URI for `mlflow server`."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with contextlib.closing(_admin_connection(kind)) as conn:
+        cur = conn.cursor()
+        cur.execute(f"CREATE DATABASE {name}")
+    if kind == POSTGRES:
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+
+
+def drop_database(uri: str) -> None:
+    kind = POSTGRES if uri.startswith("postgresql") else MYSQL
+    name = uri.rsplit("/", 1)[1]
+    with contextlib.closing(_admin_connection(kind)) as conn:
+        cur = conn.cursor()
+        if kind == POSTGRES:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        else:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+def backend_uri(kind: str, workdir: Path, name: str) -> str:
+    """A fresh backend of the kind asked for, or SQLite when that database does not answer."""
+    if kind in (POSTGRES, MYSQL) and database_available(kind):
+        return create_database(kind)
+    return f"sqlite:///{workdir / (name + '.db')}"
+
+
+@contextlib.contextmanager
+def mlflow_server(name: str, kind: str, workdir: Path) -> Iterator[Service]:
+    """A fresh MLflow server on a fresh database; both gone afterwards."""
+    uri = backend_uri(kind, workdir, name)
+    svc = start_mlflow(name, uri, workdir)
+    svc.backend = uri
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        if not uri.startswith("sqlite"):
+            with contextlib.suppress(Exception):
+                drop_database(uri)
+
+
+@contextlib.contextmanager
+def s3_server(workdir: Path, bucket: str = "migrator-staging") -> Iterator[Service]:
+    """moto's S3 server with one bucket; sets AWS_* so boto3 and Ray workers find it."""
+    import boto3
+
+    svc = start_s3(workdir)
+    env = {
+        "AWS_ENDPOINT_URL": svc.url,
+        "MLFLOW_S3_ENDPOINT_URL": svc.url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3", endpoint_url=svc.url).create_bucket(Bucket=bucket)
+        yield svc
+    finally:
+        svc.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

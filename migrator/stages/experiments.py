@@ -1,0 +1,105 @@
+"""Experiments: export to staging, import by name (reuse, never duplicate), finish.
+
+Experiments are few, so the driver runs these inline. An experiment that already exists on the
+target by name is reused; the source's Default experiment (id 0) maps to the target's Default.
+A deleted source experiment is deleted on the target only after its runs are in (MLflow refuses
+new runs in a deleted experiment).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from migrator.config import Options
+from migrator.errors import StagingError
+from migrator.layout import EXPERIMENT_FORMAT, dump_doc, experiment_key, load_doc
+from migrator.lineage import (
+    EXPERIMENT_FIELDS,
+    MAX_EXPERIMENT_TAG_VALUE_LENGTH,
+    experiment_source_tags,
+    fit,
+)
+from migrator.manifest import EXPORTED, IMPORTED, TAGGED, Row, now_ms
+from migrator.mlflow_io import client, translate_errors
+from migrator.staging import Staging
+
+DEFAULT_EXPERIMENT_ID = "0"
+
+
+def experiment_fields(exp: Any) -> dict[str, Any]:
+    return {f: getattr(exp, f) for f in EXPERIMENT_FIELDS}
+
+
+def export_experiment(exp: Any, staging: Staging) -> Row:
+    """Write experiment.json; returns the manifest row in state `exported`."""
+    fields = experiment_fields(exp)
+    tags = dict(exp.tags)
+    staging.write_bytes(
+        experiment_key(exp.experiment_id),
+        dump_doc(EXPERIMENT_FORMAT, {"fields": fields, "tags": tags}),
+    )
+    return {
+        "source_experiment_id": exp.experiment_id,
+        "name": exp.name,
+        "artifact_location": exp.artifact_location,
+        "lifecycle_stage": exp.lifecycle_stage,
+        "creation_time": exp.creation_time,
+        "last_update_time": exp.last_update_time,
+        "tags": tags,
+        "state": EXPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+    }
+
+
+def read_experiment_doc(staging: Staging, experiment_id: str) -> dict[str, Any]:
+    what = f"experiment {experiment_id}"
+    doc = load_doc(staging.read_bytes(experiment_key(experiment_id)), EXPERIMENT_FORMAT, what)
+    if not isinstance(doc.get("fields"), dict) or not isinstance(doc.get("tags"), dict):
+        raise StagingError("experiment.json lacks fields or tags", obj=what)
+    return doc
+
+
+def import_experiment(row: Row, opts: Options, staging: Staging) -> Row:
+    """Find or create the target experiment, set its tags; returns the row in state `imported`."""
+    source_id = row["source_experiment_id"]
+    doc = read_experiment_doc(staging, source_id)
+    fields, tags = doc["fields"], doc["tags"]
+    c = client(opts.target)
+    with translate_errors(f"experiment {fields['name']!r} ({source_id})", "import"):
+        if source_id == DEFAULT_EXPERIMENT_ID:
+            target = c.get_experiment(DEFAULT_EXPERIMENT_ID)
+        else:
+            target = c.get_experiment_by_name(fields["name"])
+        if target is None:
+            target_id = c.create_experiment(fields["name"])
+            target = c.get_experiment(target_id)
+        elif target.lifecycle_stage != "active":
+            c.restore_experiment(target.experiment_id)  # runs can only go into an active one
+        wanted = dict(tags)
+        if opts.import_source_tags:
+            wanted.update(experiment_source_tags(fields, tags))
+        wanted = fit(wanted, MAX_EXPERIMENT_TAG_VALUE_LENGTH)
+        for k, v in wanted.items():
+            if target.tags.get(k) != v:
+                c.set_experiment_tag(target.experiment_id, k, v)
+    return {
+        **row,
+        "target_experiment_id": target.experiment_id,
+        "state": IMPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+    }
+
+
+def finish_experiment(row: Row, opts: Options) -> Row:
+    """Delete the target experiment when the source's is deleted (never the Default)."""
+    target_id = row["target_experiment_id"]
+    if row.get("lifecycle_stage") == "deleted" and target_id != DEFAULT_EXPERIMENT_ID:
+        c = client(opts.target)
+        with translate_errors(f"experiment {row['name']!r}", "finish"):
+            if c.get_experiment(target_id).lifecycle_stage == "active":
+                c.delete_experiment(target_id)
+    return {**row, "state": TAGGED, "updated_at": now_ms()}

@@ -1,0 +1,149 @@
+"""Export one run: metadata, every metric point and every artifact, into the staging store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import Any
+
+from migrator.config import Options
+from migrator.layout import (
+    RUN_FORMAT,
+    artifact_key,
+    dump_doc,
+    metrics_to_parquet,
+    run_key,
+)
+from migrator.lineage import PARENT_RUN_ID_TAG, RUN_INFO_FIELDS, SYSTEM_TAG_PREFIX
+from migrator.manifest import EXPORTED, Row, now_ms
+from migrator.mlflow_io import artifact_repo, client, iter_artifact_files, translate_errors
+from migrator.staging import Staging, open_staging
+
+STAGE = "export"
+_CHUNK = 1 << 20
+
+
+def run_info_dict(info: Any) -> dict[str, Any]:
+    return {f: getattr(info, f) for f in RUN_INFO_FIELDS}
+
+
+def _dataset_inputs(run: Any) -> list[dict[str, Any]]:
+    inputs = getattr(run, "inputs", None)
+    out = []
+    for di in getattr(inputs, "dataset_inputs", None) or []:
+        d = di.dataset
+        out.append(
+            {
+                "dataset": {
+                    "name": d.name,
+                    "digest": d.digest,
+                    "source_type": d.source_type,
+                    "source": d.source,
+                    "schema": d.schema,
+                    "profile": d.profile,
+                },
+                "tags": {t.key: t.value for t in di.tags},
+            }
+        )
+    return out
+
+
+def _metric_points(uri: str, run_id: str, keys: list[str]) -> list[dict[str, Any]]:
+    c = client(uri)
+    points: list[dict[str, Any]] = []
+    for key in keys:
+        for m in c.get_metric_history(run_id, key):
+            points.append(
+                {
+                    "key": m.key,
+                    "step": m.step,
+                    "timestamp": m.timestamp,
+                    "value": m.value,
+                    "model_id": getattr(m, "model_id", None),
+                    "dataset_name": getattr(m, "dataset_name", None),
+                    "dataset_digest": getattr(m, "dataset_digest", None),
+                }
+            )
+    return points
+
+
+def _sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _export_artifacts(
+    opts: Options, staging: Staging, run_id: str, artifact_uri: str
+) -> list[dict[str, Any]]:
+    """Copy every artifact file to staging; returns path, size and SHA-256 of each."""
+    repo = artifact_repo(opts.source, artifact_uri)
+    files = []
+    with tempfile.TemporaryDirectory(prefix="migrator-export-") as tmp:
+        local = os.path.join(tmp, "f")
+        for info in iter_artifact_files(repo):
+            key = artifact_key(run_id, info.path)
+            repo._download_file(info.path, local)
+            size = os.path.getsize(local)
+            files.append({"path": info.path, "size": size, "sha256": _sha256_of(local)})
+            staging.upload_file(local, key)
+            os.remove(local)
+    return files
+
+
+def export_run(item: Row, opts: Options) -> Row:
+    """Stage one run; the run.json is written last and marks the export complete.
+
+    Args:
+        item: a manifest row with at least `source_run_id`.
+    Returns:
+        The manifest row in state `exported`, with every original system attribute.
+    Raises:
+        TransientError, PermanentError: naming the run.
+    """
+    run_id = item["source_run_id"]
+    obj = f"run {run_id}"
+    staging = open_staging(opts.staging)
+    with translate_errors(obj, STAGE):
+        run = client(opts.source).get_run(run_id)
+        info = run_info_dict(run.info)
+        points = _metric_points(opts.source, run_id, sorted(run.data.metrics))
+        artifacts = _export_artifacts(opts, staging, run_id, run.info.artifact_uri)
+    tags = dict(run.data.tags)
+    params = dict(run.data.params)
+    staging.write_bytes(run_key(run_id, "metrics.parquet"), metrics_to_parquet(points))
+    doc = {
+        "exported_at": now_ms(),
+        "source_tracking_uri_scheme": opts.source.split(":", 1)[0],
+        "info": info,
+        "params": params,
+        "tags": tags,
+        "inputs": _dataset_inputs(run),
+        "metrics": {"keys": sorted(run.data.metrics), "points": len(points)},
+        "artifacts": artifacts,
+    }
+    staging.write_bytes(run_key(run_id, "run.json"), dump_doc(RUN_FORMAT, doc))
+    return {
+        **item,
+        "source_experiment_id": info["experiment_id"],
+        "run_name": info["run_name"],
+        "user_id": info["user_id"],
+        "status": info["status"],
+        "lifecycle_stage": info["lifecycle_stage"],
+        "start_time": info["start_time"],
+        "end_time": info["end_time"],
+        "artifact_uri": info["artifact_uri"],
+        "source_parent_run_id": tags.get(PARENT_RUN_ID_TAG),
+        "mlflow_tags": {k: v for k, v in tags.items() if k.startswith(SYSTEM_TAG_PREFIX)},
+        "n_params": len(params),
+        "n_metric_points": len(points),
+        "n_artifacts": len(artifacts),
+        "artifact_bytes": sum(a["size"] for a in artifacts),
+        "state": EXPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+    }

@@ -1,0 +1,188 @@
+"""Import one staged run into the target: create (or find) it, then its data and artifacts.
+
+Creation is the only step that is not naturally idempotent, so the created run carries its
+source run id as a tag from the first call, and a second attempt finds it instead of creating
+another. Everything after creation is safe to repeat: params with equal values are accepted,
+equal metric points are de-duplicated by the server, artifacts are overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from typing import Any
+
+from migrator.config import Options
+from migrator.errors import PermanentError
+from migrator.layout import (
+    RUN_FORMAT,
+    artifact_key,
+    load_doc,
+    metrics_from_parquet,
+    run_key,
+    validate_run_doc,
+)
+from migrator.lineage import (
+    MAX_PARAM_VALUE_LENGTH,
+    PARENT_RUN_ID_TAG,
+    SOURCE_RUN_ID_TAG,
+    fit,
+)
+from migrator.manifest import IMPORTED, Row, now_ms
+from migrator.mlflow_io import (
+    artifact_repo,
+    client,
+    find_run_by_source_id,
+    log_batch_chunked,
+    translate_errors,
+)
+from migrator.staging import Staging, open_staging
+
+STAGE = "import"
+
+
+def read_run_doc(staging: Staging, run_id: str) -> dict[str, Any]:
+    what = f"run {run_id}"
+    doc = load_doc(staging.read_bytes(run_key(run_id, "run.json")), RUN_FORMAT, what)
+    validate_run_doc(doc, run_id)
+    return doc
+
+
+def _creation_tags(doc: dict[str, Any]) -> dict[str, str]:
+    """Tags set with create_run: all the source's tags (create_run accepts keys that log_batch
+    refuses), without the parent link (remapped later), plus the lineage marker."""
+    tags = {k: v for k, v in doc["tags"].items() if k != PARENT_RUN_ID_TAG}
+    tags[SOURCE_RUN_ID_TAG] = doc["info"]["run_id"]
+    return fit(tags)
+
+
+def _find_or_create(opts: Options, item: Row, doc: dict[str, Any]) -> Any:
+    from mlflow.entities import RunTag
+
+    c = client(opts.target)
+    info = doc["info"]
+    target_exp = item["target_experiment_id"]
+    if item.get("target_run_id"):
+        run = c.get_run(item["target_run_id"])
+        if run.info.lifecycle_stage == "active":
+            return run
+        c.restore_run(run.info.run_id)  # left deleted by an interrupted tag stage
+        return c.get_run(run.info.run_id)
+    found = find_run_by_source_id(opts.target, target_exp, info["run_id"])
+    if found is not None:
+        if found.info.lifecycle_stage != "active":
+            c.restore_run(found.info.run_id)
+        return found
+    return c._tracking_client.store.create_run(
+        experiment_id=target_exp,
+        user_id=info.get("user_id") or "unknown",
+        start_time=info["start_time"],
+        tags=[RunTag(k, v) for k, v in _creation_tags(doc).items()],
+        run_name=info.get("run_name"),
+    )
+
+
+def _log_data(opts: Options, staging: Staging, run_id: str, doc: dict[str, Any]) -> None:
+    from mlflow.entities import Metric, Param
+
+    what = f"run {doc['info']['run_id']}"
+    params = [Param(k, v) for k, v in doc["params"].items()]
+    for p in params:
+        if len(p.value) > MAX_PARAM_VALUE_LENGTH:
+            raise PermanentError(
+                f"param {p.key!r} is {len(p.value)} chars, over the target's limit of "
+                f"{MAX_PARAM_VALUE_LENGTH}",
+                obj=what,
+                stage=STAGE,
+            )
+    table = metrics_from_parquet(staging.read_bytes(run_key(doc["info"]["run_id"], "metrics.parquet")), what)
+    cols = table.to_pydict()
+    metrics = [
+        Metric(k, v, ts, st)
+        for k, st, ts, v in zip(
+            cols["key"], cols["step"], cols["timestamp"], cols["value"], strict=True
+        )
+    ]
+    log_batch_chunked(opts.target, run_id, metrics=metrics, params=params)
+
+
+def _log_inputs(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [
+        DatasetInput(
+            dataset=Dataset(**i["dataset"]),
+            tags=[InputTag(k, v) for k, v in i.get("tags", {}).items()],
+        )
+        for i in doc.get("inputs", [])
+    ]
+    if inputs:
+        client(opts.target).log_inputs(run_id, datasets=inputs)
+
+
+def _import_artifacts(opts: Options, staging: Staging, target_run: Any, doc: dict[str, Any]) -> None:
+    files = doc["artifacts"]
+    if not files:
+        return
+    repo = artifact_repo(opts.target, target_run.info.artifact_uri)
+    source_id = doc["info"]["run_id"]
+    with tempfile.TemporaryDirectory(prefix="migrator-import-") as tmp:
+        for f in files:
+            path = f["path"]
+            key = artifact_key(source_id, path)  # validates the path
+            local = os.path.join(tmp, posixpath.basename(path))
+            staging.download_file(key, local)
+            size = os.path.getsize(local)
+            if f.get("size") is not None and size != f["size"]:
+                raise PermanentError(
+                    f"artifact {path!r} is {size} bytes in staging, {f['size']} on the source",
+                    obj=f"run {source_id}",
+                    stage=STAGE,
+                )
+            repo.log_artifact(local, posixpath.dirname(path) or None)
+            os.remove(local)
+
+
+def _finish(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
+    from mlflow.entities import RunStatus
+
+    status, end_time = doc["info"]["status"], doc["info"].get("end_time")
+    if status == "RUNNING" and end_time is None:
+        return  # create_run left it RUNNING with no end time, as on the source
+    # The store call sets status and end time in one request (set_terminated adds a get_run).
+    client(opts.target)._tracking_client.store.update_run_info(
+        run_id, RunStatus.from_string(status), end_time, None
+    )
+
+
+def import_run(item: Row, opts: Options) -> Row:
+    """Write one staged run to the target experiment named in the row.
+
+    Args:
+        item: a manifest row in state `exported` with `target_experiment_id` filled in.
+    Returns:
+        The row in state `imported` with `target_run_id`.
+    Raises:
+        StagingError: the staged run is missing, corrupt or names unsafe paths.
+        TransientError, PermanentError: from the target, naming the run.
+    """
+    source_id = item["source_run_id"]
+    obj = f"run {source_id}"
+    staging = open_staging(opts.staging)
+    doc = read_run_doc(staging, source_id)
+    with translate_errors(obj, STAGE):
+        run = _find_or_create(opts, item, doc)
+        target_id = run.info.run_id
+        _log_data(opts, staging, target_id, doc)
+        _log_inputs(opts, target_id, doc)
+        _import_artifacts(opts, staging, run, doc)
+        _finish(opts, target_id, doc)
+    return {
+        **item,
+        "target_run_id": target_id,
+        "state": IMPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+    }

@@ -1,0 +1,215 @@
+"""The staging store: a local folder or an S3 prefix, addressed by '/'-separated keys.
+
+Every key is checked by `safe_key` before it touches storage, so a name read from a staging
+file (an artifact path, say) can never reach outside the staging root or a run's own place.
+Writes are atomic per object: a reader sees the old object or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from migrator.errors import ConfigError, StagingError
+
+_FORBIDDEN_CHARS = ("#", "\\", "\x00")
+
+
+def safe_key(*parts: str) -> str:
+    """Join parts into a staging key, refusing anything that could escape its place.
+
+    Raises:
+        StagingError: on an absolute path, a `..` or `.` segment, an empty segment,
+            or a character that storage or URLs treat specially (`#`, backslash, NUL).
+    """
+    segments: list[str] = []
+    for part in parts:
+        if part.startswith("/"):
+            raise StagingError(f"absolute path refused: {part!r}")
+        for seg in part.split("/"):
+            if seg in ("", ".", ".."):
+                raise StagingError(f"unsafe path segment {seg!r} in {part!r}")
+            if any(c in seg for c in _FORBIDDEN_CHARS):
+                raise StagingError(f"unsafe character in path {part!r}")
+            segments.append(seg)
+    return "/".join(segments)
+
+
+class Staging(Protocol):
+    """What the stages need from a staging store."""
+
+    uri: str
+
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def upload_file(self, local_path: str, key: str) -> None: ...
+    def download_file(self, key: str, local_path: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def list_keys(self, prefix: str) -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class LocalStaging:
+    """A folder on a local or shared file system."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root).absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / safe_key(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StagingError(f"missing staging object {key!r}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def upload_file(self, local_path: str, key: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        os.close(fd)
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+
+    def download_file(self, key: str, local_path: str) -> None:
+        try:
+            shutil.copyfile(self._path(key), local_path)
+        except FileNotFoundError:
+            raise StagingError(f"missing staging object {key!r}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in sorted(files):
+                if not name.startswith(".tmp-"):
+                    yield Path(dirpath, name).relative_to(self.root).as_posix()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def s3_endpoint_url() -> str | None:
+    """The S3 endpoint, as boto3 and MLflow read it from the environment."""
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+
+
+class S3Staging:
+    """An `s3://bucket/prefix`; large objects go up in parallel multipart uploads."""
+
+    def __init__(self, uri: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        parsed = urlparse(uri)
+        self.uri = uri.rstrip("/")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=s3_endpoint_url(),
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def check(self) -> None:
+        """Fail fast when the bucket is missing or the credentials are refused."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            raise ConfigError(
+                f"bucket {self.bucket!r} not usable ({code or e}); endpoint {s3_endpoint_url()}",
+                obj=self.uri,
+            ) from None
+        except BotoCoreError as e:
+            raise ConfigError(f"S3 not reachable: {e}", obj=self.uri) from None
+
+    def _key(self, key: str) -> str:
+        key = safe_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            body: bytes = self._client.get_object(Bucket=self.bucket, Key=self._key(key))[
+                "Body"
+            ].read()
+            return body
+        except self._client.exceptions.NoSuchKey:
+            raise StagingError(f"missing staging object {key!r}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def upload_file(self, local_path: str, key: str) -> None:
+        self._client.upload_file(local_path, self.bucket, self._key(key))
+
+    def download_file(self, key: str, local_path: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.download_file(self.bucket, self._key(key), local_path)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise StagingError(f"missing staging object {key!r}") from None
+            raise
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError:
+            return False
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        full = self._key(prefix) + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:]
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+@functools.lru_cache(maxsize=8)
+def open_staging(uri: str) -> Staging:
+    """The staging store for a URI, one per process (clients and their sessions are reused).
+
+    Raises:
+        ConfigError: on an unknown scheme, a missing bucket or refused credentials.
+    """
+    scheme = urlparse(uri).scheme
+    if scheme == "s3":
+        if not urlparse(uri).netloc:
+            raise ConfigError("staging URI has no bucket", obj=uri)
+        s3 = S3Staging(uri)
+        s3.check()
+        return s3
+    if scheme in ("", "file"):
+        return LocalStaging(urlparse(uri).path if scheme == "file" else uri)
+    raise ConfigError(f"unsupported staging scheme {scheme!r} (use s3:// or a folder)", obj=uri)
