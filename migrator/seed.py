@@ -74,7 +74,7 @@ def seed_source(uri: str, n_runs: int = 40, *, seed: int = 7) -> Seeded:
                 "owner": "ml-platform",
                 "k'ey": "legacy key that log_batch refuses",
             }
-            if i % 5 == 4 and parents:
+            if i % 5 in (3, 4) and parents:  # 3: parent in another experiment
                 parent_exp, parent_id = parents[-1]
                 tags["mlflow.parentRunId"] = parent_id
             run = c.create_run(exp_id, start_time=start, tags=tags, run_name=f"run-{i:03d}")

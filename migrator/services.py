@@ -147,7 +147,7 @@ def create_database(kind: str, prefix: str = "migrator") -> str:
         cur = conn.cursor()
         cur.execute(f"CREATE DATABASE {name}")
     if kind == POSTGRES:
-        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+        return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
     return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
 
 
