@@ -108,14 +108,21 @@ class RayExecutor:
     """Runs jobs as Ray tasks: at most `2 × concurrency` in flight, results by `ray.wait`."""
 
     def __init__(self, opts: Options) -> None:
+        self._opts = opts
+        self._ray: Any = None
+        self._started = False
+
+    def _connect(self) -> Any:
+        """Join or start Ray on first use, so a run with nothing to do never pays for it."""
+        if self._ray is not None:
+            return self._ray
         import ray
 
-        self._ray = ray
-        self._started = False
+        opts = self._opts
         if not ray.is_initialized():
             env = {"env_vars": forwarded_env()}
             if opts.ray_address:
-                ray.init(address=opts.ray_address, runtime_env=env, log_to_driver=True)
+                ray.init(address=opts.ray_address, runtime_env=env, configure_logging=False)
             else:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -123,7 +130,6 @@ class RayExecutor:
                     include_dashboard=False,
                     _node_ip_address="127.0.0.1",
                     runtime_env=env,
-                    log_to_driver=True,
                     configure_logging=False,
                 )
             self._started = True
@@ -131,13 +137,19 @@ class RayExecutor:
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self._num_cpus = max(0.01, cpus / max(1, opts.concurrency))
         self._remote = ray.remote(max_retries=3)(run_job)
+        self._ray = ray
+        return ray
 
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
-        ray = self._ray
         window = 2 * max(1, opts.concurrency)
-        opts_ref = ray.put(opts)
         queue: deque[Job] = deque()
         fresh: Iterator[Job] | None = iter(jobs)
+        first = next(fresh, None)
+        if first is None:
+            return
+        ray = self._connect()
+        opts_ref = ray.put(opts)
+        queue.append(first)
         in_flight: dict[Any, Job] = {}
         while True:
             while len(in_flight) < window:
@@ -163,6 +175,7 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:
             self._ray.shutdown()
+            self._started = False
 
 
 def make_executor(opts: Options) -> Executor:

@@ -130,14 +130,22 @@ class ManifestTable:
     """One manifest (`runs`, `experiments`, …): a compacted Parquet file plus a journal."""
 
     def __init__(
-        self, staging: Staging, name: str, schema: pa.Schema, key: str, flush_rows: int = 500
+        self,
+        staging: Staging,
+        name: str,
+        schema: pa.Schema,
+        key: str,
+        flush_rows: int = 500,
+        flush_seconds: float = 2.0,
     ) -> None:
         self.staging = staging
         self.name = name
         self.schema = schema
         self.key = key
         self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
         self._buffer: list[Row] = []
+        self._oldest = 0.0
 
     @property
     def path(self) -> str:
@@ -148,9 +156,15 @@ class ManifestTable:
         return f"manifests/_journal/{self.name}"
 
     def append(self, rows: Iterable[Row]) -> None:
-        """Buffer rows; written to the journal once `flush_rows` have gathered."""
+        """Buffer rows; written to the journal once `flush_rows` have gathered or the oldest
+        buffered row is `flush_seconds` old (a killed driver loses at most that much state)."""
+        if not self._buffer:
+            self._oldest = time.monotonic()
         self._buffer.extend(rows)
-        if len(self._buffer) >= self.flush_rows:
+        if (
+            len(self._buffer) >= self.flush_rows
+            or time.monotonic() - self._oldest >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:

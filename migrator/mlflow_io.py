@@ -63,8 +63,7 @@ def check_tracking_uri(uri: str, role: str) -> None:
     if scheme not in _SCHEMES:
         raise ConfigError(
             f"{role} tracking URI {uri!r} has unsupported scheme {scheme!r} "
-            "(use http(s)://, sqlite:///, postgresql://, mysql://, databricks://)",
-            obj=role,
+            "(use http(s)://, sqlite:///, postgresql://, mysql://, databricks://)"
         )
     if scheme in ("http", "https"):
         import requests
@@ -73,17 +72,17 @@ def check_tracking_uri(uri: str, role: str) -> None:
             resp = requests.get(uri.rstrip("/") + "/health", timeout=10)
         except requests.RequestException as e:
             raise ConfigError(
-                f"{role} server {uri} is not reachable: {type(e).__name__}", obj=role
+                f"{role} server {uri} is not reachable: {type(e).__name__}"
             ) from None
         if resp.status_code >= 400:
             raise ConfigError(
-                f"{role} server {uri} answered HTTP {resp.status_code} to /health", obj=role
+                f"{role} server {uri} answered HTTP {resp.status_code} to /health"
             )
     try:
         with translate_errors(role):
             client(uri).search_experiments(max_results=1)
     except (TransientError, PermanentError) as e:
-        raise ConfigError(f"{role} tracking URI {uri} is not usable: {e.message}", obj=role) from None
+        raise ConfigError(f"{role} tracking URI {uri} is not usable: {e.message}") from None
 
 
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}

@@ -324,7 +324,7 @@ def _rows(table: Any) -> list[Row]:
     return table_to_rows(table)
 
 
-def preflight(opts: Options, *, source: bool, target: bool) -> None:
+def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True) -> None:
     """Fail fast, before any work: URIs well-formed, servers answering, staging usable."""
     if source:
         if not opts.source:
@@ -334,7 +334,8 @@ def preflight(opts: Options, *, source: bool, target: bool) -> None:
         if not opts.target:
             raise ConfigError("--target is required")
         mlflow_io.check_tracking_uri(opts.target, "target")
-    open_staging(opts.staging)
+    if staging:
+        open_staging(opts.staging)
 
 
 def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:

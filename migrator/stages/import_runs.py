@@ -83,10 +83,13 @@ def _find_or_create(opts: Options, item: Row, doc: dict[str, Any]) -> Any:
     )
 
 
-def _log_data(opts: Options, staging: Staging, run_id: str, doc: dict[str, Any]) -> None:
+def _prepare_data(staging: Staging, doc: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """Params and metric points, checked against the target's limits before anything is
+    created, so a run the target would refuse leaves nothing behind."""
     from mlflow.entities import Metric, Param
 
-    what = f"run {doc['info']['run_id']}"
+    source_id = doc["info"]["run_id"]
+    what = f"run {source_id}"
     params = [Param(k, v) for k, v in doc["params"].items()]
     for p in params:
         if len(p.value) > MAX_PARAM_VALUE_LENGTH:
@@ -96,7 +99,7 @@ def _log_data(opts: Options, staging: Staging, run_id: str, doc: dict[str, Any])
                 obj=what,
                 stage=STAGE,
             )
-    table = metrics_from_parquet(staging.read_bytes(run_key(doc["info"]["run_id"], "metrics.parquet")), what)
+    table = metrics_from_parquet(staging.read_bytes(run_key(source_id, "metrics.parquet")), what)
     cols = table.to_pydict()
     metrics = [
         Metric(k, v, ts, st)
@@ -104,7 +107,7 @@ def _log_data(opts: Options, staging: Staging, run_id: str, doc: dict[str, Any])
             cols["key"], cols["step"], cols["timestamp"], cols["value"], strict=True
         )
     ]
-    log_batch_chunked(opts.target, run_id, metrics=metrics, params=params)
+    return params, metrics
 
 
 def _log_inputs(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
@@ -171,10 +174,11 @@ def import_run(item: Row, opts: Options) -> Row:
     obj = f"run {source_id}"
     staging = open_staging(opts.staging)
     doc = read_run_doc(staging, source_id)
+    params, metrics = _prepare_data(staging, doc)
     with translate_errors(obj, STAGE):
         run = _find_or_create(opts, item, doc)
         target_id = run.info.run_id
-        _log_data(opts, staging, target_id, doc)
+        log_batch_chunked(opts.target, target_id, metrics=metrics, params=params)
         _log_inputs(opts, target_id, doc)
         _import_artifacts(opts, staging, run, doc)
         _finish(opts, target_id, doc)

@@ -1,0 +1,94 @@
+"""`plan` and `--dry-run`: what a command would do, from the source and the manifests.
+
+Reads only: the source server (or, for `import`, the manifests) and the target's experiment
+names. Nothing is written anywhere, not even the manifests' compaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from migrator import mlflow_io
+from migrator.config import Options
+from migrator.manifest import Row, experiments_table, runs_table, table_to_rows
+from migrator.pipeline import matches, next_step, preflight
+from migrator.staging import open_staging
+
+
+@dataclass
+class ExperimentPlan:
+    source_id: str
+    name: str
+    lifecycle_stage: str
+    on_target: bool | None
+    runs: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Plan:
+    command: str
+    experiments: list[ExperimentPlan] = field(default_factory=list)
+
+    def render(self) -> str:
+        total: Counter[str] = Counter()
+        lines = [f"{self.command} (dry run): nothing was written", ""]
+        lines.append(f"  {'experiment':40} {'target':8} runs by next step")
+        for e in self.experiments:
+            total.update(e.runs)
+            where = {None: "?", True: "exists", False: "new"}[e.on_target]
+            deleted = " (deleted)" if e.lifecycle_stage == "deleted" else ""
+            steps = ", ".join(f"{v} {k}" for k, v in sorted(e.runs.items())) or "no runs"
+            lines.append(f"  {(e.name + deleted)[:40]:40} {where:8} {steps}")
+        lines.append("")
+        lines.append(
+            f"  total: {len(self.experiments)} experiments, {sum(total.values())} runs ("
+            + (", ".join(f"{v} {k}" for k, v in sorted(total.items())) or "none") + ")"
+        )
+        return "\n".join(lines)
+
+
+def _known_runs(opts: Options) -> dict[str, Row]:
+    try:
+        staging = open_staging(opts.staging)
+    except Exception:
+        return {}
+    return {r["source_run_id"]: r for r in table_to_rows(runs_table(staging).read_table())}
+
+
+def run_plan(opts: Options, command: str) -> Plan:
+    """Enumerate what `command` would do with these options; writes nothing."""
+    from mlflow.entities import ViewType
+
+    plan = Plan(command)
+    from_source = command in ("migrate", "export", "plan")
+    preflight(opts, source=from_source, target=bool(opts.target) and command != "export",
+              staging=False)
+    known = _known_runs(opts)
+    target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
+
+    def on_target(name: str) -> bool | None:
+        return None if target is None else target.get_experiment_by_name(name) is not None
+
+    if not from_source:
+        staging = open_staging(opts.staging)
+        for e in table_to_rows(experiments_table(staging).read_table()):
+            if matches(opts.experiments, e["source_experiment_id"], e["name"] or ""):
+                ep = ExperimentPlan(e["source_experiment_id"], e["name"], e["lifecycle_stage"],
+                                    on_target(e["name"]))
+                for r in known.values():
+                    if r["source_experiment_id"] == ep.source_id:
+                        ep.runs[next_step(r)] += 1
+                plan.experiments.append(ep)
+        return plan
+
+    view = ViewType.ALL if opts.include_deleted else ViewType.ACTIVE_ONLY
+    flt = f"attributes.start_time >= {opts.run_start_time}" if opts.run_start_time else ""
+    for exp in mlflow_io.iter_experiments(opts.source, view):
+        if not matches(opts.experiments, exp.experiment_id, exp.name):
+            continue
+        ep = ExperimentPlan(exp.experiment_id, exp.name, exp.lifecycle_stage, on_target(exp.name))
+        for run in mlflow_io.iter_runs(opts.source, [exp.experiment_id], view, flt):
+            ep.runs[next_step(known.get(run.info.run_id))] += 1
+        plan.experiments.append(ep)
+    return plan

@@ -1,0 +1,93 @@
+"""Bad input: clear errors naming the object, failed rows, the rest goes on, nothing escapes."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from migrator.cli import main
+from migrator.config import Options
+from migrator.fanout import make_executor
+from migrator.manifest import runs_table
+from migrator.pipeline import run_command
+from migrator.staging import LocalStaging
+
+from .conftest import Source
+
+
+def _edit_run_json(staging: Path, run_id: str, edit: Any) -> None:
+    path = staging / "runs" / run_id / "run.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_corrupt_and_hostile_staging_files_fail_only_their_runs(
+    source: Source, target_server: Any, ray_local: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    staging = tmp_path / "staging"
+    exported = run_command("export", Options(source=source.url, staging=str(staging),
+                                             experiments=("demo/regression",)), make_executor)
+    assert exported.ok
+    run_ids = sorted(p.name for p in (staging / "runs").iterdir())
+    corrupt, hostile, too_long, missing = run_ids[:4]
+    (staging / "runs" / corrupt / "run.json").write_bytes(b"{not json")
+    _edit_run_json(staging, hostile, lambda d: d["artifacts"].append(
+        {"path": "../../../../escape.txt", "size": 1, "sha256": ""}))
+    _edit_run_json(staging, too_long, lambda d: d["params"].update({"huge": "x" * 7000}))
+    (staging / "runs" / missing / "metrics.parquet").unlink()
+
+    target = target_server()
+    code = main(["import", "--target", target.url, "--staging", str(staging)])
+    out = capsys.readouterr().out
+    assert code == 1
+    rows = runs_table(LocalStaging(str(staging))).load()
+    failed = {k: r for k, r in rows.items() if r["state"] == "failed"}
+    assert set(failed) == {corrupt, hostile, too_long, missing}
+    assert "corrupt staging file" in failed[corrupt]["error"]
+    assert "artifact path refused" in failed[hostile]["error"]
+    assert "'huge'" in failed[too_long]["error"] and "6000" in failed[too_long]["error"]
+    assert "metrics.parquet" in failed[missing]["error"]
+    assert all(r["failed_stage"] == "import" for r in failed.values())
+    for rid in failed:
+        assert f"run {rid}" in out  # the summary names every failed run
+    ok = [r for r in rows.values() if r["state"] == "tagged"]
+    assert len(ok) == len(run_ids) - 4
+    assert not list(tmp_path.rglob("escape.txt"))
+    assert not list(Path("/").glob("escape.txt"))
+    tgt = MlflowClient(target.url)
+    exp = tgt.get_experiment_by_name("demo/regression")
+    names = {r.info.run_name for r in tgt.search_runs([exp.experiment_id])}
+    assert len(names) == len(run_ids) - 4  # failed runs were refused before anything was created
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_server_fails_fast_with_one_line(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    staging = tmp_path / "never"
+    code = main(["migrate", "--source", source.url, "--target",
+                 f"http://127.0.0.1:{_closed_port()}", "--staging", str(staging)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("migrator: error: target server http://127.0.0.1:")
+    assert "not reachable" in err[-1]
+    assert not staging.exists()
+
+
+def test_missing_bucket_fails_fast(source: Source, s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["export", "--source", source.url, "--staging", "s3://no-such-bucket/x"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bucket 'no-such-bucket' not usable" in err

@@ -1,0 +1,54 @@
+"""Export and import as separate commands, with filters and without source tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from migrator.config import Options
+from migrator.fanout import make_executor
+from migrator.pipeline import run_command
+
+from .conftest import Source
+
+
+def test_export_then_import_with_filters_and_no_source_tags(
+    source: Source, target_server: Any, ray_local: None, tmp_path: Path
+) -> None:
+    src = MlflowClient(source.url)
+    scope = [e for e in src.search_experiments() if e.name.startswith("demo/class")]
+    assert len(scope) == 1
+    all_in_exp = src.search_runs([scope[0].experiment_id], max_results=1000)
+    cutoff = sorted(r.info.start_time for r in all_in_exp)[len(all_in_exp) // 2]
+    wanted = {r.info.run_id for r in all_in_exp if r.info.start_time >= cutoff}
+    assert 0 < len(wanted) < len(all_in_exp)
+
+    staging = str(tmp_path / "bucket-like folder")
+    exported = run_command("export", Options(source=source.url, staging=staging,
+                                             experiments=("demo/class*",),
+                                             run_start_time=cutoff), make_executor)
+    assert exported.ok and exported.runs == {"exported": len(wanted)}
+
+    target = target_server()
+    # The import needs nothing but the staging store: no source URI at all.
+    imported = run_command("import", Options(target=target.url, staging=staging,
+                                             import_source_tags=False), make_executor)
+    assert imported.ok, imported.render()
+    tgt = MlflowClient(target.url)
+    exp = tgt.get_experiment_by_name(scope[0].name)
+    assert exp is not None
+    assert not any(k.startswith("mlflow_exim.") for k in exp.tags)
+    runs = tgt.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+    assert {r.info.run_name for r in runs} == {src.get_run(i).info.run_name for i in wanted}
+    for r in runs:
+        assert not any(k.startswith("mlflow_exim.") for k in r.data.tags), r.data.tags
+    others = [e.name for e in tgt.search_experiments() if e.name.startswith("demo/")]
+    assert others == [scope[0].name]
+
+    again = run_command("import", Options(target=target.url, staging=staging,
+                                          import_source_tags=False), make_executor)
+    assert set(again.actions) == {"unchanged"}
+    assert len(tgt.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)) == len(wanted)

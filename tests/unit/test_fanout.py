@@ -1,0 +1,205 @@
+"""The fan-out (migrator.fanout) through the inline executor: no Ray."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from migrator import fanout
+from migrator.config import Options
+from migrator.errors import PermanentError, StagingError, TransientError
+from migrator.fanout import InlineExecutor, Job, Stage, describe, failed_row, run_one
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    calls: list[float] = []
+    monkeypatch.setattr(fanout.time, "sleep", calls.append)
+    return calls
+
+
+def _rows(*ids: str) -> list[dict]:
+    return [{"source_run_id": i, "source_experiment_id": "1"} for i in ids]
+
+
+def _ok(state: str):
+    def fn(row: dict, opts: Options) -> dict:
+        return {**row, "state": state}
+    return fn
+
+
+def test_failing_row_becomes_failed_others_succeed() -> None:
+    def export(row: dict, opts: Options) -> dict:
+        if row["source_run_id"] == "bad":
+            raise ValueError("boom on bad")
+        return {**row, "state": "exported"}
+
+    stage = Stage("export", export)
+    done: list[tuple[str, list[dict]]] = []
+
+    def on_done(job: Job, rows: list[dict]) -> list[Job]:
+        done.append((job.stage.name, rows))
+        return []
+
+    InlineExecutor().run([Job(stage, _rows("a", "bad", "c"))], Options(), on_done)
+    assert len(done) == 1
+    _, rows = done[0]
+    by_id = {r["source_run_id"]: r for r in rows}
+    assert [r["source_run_id"] for r in rows] == ["a", "bad", "c"]
+    assert by_id["a"]["state"] == by_id["c"]["state"] == "exported"
+    assert "error" not in by_id["a"]
+    bad = by_id["bad"]
+    assert bad["state"] == "failed"
+    assert bad["failed_stage"] == "export"
+    assert bad["error"] == "ValueError: boom on bad"
+    assert bad["source_experiment_id"] == "1"  # the row's own fields are kept
+    assert isinstance(bad["updated_at"], int) and bad["updated_at"] > 1_600_000_000_000
+
+
+def test_migrator_error_description_uses_message_and_type() -> None:
+    e = StagingError("missing staging object 'runs/x/run.json'", obj="run x", stage="import")
+    assert describe(e) == "StagingError: missing staging object 'runs/x/run.json'"
+    assert describe(KeyError("k")) == "KeyError: 'k'"
+    row = failed_row({"source_run_id": "x"}, "import", e)
+    assert row["error"] == "StagingError: missing staging object 'runs/x/run.json'"
+    assert failed_row({"source_run_id": "x"}, "tag", "task lost")["error"] == "task lost"
+
+
+def test_transient_error_retried_and_succeeds_on_second_attempt(sleeps: list[float]) -> None:
+    attempts = {"n": 0}
+
+    def flaky(row: dict, opts: Options) -> dict:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise TransientError("connection reset")
+        return {**row, "state": "imported"}
+
+    out = run_one(Stage("import", flaky), _rows("a")[0], Options(max_attempts=3))
+    assert out["state"] == "imported"
+    assert attempts["n"] == 2
+    assert len(sleeps) == 1 and sleeps[0] > 0
+
+
+def test_transient_error_gives_up_after_max_attempts(sleeps: list[float]) -> None:
+    attempts = {"n": 0}
+
+    def always(row: dict, opts: Options) -> dict:
+        attempts["n"] += 1
+        raise TransientError("503 from server")
+
+    out = run_one(Stage("import", always), _rows("a")[0], Options(max_attempts=4))
+    assert attempts["n"] == 4
+    assert len(sleeps) == 3  # no sleep after the last attempt
+    assert sleeps == sorted(sleeps) and all(0 < s <= 30 for s in sleeps)
+    assert out["state"] == "failed"
+    assert out["failed_stage"] == "import"
+    assert out["error"] == "TransientError: 503 from server"
+
+
+def test_max_attempts_one_means_no_retry(sleeps: list[float]) -> None:
+    attempts = {"n": 0}
+
+    def always(row: dict, opts: Options) -> dict:
+        attempts["n"] += 1
+        raise TransientError("x")
+
+    assert run_one(Stage("s", always), {}, Options(max_attempts=1))["state"] == "failed"
+    assert attempts["n"] == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("exc", [PermanentError("refused"), StagingError("corrupt"),
+                                 RuntimeError("bug"), KeyError("k")])
+def test_non_transient_errors_are_not_retried(sleeps: list[float], exc: Exception) -> None:
+    attempts = {"n": 0}
+
+    def fails(row: dict, opts: Options) -> dict:
+        attempts["n"] += 1
+        raise exc
+
+    out = run_one(Stage("tag", fails), {"source_run_id": "a"}, Options(max_attempts=5))
+    assert attempts["n"] == 1
+    assert sleeps == []
+    assert out["state"] == "failed" and out["failed_stage"] == "tag"
+    assert out["error"].startswith(type(exc).__name__ + ": ")
+
+
+def test_follow_up_jobs_from_on_done_are_run() -> None:
+    export = Stage("export", _ok("exported"))
+    imp = Stage("import", _ok("imported"))
+    seen: list[tuple[str, list[str], list[str]]] = []
+
+    def on_done(job: Job, rows: list[dict]) -> list[Job]:
+        seen.append((job.stage.name, [r["source_run_id"] for r in rows],
+                     [r["state"] for r in rows]))
+        if job.stage is export:
+            return [Job(imp, rows)]
+        return []
+
+    jobs = [Job(export, _rows("a", "b")), Job(export, _rows("c"))]
+    InlineExecutor().run(iter(jobs), Options(), on_done)
+    assert sorted(seen) == sorted([
+        ("export", ["a", "b"], ["exported", "exported"]),
+        ("import", ["a", "b"], ["imported", "imported"]),
+        ("export", ["c"], ["exported"]),
+        ("import", ["c"], ["imported"]),
+    ])
+    # a follow-up runs before the next fresh job (pipelined, no barrier)
+    assert [s[0] for s in seen] == ["export", "import", "export", "import"]
+
+
+def test_chained_follow_ups_and_empty_job_list() -> None:
+    stages = [Stage(n, _ok(n)) for n in ("s1", "s2", "s3")]
+    order: list[str] = []
+
+    def on_done(job: Job, rows: list[dict]) -> list[Job]:
+        order.append(job.stage.name)
+        i = stages.index(job.stage)
+        return [Job(stages[i + 1], rows)] if i + 1 < len(stages) else []
+
+    InlineExecutor().run([Job(stages[0], _rows("a"))], Options(), on_done)
+    assert order == ["s1", "s2", "s3"]
+
+    called: list[Job] = []
+    InlineExecutor().run([], Options(), lambda j, r: called.append(j) or [])
+    assert called == []
+
+
+def test_jobs_are_consumed_lazily() -> None:
+    produced: list[int] = []
+    stage = Stage("s", _ok("x"))
+
+    def gen():
+        for i in range(3):
+            produced.append(i)
+            yield Job(stage, _rows(str(i)))
+
+    counts: list[int] = []
+    InlineExecutor().run(gen(), Options(), lambda j, r: counts.append(len(produced)) or [])
+    assert counts == [1, 2, 3]
+
+
+def test_make_executor_none_is_inline_without_ray() -> None:
+    ex = fanout.make_executor(Options(ray_address="none"))
+    assert isinstance(ex, InlineExecutor)
+    ex.close()
+
+
+def test_fanout_module_does_not_import_ray_at_import_time() -> None:
+    # the inline path must work without starting (or even importing) Ray
+    if "ray" in sys.modules:
+        pytest.skip("ray already imported by another test in this process")
+    fanout.make_executor(Options(ray_address="none"))
+    assert "ray" not in sys.modules
+
+
+def test_forwarded_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3")
+    monkeypatch.setenv("BOTO_CONFIG", "/x")
+    monkeypatch.setenv("UNRELATED_VAR", "no")
+    env = fanout.forwarded_env()
+    assert env["MLFLOW_TRACKING_TOKEN"] == "t"
+    assert env["AWS_ENDPOINT_URL"] == "http://s3"
+    assert env["BOTO_CONFIG"] == "/x"
+    assert "UNRELATED_VAR" not in env

@@ -1,0 +1,185 @@
+"""Staged documents and metrics (migrator.layout)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pytest
+
+from migrator.errors import StagingError
+from migrator.layout import (
+    EXPERIMENT_FORMAT,
+    FORMAT_VERSION,
+    RUN_FORMAT,
+    artifact_key,
+    dump_doc,
+    experiment_key,
+    load_doc,
+    metrics_from_parquet,
+    metrics_to_parquet,
+    run_key,
+    validate_run_doc,
+)
+
+
+def _run_doc(run_id: str = "abc123", **over: object) -> dict:
+    doc = {
+        "info": {"run_id": run_id, "experiment_id": "1"},
+        "params": {"lr": "0.1"},
+        "tags": {"mlflow.user": "u", "team": "ml"},
+        "artifacts": [{"path": "model/MLmodel", "size": 10}, {"path": "a b/é.txt"}],
+    }
+    doc.update(over)
+    return doc
+
+
+# ---- load_doc / dump_doc ---------------------------------------------------------------
+
+
+def test_dump_load_round_trip() -> None:
+    body = _run_doc()
+    data = dump_doc(RUN_FORMAT, body)
+    doc = load_doc(data, RUN_FORMAT, "run abc123")
+    assert doc["format"] == RUN_FORMAT
+    assert doc["version"] == FORMAT_VERSION
+    assert {k: doc[k] for k in body} == body
+
+
+@pytest.mark.parametrize("data", [b"", b"{not json", b"\xff\xfe\x00garbage", b"<xml/>"])
+def test_load_doc_refuses_non_json(data: bytes) -> None:
+    with pytest.raises(StagingError, match="not JSON") as ei:
+        load_doc(data, RUN_FORMAT, "run r1")
+    assert ei.value.obj == "run r1"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"format": EXPERIMENT_FORMAT, "version": 1},
+        {"version": 1},
+        {"format": "something/else", "version": 1},
+        [RUN_FORMAT, 1],
+        "mlflow-migrator/run",
+        None,
+    ],
+)
+def test_load_doc_refuses_wrong_format(doc: object) -> None:
+    with pytest.raises(StagingError, match="not a mlflow-migrator/run document"):
+        load_doc(json.dumps(doc).encode(), RUN_FORMAT, "x")
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99, "1", None, 1.0])
+def test_load_doc_refuses_newer_or_bad_version(version: object) -> None:
+    data = json.dumps({"format": RUN_FORMAT, "version": version}).encode()
+    with pytest.raises(StagingError, match="unsupported"):
+        load_doc(data, RUN_FORMAT, "x")
+
+
+def test_load_doc_accepts_current_version() -> None:
+    data = json.dumps({"format": RUN_FORMAT, "version": FORMAT_VERSION, "x": 1}).encode()
+    assert load_doc(data, RUN_FORMAT, "x")["x"] == 1
+
+
+# ---- validate_run_doc ------------------------------------------------------------------
+
+
+def test_validate_run_doc_accepts_good_doc() -> None:
+    validate_run_doc(_run_doc(), "abc123")  # does not raise
+
+
+def test_validate_run_doc_refuses_wrong_run_id() -> None:
+    with pytest.raises(StagingError, match="does not describe this run"):
+        validate_run_doc(_run_doc("other"), "abc123")
+    with pytest.raises(StagingError):
+        validate_run_doc(_run_doc(info=None), "abc123")
+
+
+@pytest.mark.parametrize(
+    "path", ["../../etc/passwd", "/abs/file", "a/../../b", "a#b", "a\\..\\b", "a//b", ""]
+)
+def test_validate_run_doc_refuses_unsafe_artifact_paths(path: str) -> None:
+    doc = _run_doc(artifacts=[{"path": "ok.txt"}, {"path": path}])
+    with pytest.raises(StagingError, match="artifact path refused"):
+        validate_run_doc(doc, "abc123")
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"params": {"lr": 0.1}},
+        {"params": ["lr"]},
+        {"tags": None},
+        {"tags": {"a": None}},
+        {"artifacts": {"path": "x"}},
+        {"artifacts": [{"size": 3}]},
+        {"artifacts": ["x.txt"]},
+    ],
+)
+def test_validate_run_doc_refuses_malformed_fields(over: dict) -> None:
+    with pytest.raises(StagingError):
+        validate_run_doc(_run_doc(**over), "abc123")
+
+
+# ---- keys ------------------------------------------------------------------------------
+
+
+def test_keys() -> None:
+    assert experiment_key("12") == "experiments/12/experiment.json"
+    assert run_key("abc_1-2", "run.json") == "runs/abc_1-2/run.json"
+    assert artifact_key("r1", "model/MLmodel") == "runs/r1/artifacts/model/MLmodel"
+
+
+@pytest.mark.parametrize("bad", ["..", "a/b", "", "x" * 65, "a b", "a.b"])
+def test_ids_are_checked(bad: str) -> None:
+    with pytest.raises(StagingError):
+        experiment_key(bad)
+    with pytest.raises(StagingError):
+        run_key(bad, "run.json")
+
+
+@pytest.mark.parametrize("path", ["../run.json", "/x", "a/../../b"])
+def test_artifact_key_refuses_traversal(path: str) -> None:
+    with pytest.raises(StagingError):
+        artifact_key("r1", path)
+
+
+# ---- metrics ---------------------------------------------------------------------------
+
+
+def test_metrics_round_trip_preserves_nan_inf_and_order() -> None:
+    points = [
+        {"key": "loss", "step": 0, "timestamp": 1670836055960, "value": 1.5},
+        {"key": "loss", "step": 1, "timestamp": 1670836055961, "value": float("nan")},
+        {"key": "loss", "step": 2, "timestamp": 1670836055962, "value": float("inf")},
+        {"key": "acc", "step": -1, "timestamp": 0, "value": float("-inf")},
+        {"key": "acc", "step": 2**40, "timestamp": 2**41, "value": -0.0},
+    ]
+    table = metrics_from_parquet(metrics_to_parquet(points), "run r1")
+    assert table.column_names == ["key", "step", "timestamp", "value"]
+    assert table.schema.field("step").type == pa.int64()
+    assert table.schema.field("value").type == pa.float64()
+    rows = table.to_pylist()
+    assert len(rows) == len(points)
+    for got, want in zip(rows, points):
+        assert got["key"] == want["key"]
+        assert got["step"] == want["step"]
+        assert got["timestamp"] == want["timestamp"]
+        if math.isnan(want["value"]):
+            assert math.isnan(got["value"])
+        else:
+            assert got["value"] == want["value"]
+    assert table.column("value").null_count == 0  # NaN stays NaN, not null
+
+
+def test_metrics_empty_round_trip() -> None:
+    assert metrics_from_parquet(metrics_to_parquet([]), "r").num_rows == 0
+
+
+def test_metrics_from_corrupt_bytes_is_staging_error() -> None:
+    with pytest.raises(StagingError, match="corrupt metrics.parquet"):
+        metrics_from_parquet(b"not parquet at all", "run r1")
+    good = metrics_to_parquet([{"key": "k", "step": 0, "timestamp": 0, "value": 1.0}])
+    with pytest.raises(StagingError):
+        metrics_from_parquet(good[: len(good) // 2], "run r1")

@@ -1,0 +1,131 @@
+"""Chunked writes (migrator.mlflow_io.log_batch_chunked) against a fake client."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from migrator import mlflow_io
+from migrator.errors import ConfigError
+
+
+@dataclass
+class FakeClient:
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def log_batch(self, run_id: str, metrics=(), params=(), tags=(), synchronous=None) -> None:
+        self.calls.append({"run_id": run_id, "metrics": list(metrics), "params": list(params),
+                           "tags": list(tags), "synchronous": synchronous})
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    c = FakeClient()
+    uris: list[str] = []
+
+    def client(uri: str) -> FakeClient:
+        uris.append(uri)
+        return c
+
+    monkeypatch.setattr(mlflow_io, "client", client)
+    c.uris = uris  # type: ignore[attr-defined]
+    return c
+
+
+def _entities(n_metrics: int, n_params: int, n_tags: int):
+    metrics = [("m", i) for i in range(n_metrics)]
+    params = [("p", i) for i in range(n_params)]
+    tags = [("t", i) for i in range(n_tags)]
+    return metrics, params, tags
+
+
+CASES = [
+    (0, 0, 0),
+    (1, 0, 0),
+    (0, 1, 0),
+    (0, 0, 1),
+    (1000, 0, 0),
+    (1001, 0, 0),
+    (0, 100, 0),
+    (0, 101, 0),
+    (0, 60, 41),
+    (999, 1, 0),
+    (950, 30, 30),
+    (2500, 150, 60),
+    (1850, 150, 0),
+    (10, 0, 450),
+    (5000, 5, 5),
+    (3, 250, 250),
+]
+
+
+@pytest.mark.parametrize(("n_m", "n_p", "n_t"), CASES)
+def test_log_batch_chunked_limits_and_exactly_once(fake: FakeClient, n_m: int, n_p: int,
+                                                    n_t: int) -> None:
+    metrics, params, tags = _entities(n_m, n_p, n_t)
+    n_calls = mlflow_io.log_batch_chunked("http://target", "run-1", metrics=metrics,
+                                          params=params, tags=tags)
+    assert n_calls == len(fake.calls)
+    for call in fake.calls:
+        total = len(call["metrics"]) + len(call["params"]) + len(call["tags"])
+        assert 0 < total <= 1000, total
+        assert len(call["params"]) + len(call["tags"]) <= 100
+        assert call["run_id"] == "run-1"
+        assert call["synchronous"] is True
+    sent_m = [m for c in fake.calls for m in c["metrics"]]
+    sent_p = [p for c in fake.calls for p in c["params"]]
+    sent_t = [t for c in fake.calls for t in c["tags"]]
+    # everything exactly once, in order, and each kind in its own argument
+    assert sent_m == metrics
+    assert sent_p == params
+    assert sent_t == tags
+    # as few calls as the limits allow
+    n_small = n_p + n_t
+    fewest = max(math.ceil(n_small / 100), math.ceil((n_small + n_m) / 1000))
+    assert n_calls == fewest
+    assert set(fake.uris) <= {"http://target"}  # type: ignore[attr-defined]
+
+
+def test_log_batch_chunked_nothing_to_send_makes_no_call(fake: FakeClient) -> None:
+    assert mlflow_io.log_batch_chunked("u", "r") == 0
+    assert fake.calls == []
+
+
+def test_log_batch_chunked_accepts_tuples(fake: FakeClient) -> None:
+    metrics, params, tags = _entities(1500, 120, 0)
+    n = mlflow_io.log_batch_chunked("u", "r", metrics=tuple(metrics), params=tuple(params),
+                                    tags=tuple(tags))
+    assert n == 2
+    assert [m for c in fake.calls for m in c["metrics"]] == metrics
+
+
+def test_log_batch_chunked_propagates_client_errors_after_partial_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Failing(FakeClient):
+        def log_batch(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
+            if self.calls:
+                raise RuntimeError("server gone")
+            super().log_batch(run_id, metrics, params, tags, synchronous)
+
+    c = Failing()
+    monkeypatch.setattr(mlflow_io, "client", lambda uri: c)
+    metrics, _, _ = _entities(2500, 0, 0)
+    with pytest.raises(RuntimeError, match="server gone"):
+        mlflow_io.log_batch_chunked("u", "r", metrics=metrics)
+    assert len(c.calls) == 1
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/x", "file:///tmp/mlruns", "s3://bucket/x", "nope"])
+def test_check_tracking_uri_refuses_unknown_scheme_without_network(uri: str,
+                                                                   monkeypatch) -> None:
+    def no_client(u: str):
+        raise AssertionError("must fail before making a client")
+
+    monkeypatch.setattr(mlflow_io, "client", no_client)
+    with pytest.raises(ConfigError, match="unsupported scheme") as ei:
+        mlflow_io.check_tracking_uri(uri, "source")
+    assert ei.value.obj == "source"

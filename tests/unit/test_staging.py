@@ -1,0 +1,208 @@
+"""The staging store (migrator.staging): key safety and the local folder backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migrator.errors import ConfigError, StagingError
+from migrator.staging import LocalStaging, open_staging, safe_key
+
+
+def _all_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+# ---- safe_key --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "..",
+        "../x",
+        "a/../../x",
+        "a/..",
+        "/etc/passwd",
+        "/",
+        "a#b",
+        "runs/r1/artifacts/#frag",
+        "a\\b",
+        "..\\..\\x",
+        "a//b",
+        "a/",
+        "",
+        ".",
+        "a/./b",
+        "a\x00b",
+    ],
+)
+def test_safe_key_refuses(key: str) -> None:
+    with pytest.raises(StagingError):
+        safe_key(key)
+
+
+def test_safe_key_refuses_bad_part_among_good_ones() -> None:
+    with pytest.raises(StagingError):
+        safe_key("runs", "r1", "../../escape")
+    with pytest.raises(StagingError):
+        safe_key("runs", "/abs")
+    with pytest.raises(StagingError):
+        safe_key("runs", "")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a b/c d.txt",
+        "données/模型/ファイル.bin",
+        "x..y/...z/.hidden",
+        "a-b_c/1.2.3",
+        "emoji/🙂.png",
+    ],
+)
+def test_safe_key_accepts(key: str) -> None:
+    assert safe_key(key) == key
+
+
+def test_safe_key_joins_parts() -> None:
+    assert safe_key("runs", "r1/artifacts", "model/MLmodel") == "runs/r1/artifacts/model/MLmodel"
+
+
+# ---- LocalStaging ----------------------------------------------------------------------
+
+
+def test_bytes_round_trip(tmp_path: Path) -> None:
+    st = LocalStaging(str(tmp_path))
+    data = bytes(range(256)) * 10
+    st.write_bytes("runs/r1/run.json", data)
+    assert st.read_bytes("runs/r1/run.json") == data
+    assert (tmp_path / "runs" / "r1" / "run.json").read_bytes() == data
+    assert st.exists("runs/r1/run.json")
+    assert not st.exists("runs/r1/other.json")
+    assert not st.exists("runs/r1")  # a folder is not an object
+
+
+def test_overwrite_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    st = LocalStaging(str(tmp_path))
+    st.write_bytes("a/b", b"old content, longer")
+    st.write_bytes("a/b", b"new")
+    assert st.read_bytes("a/b") == b"new"
+    assert _all_files(tmp_path) == {"a/b"}
+
+
+def test_file_round_trip(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    st = LocalStaging(str(root))
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"\x00\x01payload" * 1000)
+    st.upload_file(str(src), "runs/r1/artifacts/dir with space/é.bin")
+    out = tmp_path / "out.bin"
+    st.download_file("runs/r1/artifacts/dir with space/é.bin", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    assert st.read_bytes("runs/r1/artifacts/dir with space/é.bin") == src.read_bytes()
+
+
+def test_list_keys_nested(tmp_path: Path) -> None:
+    st = LocalStaging(str(tmp_path))
+    keys = {
+        "runs/r1/run.json",
+        "runs/r1/artifacts/a.txt",
+        "runs/r1/artifacts/deep/er/b.txt",
+        "runs/r2/run.json",
+    }
+    for k in keys:
+        st.write_bytes(k, k.encode())
+    st.write_bytes("experiments/1/experiment.json", b"{}")
+    assert set(st.list_keys("runs")) == keys
+    assert set(st.list_keys("runs/r1/artifacts")) == {
+        "runs/r1/artifacts/a.txt",
+        "runs/r1/artifacts/deep/er/b.txt",
+    }
+    assert list(st.list_keys("nothing/here")) == []
+    # keys listed are usable as-is
+    for k in st.list_keys("runs"):
+        assert st.read_bytes(k) == k.encode()
+
+
+def test_list_keys_hides_temp_files(tmp_path: Path) -> None:
+    st = LocalStaging(str(tmp_path))
+    st.write_bytes("m/real.parquet", b"x")
+    (tmp_path / "m" / ".tmp-abc").write_bytes(b"half")
+    assert list(st.list_keys("m")) == ["m/real.parquet"]
+
+
+def test_delete(tmp_path: Path) -> None:
+    st = LocalStaging(str(tmp_path))
+    st.write_bytes("a/b", b"x")
+    st.delete("a/b")
+    assert not st.exists("a/b")
+    st.delete("a/b")  # missing is fine
+    with pytest.raises(StagingError):
+        st.delete("../a/b")
+
+
+@pytest.mark.parametrize("key", ["../escape.txt", "a/../../escape.txt", "ABS",
+                                 "..\\escape.txt", "a/../escape.txt"])
+def test_traversal_never_writes_outside_root(tmp_path: Path, key: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    if key == "ABS":
+        key = str(tmp_path / "escape.txt")  # an absolute path that would land outside the root
+    st = LocalStaging(str(root))
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"evil")
+    before = _all_files(tmp_path)
+    with pytest.raises(StagingError):
+        st.write_bytes(key, b"evil")
+    with pytest.raises(StagingError):
+        st.upload_file(str(src), key)
+    with pytest.raises(StagingError):
+        st.read_bytes(key)
+    with pytest.raises(StagingError):
+        st.download_file(key, str(tmp_path / "dl.bin"))
+    assert _all_files(tmp_path) == before
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (root / "escape.txt").exists()
+
+
+def test_missing_key_raises_staging_error(tmp_path: Path) -> None:
+    st = LocalStaging(str(tmp_path))
+    with pytest.raises(StagingError, match="missing"):
+        st.read_bytes("runs/nope/run.json")
+    with pytest.raises(StagingError, match="missing"):
+        st.download_file("runs/nope/run.json", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    st = LocalStaging("rel")
+    assert Path(st.uri).is_absolute()
+    assert st.root == tmp_path / "rel"
+
+
+# ---- open_staging ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/path", "gs://bucket/prefix", "http://x/y"])
+def test_open_staging_refuses_unknown_scheme(uri: str) -> None:
+    with pytest.raises(ConfigError, match="unsupported staging scheme"):
+        open_staging(uri)
+
+
+def test_open_staging_s3_without_bucket_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="no bucket"):
+        open_staging("s3:///prefix")
+
+
+def test_open_staging_local_folder_and_file_uri(tmp_path: Path) -> None:
+    st = open_staging(str(tmp_path / "plain"))
+    assert isinstance(st, LocalStaging)
+    assert st.root == tmp_path / "plain"
+    st2 = open_staging(f"file://{tmp_path / 'viafile'}")
+    assert isinstance(st2, LocalStaging)
+    assert st2.root == tmp_path / "viafile"
+    st2.write_bytes("k", b"v")
+    assert (tmp_path / "viafile" / "k").read_bytes() == b"v"
