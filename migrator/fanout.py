@@ -57,13 +57,14 @@ def failed_row(row: Row, stage: str, error: BaseException | str) -> Row:
 
 def run_one(stage: Stage, row: Row, opts: Options) -> Row:
     """Run a stage on one row; never raises. Transient errors are retried with backoff."""
-    for attempt in range(1, opts.max_attempts + 1):
+    attempts = max(1, opts.max_attempts)
+    for attempt in range(1, attempts + 1):
         try:
             return stage.fn(row, opts)
         except TransientError as e:
-            if attempt == opts.max_attempts:
+            if attempt == attempts:
                 return failed_row(row, stage.name, e)
-            log.warning("%s (attempt %d of %d, retrying)", e, attempt, opts.max_attempts)
+            log.warning("%s (attempt %d of %d, retrying)", e, attempt, attempts)
             time.sleep(min(2**attempt, 30))
         except Exception as e:  # the one broad catch: the object fails, the migration goes on
             log.warning("%s %s failed: %s", stage.name, row.get("source_run_id", ""), describe(e))

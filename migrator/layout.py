@@ -76,7 +76,8 @@ def load_doc(data: bytes, kind: str, what: str) -> dict[str, Any]:
         raise StagingError(f"corrupt staging file (not JSON: {e})", obj=what) from None
     if not isinstance(doc, dict) or doc.get("format") != kind:
         raise StagingError(f"not a {kind} document", obj=what)
-    if not isinstance(doc.get("version"), int) or doc["version"] > FORMAT_VERSION:
+    version = doc.get("version")
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
         raise StagingError(f"unsupported {kind} version {doc.get('version')!r}", obj=what)
     return doc
 

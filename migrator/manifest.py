@@ -117,13 +117,13 @@ def _to_parquet(table: pa.Table) -> bytes:
 def _from_parquet(data: bytes, what: str, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise StagingError(f"corrupt manifest file: {e}", obj=what) from None
-    # Columns added by later versions are tolerated; missing ones are filled with nulls.
-    missing = [f for f in schema if f.name not in table.column_names]
-    for f in missing:
-        table = table.append_column(f, pa.nulls(len(table), f.type))
-    return table.select(schema.names).cast(schema)
+        # Columns added by later versions are tolerated; missing ones are filled with nulls.
+        missing = [f for f in schema if f.name not in table.column_names]
+        for f in missing:
+            table = table.append_column(f, pa.nulls(len(table), f.type))
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise StagingError(f"corrupt manifest file: {type(e).__name__}: {e}", obj=what) from None
 
 
 class ManifestTable:
@@ -146,6 +146,7 @@ class ManifestTable:
         self.flush_seconds = flush_seconds
         self._buffer: list[Row] = []
         self._oldest = 0.0
+        self._last_seq = 0
 
     @property
     def path(self) -> str:
@@ -170,11 +171,20 @@ class ManifestTable:
     def flush(self) -> None:
         if not self._buffer:
             return
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = f"{self._next_seq():020d}-{uuid.uuid4().hex[:8]}.parquet"
         self.staging.write_bytes(
             f"{self.journal_prefix}/{name}", _to_parquet(rows_to_table(self._buffer, self.schema))
         )
         self._buffer.clear()
+
+    def _next_seq(self) -> int:
+        """Journal file order: the clock, but never behind a file already written (a clock
+        that steps back must not let an older row win)."""
+        if not self._last_seq:
+            existing = [k.rsplit("/", 1)[-1].split("-", 1)[0] for k in self._journal_keys()]
+            self._last_seq = max((int(x) for x in existing if x.isdigit()), default=0)
+        self._last_seq = max(time.time_ns(), self._last_seq + 1)
+        return self._last_seq
 
     def _journal_keys(self) -> list[str]:
         return sorted(self.staging.list_keys(self.journal_prefix))

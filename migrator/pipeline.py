@@ -51,7 +51,7 @@ def matches(patterns: tuple[str, ...], experiment_id: str, name: str) -> bool:
     """True when no filter is set, or a pattern equals the id or name, or globs the name."""
     if not patterns:
         return True
-    return any(p == experiment_id or fnmatch.fnmatchcase(name, p) for p in patterns)
+    return any(p in (experiment_id, name) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def next_step(row: Row | None) -> str:

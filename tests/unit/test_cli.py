@@ -37,12 +37,6 @@ def test_parse_time_ms_refuses_bad_values(text: str) -> None:
         parse_time_ms(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_time_ms computes int(dt.timestamp() * 1000), which truncates a float; "
-    "for many millisecond times it is 1 ms early (e.g. ...47.472Z -> ...471), so "
-    "--run-start-time then also selects runs started 1 ms before the given time",
-)
 def test_parse_time_ms_is_exact_to_the_millisecond() -> None:
     assert parse_time_ms("2004-03-15T07:55:47.472Z") == 1079337347472
 

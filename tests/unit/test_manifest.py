@@ -211,12 +211,6 @@ def test_corrupt_journal_file_is_skipped_with_warning(
     assert set(runs_table(staging).load()) == {"a", "b", "c"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _from_parquet only turns ArrowInvalid/OSError into StagingError; a journal "
-    "file whose footer holds a non-UTF-8 column name raises UnicodeDecodeError out of "
-    "read_table, so one damaged journal file stops every later run instead of being skipped",
-)
 def test_journal_file_with_damaged_footer_is_skipped(staging: LocalStaging) -> None:
     t = runs_table(staging)
     t.append([_row("a", "tagged")])
@@ -233,11 +227,6 @@ def test_journal_file_with_damaged_footer_is_skipped(staging: LocalStaging) -> N
     assert rows["a"]["state"] == "tagged"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: journal order is wall-clock order (time.time_ns() in the file name); if the "
-    "clock steps back between two flushes of one driver, the older row wins over the newer",
-)
 def test_newest_row_wins_even_if_clock_steps_back(
     staging: LocalStaging, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,11 +70,5 @@ def test_matches_any_of_several_patterns() -> None:
     assert not matches(pats, "1", "other")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: matches() documents 'a pattern equals the id or name', but only compares the "
-    "id for equality and passes the name through fnmatch, so a name containing [ ] is not "
-    "matched by its own exact name (fnmatch reads [..] as a character class)",
-)
 def test_matches_exact_name_with_brackets() -> None:
     assert matches(("exp [v2]",), "5", "exp [v2]")
