@@ -23,9 +23,7 @@ def parse_time_ms(text: str) -> int:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not epoch ms or an ISO date/time: {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"not epoch ms or an ISO date/time: {text!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return (dt - _EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
@@ -42,21 +40,42 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
         p.add_argument("--target", required=True, help="target tracking URI")
     if staging:
         p.add_argument(
-            "--staging", default=DEFAULTS.staging,
+            "--staging",
+            default=DEFAULTS.staging,
             help="s3://bucket/prefix or a local folder; the same URI resumes "
             f"(default: ./{DEFAULTS.staging})",
         )
-    p.add_argument("--experiments", type=_csv, default=(), help="names, ids or globs (comma-separated; default all)")
+    p.add_argument(
+        "--experiments",
+        type=_csv,
+        default=(),
+        help="names, ids or globs (comma-separated; default all)",
+    )
     p.add_argument("--models", type=_csv, default=(), help="registered model names or globs")
-    p.add_argument("--include-deleted", action="store_true", help="also migrate deleted experiments and runs")
-    p.add_argument("--run-start-time", type=parse_time_ms, default=None,
-                   help="only runs started at or after this time (epoch ms or ISO date)")
-    p.add_argument("--no-import-source-tags", dest="import_source_tags", action="store_false",
-                   help="do not keep original system attributes as mlflow_exim.* tags")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster address (default: a local Ray; 'none' runs inline)")
+    p.add_argument(
+        "--include-deleted", action="store_true", help="also migrate deleted experiments and runs"
+    )
+    p.add_argument(
+        "--run-start-time",
+        type=parse_time_ms,
+        default=None,
+        help="only runs started at or after this time (epoch ms or ISO date)",
+    )
+    p.add_argument(
+        "--no-import-source-tags",
+        dest="import_source_tags",
+        action="store_false",
+        help="do not keep original system attributes as mlflow_exim.* tags",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address (default: a local Ray; 'none' runs inline)",
+    )
     p.add_argument("--dry-run", action="store_true", help="show what would move; write nothing")
-    p.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once")
+    p.add_argument(
+        "--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once"
+    )
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="runs per task")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -64,16 +83,27 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="migrator",
-        description="Move a whole MLflow tracking server: experiments, runs, metrics, artifacts, with lineage.",
+        description="Move a whole MLflow tracking server, with lineage.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_common(sub.add_parser("migrate", help="export + import + source tags"), source=True, target=True, staging=True)
-    _add_common(sub.add_parser("export", help="source -> staging"), source=True, target=False, staging=True)
-    _add_common(sub.add_parser("import", help="staging -> target"), source=False, target=True, staging=True)
+    _add_common(
+        sub.add_parser("migrate", help="export + import + source tags"),
+        source=True,
+        target=True,
+        staging=True,
+    )
+    _add_common(
+        sub.add_parser("export", help="source -> staging"), source=True, target=False, staging=True
+    )
+    _add_common(
+        sub.add_parser("import", help="staging -> target"), source=False, target=True, staging=True
+    )
     plan = sub.add_parser("plan", help="what would move; writes nothing")
     _add_common(plan, source=True, target=False, staging=True)
     plan.add_argument("--target", default="", help="target tracking URI (shows what exists there)")
-    demo = sub.add_parser("demo", help="embedded end-to-end demo: seeded source, target, S3, local Ray")
+    demo = sub.add_parser(
+        "demo", help="embedded end-to-end demo: seeded source, target, S3, local Ray"
+    )
     demo.add_argument("--runs", type=int, default=40, help="runs to seed on the source")
     demo.add_argument("--keep", action="store_true", help="keep servers up until Ctrl-C")
     demo.add_argument("-v", "--verbose", action="store_true")

@@ -16,7 +16,7 @@ from migrator.config import Options
 from migrator.fanout import make_executor
 from migrator.pipeline import run_command
 from migrator.seed import seed_source, source_summary
-from migrator.services import s3_server, mlflow_server
+from migrator.services import mlflow_server, s3_server
 
 BUCKET = "migrator-staging"
 
@@ -37,8 +37,9 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
         t0 = time.monotonic()
         seed_source(src.url, n_runs)
         print(f"demo: seeded source in {time.monotonic() - t0:.1f} s: {source_summary(src.url)}")
-        opts = Options(source=src.url, target=tgt.url, staging=f"s3://{BUCKET}/demo",
-                       include_deleted=True)
+        opts = Options(
+            source=src.url, target=tgt.url, staging=f"s3://{BUCKET}/demo", include_deleted=True
+        )
         t0 = time.monotonic()
         first = run_command("migrate", opts, make_executor)
         wall = time.monotonic() - t0
@@ -54,7 +55,9 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
             f"no-op re-run {rerun:.1f} s; driver peak RSS {_peak_rss_mb():.0f} MB"
         )
         print(f"demo: target now holds {source_summary(tgt.url)}")
-        print(f"demo: manifests at s3://{BUCKET}/demo/manifests/ (runs.parquet, experiments.parquet)")
+        print(
+            f"demo: manifests at s3://{BUCKET}/demo/manifests/ (runs.parquet, experiments.parquet)"
+        )
         if keep:
             print("demo: servers stay up until Ctrl-C")
             try:

@@ -31,10 +31,6 @@ class MigratorError(Exception):
     def __reduce__(self) -> tuple[type, tuple[str], dict[str, str]]:
         return (type(self), (self.message,), {"obj": self.obj, "stage": self.stage})
 
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.obj = state["obj"]
-        self.stage = state["stage"]
-
 
 class ConfigError(MigratorError):
     """Bad input caught before any work starts (options, URIs, reachability)."""

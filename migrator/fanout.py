@@ -144,13 +144,14 @@ class RayExecutor:
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
         window = 2 * max(1, opts.concurrency)
         queue: deque[Job] = deque()
-        fresh: Iterator[Job] | None = iter(jobs)
-        first = next(fresh, None)
+        jobs_iter = iter(jobs)
+        first = next(jobs_iter, None)
         if first is None:
             return
         ray = self._connect()
         opts_ref = ray.put(opts)
         queue.append(first)
+        fresh: Iterator[Job] | None = jobs_iter
         in_flight: dict[Any, Job] = {}
         while True:
             while len(in_flight) < window:
@@ -170,7 +171,9 @@ class RayExecutor:
                 try:
                     rows = ray.get(ref)
                 except Exception as e:  # the task itself died (worker lost, after Ray's retries)
-                    rows = [failed_row(r, job.stage.name, f"task lost: {describe(e)}") for r in job.rows]
+                    rows = [
+                        failed_row(r, job.stage.name, f"task lost: {describe(e)}") for r in job.rows
+                    ]
                 queue.extend(on_done(job, rows))
 
     def close(self) -> None:

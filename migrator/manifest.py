@@ -99,7 +99,7 @@ def table_to_rows(table: pa.Table) -> list[Row]:
     for i, f in enumerate(table.schema):
         if pa.types.is_timestamp(f.type):
             table = table.set_column(i, f.name, table.column(i).cast(pa.int64()))
-    rows = table.to_pylist()
+    rows: list[Row] = table.to_pylist()
     maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
     for r in rows:
         for m in maps:

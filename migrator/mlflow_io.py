@@ -25,7 +25,16 @@ from migrator.lineage import (
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
-_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mysql+pymysql", "mssql", "databricks")
+_SCHEMES = (
+    "http",
+    "https",
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mysql+pymysql",
+    "mssql",
+    "databricks",
+)
 
 # Quieter, quicker-failing clients than MLflow's defaults (7 retries, 120 s timeout), unless the
 # user set them; the migrator retries transient failures itself.
@@ -71,13 +80,9 @@ def check_tracking_uri(uri: str, role: str) -> None:
         try:
             resp = requests.get(uri.rstrip("/") + "/health", timeout=10)
         except requests.RequestException as e:
-            raise ConfigError(
-                f"{role} server {uri} is not reachable: {type(e).__name__}"
-            ) from None
+            raise ConfigError(f"{role} server {uri} is not reachable: {type(e).__name__}") from None
         if resp.status_code >= 400:
-            raise ConfigError(
-                f"{role} server {uri} answered HTTP {resp.status_code} to /health"
-            )
+            raise ConfigError(f"{role} server {uri} answered HTTP {resp.status_code} to /health")
     try:
         with translate_errors(role):
             client(uri).search_experiments(max_results=1)

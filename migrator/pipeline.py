@@ -32,11 +32,11 @@ from migrator.manifest import (
     experiments_table,
     runs_table,
 )
-from migrator.staging import open_staging
 from migrator.stages import experiments as exp_stage
 from migrator.stages.export_runs import export_run
 from migrator.stages.import_runs import import_run
 from migrator.stages.tag_runs import tag_run
+from migrator.staging import open_staging
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class Summary:
             lines.append(f"  FAILED ({len(self.failed)}):")
             for r in self.failed[:50]:
                 what = (
-                    f"run {r['source_run_id']}" if "source_run_id" in r
+                    f"run {r['source_run_id']}"
+                    if "source_run_id" in r
                     else f"experiment {r.get('name')!r} ({r.get('source_experiment_id')})"
                 )
                 lines.append(f"    {what}: {r.get('failed_stage')}: {r.get('error')}")
@@ -144,15 +145,17 @@ class Migration:
                 if old and old.get("target_experiment_id"):
                     row["target_experiment_id"] = old["target_experiment_id"]
             except MigratorError as e:
-                row = failed_row({"source_experiment_id": exp.experiment_id, "name": exp.name},
-                                 "export", e)
+                row = failed_row(
+                    {"source_experiment_id": exp.experiment_id, "name": exp.name}, "export", e
+                )
             rows.append(self._record_experiment(row))
         return rows
 
     def staged_experiments(self) -> list[Row]:
         """Experiments in scope as the manifest knows them (for `import`, which has no source)."""
         return [
-            r for r in self.exps.values()
+            r
+            for r in self.exps.values()
             if matches(self.opts.experiments, r["source_experiment_id"], r.get("name") or "")
         ]
 
@@ -201,12 +204,18 @@ class Migration:
         for exp in exp_rows:
             if exp.get("state") == FAILED:
                 continue
-            for run in mlflow_io.iter_runs(self.opts.source, [exp["source_experiment_id"]], view, flt):
+            for run in mlflow_io.iter_runs(
+                self.opts.source, [exp["source_experiment_id"]], view, flt
+            ):
                 known = self.runs.get(run.info.run_id)
-                row = dict(known) if known else {
-                    "source_run_id": run.info.run_id,
-                    "source_experiment_id": exp["source_experiment_id"],
-                }
+                row = (
+                    dict(known)
+                    if known
+                    else {
+                        "source_run_id": run.info.run_id,
+                        "source_experiment_id": exp["source_experiment_id"],
+                    }
+                )
                 row["target_experiment_id"] = exp.get("target_experiment_id")
                 yield row
 
@@ -214,7 +223,8 @@ class Migration:
         """Runs in scope as the manifest knows them (for `import`), optionally in one state."""
         targets = {
             e["source_experiment_id"]: e.get("target_experiment_id")
-            for e in exp_rows if e.get("state") != FAILED
+            for e in exp_rows
+            if e.get("state") != FAILED
         }
         for row in list(self.runs.values()):
             if only_state and row.get("state") != only_state:
@@ -291,7 +301,8 @@ class Migration:
             log.warning(
                 "%d runs have a parent that was not migrated (filtered out or failed): their "
                 "mlflow.parentRunId is left unset; the source value is in "
-                "mlflow_exim.mlflow_tag.parentRunId", missing_parents,
+                "mlflow_exim.mlflow_tag.parentRunId",
+                missing_parents,
             )
 
     def _record_runs(self, stage: str, rows: list[Row]) -> None:

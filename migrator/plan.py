@@ -43,7 +43,8 @@ class Plan:
         lines.append("")
         lines.append(
             f"  total: {len(self.experiments)} experiments, {sum(total.values())} runs ("
-            + (", ".join(f"{v} {k}" for k, v in sorted(total.items())) or "none") + ")"
+            + (", ".join(f"{v} {k}" for k, v in sorted(total.items())) or "none")
+            + ")"
         )
         return "\n".join(lines)
 
@@ -62,8 +63,9 @@ def run_plan(opts: Options, command: str) -> Plan:
 
     plan = Plan(command)
     from_source = command in ("migrate", "export", "plan")
-    preflight(opts, source=from_source, target=bool(opts.target) and command != "export",
-              staging=False)
+    preflight(
+        opts, source=from_source, target=bool(opts.target) and command != "export", staging=False
+    )
     known = _known_runs(opts)
     target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
 
@@ -74,8 +76,9 @@ def run_plan(opts: Options, command: str) -> Plan:
         staging = open_staging(opts.staging)
         for e in table_to_rows(experiments_table(staging).read_table()):
             if matches(opts.experiments, e["source_experiment_id"], e["name"] or ""):
-                ep = ExperimentPlan(e["source_experiment_id"], e["name"], e["lifecycle_stage"],
-                                    on_target(e["name"]))
+                ep = ExperimentPlan(
+                    e["source_experiment_id"], e["name"], e["lifecycle_stage"], on_target(e["name"])
+                )
                 for r in known.values():
                     if r["source_experiment_id"] == ep.source_id:
                         ep.runs[next_step(r)] += 1

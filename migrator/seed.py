@@ -54,8 +54,11 @@ def seed_source(uri: str, n_runs: int = 40, *, seed: int = 7) -> Seeded:
     out = Seeded()
     for name in EXPERIMENTS:
         exp_id = c.create_experiment(
-            name, tags={"team": "vision" if "class" in name else "forecast",
-                        "mlflow.note.content": f"Experiment {name}: **demo** data"},
+            name,
+            tags={
+                "team": "vision" if "class" in name else "forecast",
+                "mlflow.note.content": f"Experiment {name}: **demo** data",
+            },
         )
         out.experiment_ids[name] = exp_id
     out.experiment_ids["Default"] = "0"
@@ -96,9 +99,14 @@ def seed_source(uri: str, n_runs: int = 40, *, seed: int = 7) -> Seeded:
             ]
             c.log_batch(rid, metrics=metrics, params=params, tags=[RunTag("epoch_count", "50")])
             if i % 3 == 0:
-                ds = Dataset(name="iris", digest=f"d{i % 4}", source_type="local",
-                             source='{"uri": "data/iris.csv"}', schema='{"mlflow_colspec": []}',
-                             profile='{"num_rows": 150}')
+                ds = Dataset(
+                    name="iris",
+                    digest=f"d{i % 4}",
+                    source_type="local",
+                    source='{"uri": "data/iris.csv"}',
+                    schema='{"mlflow_colspec": []}',
+                    profile='{"num_rows": 150}',
+                )
                 c.log_inputs(rid, [DatasetInput(ds, [InputTag("mlflow.data.context", "train")])])
             folder = os.path.join(tmp, str(i))
             _write_artifacts(folder, i)
@@ -122,6 +130,7 @@ def source_summary(uri: str) -> dict[str, Any]:
 
     c = MlflowClient(uri)
     exps = c.search_experiments(view_type=ViewType.ALL)
-    runs = c.search_runs([e.experiment_id for e in exps], run_view_type=ViewType.ALL,
-                         max_results=50000)
+    runs = c.search_runs(
+        [e.experiment_id for e in exps], run_view_type=ViewType.ALL, max_results=50000
+    )
     return {"experiments": len(exps), "runs": len(runs)}

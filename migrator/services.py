@@ -64,15 +64,26 @@ class Service:
             return ""
 
 
-def _start(name: str, cmd: list[str], url: str, health: str, workdir: Path,
-           env: dict[str, str] | None = None, timeout: float = 180.0) -> Service:
+def _start(
+    name: str,
+    cmd: list[str],
+    url: str,
+    health: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+) -> Service:
     import requests
 
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
     svc = Service(name, proc, url, log_path)
     deadline = time.monotonic() + timeout
@@ -93,8 +104,12 @@ def start_s3(workdir: Path) -> Service:
     """moto's S3 server (objects in memory)."""
     port = free_port()
     return _start(
-        "s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        f"http://127.0.0.1:{port}", "/moto-api/", workdir, timeout=60,
+        "s3",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}",
+        "/moto-api/",
+        workdir,
+        timeout=60,
     )
 
 
@@ -104,10 +119,20 @@ def start_mlflow(name: str, backend_uri: str, workdir: Path) -> Service:
     artifacts = workdir / f"{name}-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_uri,
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     return _start(name, cmd, f"http://127.0.0.1:{port}", "/health", workdir, SERVER_ENV)
 
@@ -130,14 +155,16 @@ def _admin_connection(kind: str):  # type: ignore[no-untyped-def]
     if kind == POSTGRES:
         import psycopg2
 
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres",
-                                connect_timeout=3)
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        )
         conn.autocommit = True
         return conn
     import pymysql
 
-    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
-                           connect_timeout=3, autocommit=True)
+    return pymysql.connect(
+        host="127.0.0.1", port=3306, user="root", password="", connect_timeout=3, autocommit=True
+    )
 
 
 def create_database(kind: str, prefix: str = "migrator") -> str:

@@ -124,7 +124,9 @@ def _log_inputs(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
         client(opts.target).log_inputs(run_id, datasets=inputs)
 
 
-def _import_artifacts(opts: Options, staging: Staging, target_run: Any, doc: dict[str, Any]) -> None:
+def _import_artifacts(
+    opts: Options, staging: Staging, target_run: Any, doc: dict[str, Any]
+) -> None:
     files = doc["artifacts"]
     if not files:
         return

@@ -162,7 +162,7 @@ def test_metrics_round_trip_preserves_nan_inf_and_order() -> None:
     assert table.schema.field("value").type == pa.float64()
     rows = table.to_pylist()
     assert len(rows) == len(points)
-    for got, want in zip(rows, points):
+    for got, want in zip(rows, points, strict=True):
         assert got["key"] == want["key"]
         assert got["step"] == want["step"]
         assert got["timestamp"] == want["timestamp"]

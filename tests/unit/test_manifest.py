@@ -157,7 +157,7 @@ def test_compact_removes_journal_and_writes_compacted_file(staging: LocalStaging
     assert table.num_rows == 2
     on_disk = pq.read_table(io.BytesIO(staging.read_bytes("manifests/runs.parquet")))
     assert on_disk.num_rows == 2
-    assert dict(zip(on_disk["source_run_id"].to_pylist(), on_disk["state"].to_pylist())) == {
+    assert dict(zip(on_disk["source_run_id"].to_pylist(), on_disk["state"].to_pylist(), strict=True)) == {
         "a": "imported", "b": "exported"}
     # a fresh reader (another process, a resumed driver) sees the same
     assert {k: r["state"] for k, r in runs_table(staging).load().items()} == {
