@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -185,12 +188,27 @@ def test_make_executor_none_is_inline_without_ray() -> None:
     ex.close()
 
 
-def test_fanout_module_does_not_import_ray_at_import_time() -> None:
-    # the inline path must work without starting (or even importing) Ray
-    if "ray" in sys.modules:
-        pytest.skip("ray already imported by another test in this process")
-    fanout.make_executor(Options(ray_address="none"))
-    assert "ray" not in sys.modules
+def test_inline_path_never_imports_ray() -> None:
+    # In a fresh interpreter: the whole pipeline with the inline executor, and no Ray.
+    code = (
+        "import sys, migrator.pipeline, migrator.plan, migrator.cli\n"
+        "from migrator.config import Options\n"
+        "from migrator.fanout import make_executor\n"
+        "make_executor(Options(ray_address='none'))\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_only_the_fanout_module_imports_ray() -> None:
+    package = Path(fanout.__file__).parent
+    importers = sorted(
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if re.search(r"^\s*(import ray|from ray)", p.read_text(), re.MULTILINE)
+    )
+    assert importers == ["fanout.py"]
 
 
 def test_forwarded_env(monkeypatch: pytest.MonkeyPatch) -> None:
