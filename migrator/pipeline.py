@@ -21,7 +21,7 @@ from typing import Any
 from migrator import mlflow_io
 from migrator.config import Options
 from migrator.errors import ConfigError, MigratorError
-from migrator.fanout import Executor, Job, Stage, describe, failed_row
+from migrator.fanout import Executor, Job, Stage, failed_row
 from migrator.manifest import (
     EXPORTED,
     FAILED,
@@ -31,6 +31,7 @@ from migrator.manifest import (
     Row,
     experiments_table,
     runs_table,
+    table_to_rows,
 )
 from migrator.stages import experiments as exp_stage
 from migrator.stages.export_runs import export_run
@@ -123,10 +124,9 @@ class Migration:
         self.exps_m: ManifestTable = experiments_table(self.staging)
         self.summary = Summary(command, staging=self.staging.uri)
         self._last_progress = time.monotonic()
-        self._done_in_this_call: set[str] = set()
         # Fold what a killed driver left in the journal before deciding anything.
-        self.runs = {r["source_run_id"]: r for r in _rows(self.runs_m.compact())}
-        self.exps = {r["source_experiment_id"]: r for r in _rows(self.exps_m.compact())}
+        self.runs = {r["source_run_id"]: r for r in table_to_rows(self.runs_m.compact())}
+        self.exps = {r["source_experiment_id"]: r for r in table_to_rows(self.exps_m.compact())}
 
     # ---- experiments -------------------------------------------------------------------
 
@@ -329,12 +329,6 @@ class Migration:
         return self.summary
 
 
-def _rows(table: Any) -> list[Row]:
-    from migrator.manifest import table_to_rows
-
-    return table_to_rows(table)
-
-
 def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True) -> None:
     """Fail fast, before any work: URIs well-formed, servers answering, staging usable."""
     if source:
@@ -375,6 +369,3 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
         return m.close(exp_rows)
     finally:
         executor.close()
-
-
-__all__ = ["Summary", "run_command", "preflight", "describe"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from migrator import mlflow_io
 from migrator.config import Options
-from migrator.manifest import Row, experiments_table, runs_table, table_to_rows
+from migrator.manifest import Row, experiments_table, runs_table
 from migrator.pipeline import matches, next_step, preflight
 from migrator.staging import open_staging
 
@@ -54,7 +54,7 @@ def _known_runs(opts: Options) -> dict[str, Row]:
         staging = open_staging(opts.staging)
     except Exception:
         return {}
-    return {r["source_run_id"]: r for r in table_to_rows(runs_table(staging).read_table())}
+    return runs_table(staging).load()
 
 
 def run_plan(opts: Options, command: str) -> Plan:
@@ -74,7 +74,7 @@ def run_plan(opts: Options, command: str) -> Plan:
 
     if not from_source:
         staging = open_staging(opts.staging)
-        for e in table_to_rows(experiments_table(staging).read_table()):
+        for e in experiments_table(staging).load().values():
             if matches(opts.experiments, e["source_experiment_id"], e["name"] or ""):
                 ep = ExperimentPlan(
                     e["source_experiment_id"], e["name"], e["lifecycle_stage"], on_target(e["name"])

@@ -125,7 +125,8 @@ class S3Staging:
         self.uri = uri.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
-        self._client: Any = boto3.client(
+        # A session of its own: credentials are read now, not from a process-wide cache.
+        self._client: Any = boto3.session.Session().client(
             "s3",
             endpoint_url=s3_endpoint_url(),
             config=Config(retries={"max_attempts": 5, "mode": "standard"}),

@@ -91,3 +91,48 @@ def test_missing_bucket_fails_fast(source: Source, s3: Any, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert code == 2
     assert "bucket 'no-such-bucket' not usable" in err
+
+
+def test_missing_credentials_fail_fast(source: Source, s3: Any, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = main(["export", "--source", source.url, "--staging", "s3://migrator-staging/no-creds"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "credentials" in err.lower()
+
+
+def test_unreadable_source_artifact_fails_that_run_only(
+    workdir: Path, target_server: Any, ray_local: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An artifact the source server cannot read (its file vanished behind a dangling link)."""
+    from migrator import services
+
+    with services.mlflow_server("broken-source", "sqlite", tmp_path) as src:
+        c = MlflowClient(src.url)
+        exp = c.create_experiment("broken")
+        good, bad = (c.create_run(exp, run_name=n).info.run_id for n in ("good", "bad"))
+        for rid in (good, bad):
+            f = tmp_path / "a.txt"
+            f.write_text(rid)
+            c.log_artifact(rid, str(f))
+            c.set_terminated(rid)
+        stored = tmp_path / "broken-source-artifacts" / exp / bad / "artifacts" / "a.txt"
+        assert stored.is_file()
+        stored.unlink()
+        stored.symlink_to(tmp_path / "gone")
+        target = target_server()
+        code = main(["migrate", "--source", src.url, "--target", target.url,
+                     "--staging", str(tmp_path / "staging")])
+        out = capsys.readouterr().out
+    assert code == 1
+    assert f"run {bad}: export:" in out
+    rows = runs_table(LocalStaging(str(tmp_path / "staging"))).load()
+    assert rows[bad]["state"] == "failed" and rows[bad]["failed_stage"] == "export"
+    assert rows[good]["state"] == "tagged"

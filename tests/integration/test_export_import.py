@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
+from migrator.cli import main
 from migrator.config import Options
 from migrator.fanout import make_executor
 from migrator.pipeline import run_command
@@ -33,13 +35,14 @@ def test_export_then_import_with_filters_and_no_source_tags(
     assert exported.ok and exported.runs == {"exported": len(wanted)}
 
     target = target_server()
+    tgt = MlflowClient(target.url)
+    existing = tgt.create_experiment(scope[0].name)  # already there: must be reused
     # The import needs nothing but the staging store: no source URI at all.
     imported = run_command("import", Options(target=target.url, staging=staging,
                                              import_source_tags=False), make_executor)
     assert imported.ok, imported.render()
-    tgt = MlflowClient(target.url)
     exp = tgt.get_experiment_by_name(scope[0].name)
-    assert exp is not None
+    assert exp is not None and exp.experiment_id == existing
     assert not any(k.startswith("mlflow_exim.") for k in exp.tags)
     runs = tgt.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
     assert {r.info.run_name for r in runs} == {src.get_run(i).info.run_name for i in wanted}
@@ -52,3 +55,21 @@ def test_export_then_import_with_filters_and_no_source_tags(
                                           import_source_tags=False), make_executor)
     assert set(again.actions) == {"unchanged"}
     assert len(tgt.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)) == len(wanted)
+
+
+def test_plan_and_dry_run_write_nothing(source: Source, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    staging = tmp_path / "plan-staging"
+    assert main(["plan", "--source", source.url, "--staging", str(staging),
+                 "--include-deleted"]) == 0
+    out = capsys.readouterr().out
+    src = MlflowClient(source.url)
+    n_runs = len(src.search_runs([e.experiment_id for e in src.search_experiments(
+        view_type=ViewType.ALL)], run_view_type=ViewType.ALL, max_results=10000))
+    assert f"runs ({n_runs} export)" in out
+    assert "demo/archived (deleted)" in out
+    assert main(["migrate", "--dry-run", "--source", source.url, "--target", source.url,
+                 "--staging", str(staging), "--experiments", "demo/regression"]) == 0
+    out = capsys.readouterr().out
+    assert "1 experiments" in out and "exists" in out
+    assert not staging.exists()
