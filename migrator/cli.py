@@ -86,8 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Move a whole MLflow tracking server, with lineage.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    migrate = sub.add_parser("migrate", help="export + import + source tags (+ --verify)")
+    migrate.add_argument("--verify", action="store_true", help="verify every object at the end")
+    migrate.add_argument(
+        "--artifacts",
+        dest="verify_artifacts",
+        choices=("hash", "size", "none"),
+        default=DEFAULTS.verify_artifacts,
+        help="with --verify: how deep to check artifacts (default hash)",
+    )
     _add_common(
-        sub.add_parser("migrate", help="export + import + source tags"),
+        migrate,
         source=True,
         target=True,
         staging=True,
@@ -98,6 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(
         sub.add_parser("import", help="staging -> target"), source=False, target=True, staging=True
     )
+    verify = sub.add_parser("verify", help="compare every migrated object with its source")
+    _add_common(verify, source=True, target=True, staging=True)
+    verify.add_argument(
+        "--artifacts",
+        dest="verify_artifacts",
+        choices=("hash", "size", "none"),
+        default=DEFAULTS.verify_artifacts,
+        help="hash: SHA-256 of every file (default); size; none",
+    )
+    audit = sub.add_parser("audit", help="lineage questions answered from the manifests")
+    audit.add_argument("--staging", default=DEFAULTS.staging, help="the migration's staging URI")
+    which = audit.add_mutually_exclusive_group(required=True)
+    which.add_argument("--source-run-id", help="where did this source run go, and what was it?")
+    which.add_argument("--target-run-id", help="where did this target run come from?")
+    which.add_argument("--summary", action="store_true", help="counts by object type and state")
+    audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    audit.add_argument("-v", "--verbose", action="store_true")
     plan = sub.add_parser("plan", help="what would move; writes nothing")
     _add_common(plan, source=True, target=False, staging=True)
     plan.add_argument("--target", default="", help="target tracking URI (shows what exists there)")
@@ -134,6 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from migrator.demo import run_demo
 
             return run_demo(n_runs=args.runs, keep=args.keep)
+        if args.command == "audit":
+            from migrator.audit import run_audit
+
+            return run_audit(
+                args.staging,
+                source_run_id=args.source_run_id,
+                target_run_id=args.target_run_id,
+                fmt=args.format,
+            )
         opts = options_from_args(args)
         if args.command == "plan" or opts.dry_run:
             from migrator.plan import run_plan

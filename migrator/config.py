@@ -28,6 +28,10 @@ class Options:
     """Keep every original system attribute as an `mlflow_exim.*` tag on the target."""
     ray_address: str | None = None
     """Ray cluster address; None starts a local Ray."""
+    verify: bool = False
+    """`migrate` only: verify every object at the end (as `verify` does)."""
+    verify_artifacts: str = "hash"
+    """How deep `verify` checks artifacts: `hash` (SHA-256 of every file), `size`, or `none`."""
     dry_run: bool = False
     """Plan only: enumerate and report, write nothing."""
     concurrency: int = 8

@@ -30,6 +30,10 @@ Row = dict[str, Any]
 
 TS = pa.timestamp("ms", tz="UTC")
 TAGS = pa.map_(pa.string(), pa.string())
+#: Every artifact file of a run as exported: the reference `verify` checks the target against.
+ARTIFACT_FILES = pa.list_(
+    pa.struct([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
+)
 
 # States a run passes through; `failed` records the stage in `failed_stage`.
 EXPORTED, IMPORTED, TAGGED, FAILED = "exported", "imported", "tagged", "failed"
@@ -53,6 +57,7 @@ RUNS_SCHEMA = pa.schema(
         ("n_metric_points", pa.int64()),
         ("n_artifacts", pa.int64()),
         ("artifact_bytes", pa.int64()),
+        ("artifact_files", ARTIFACT_FILES),
         ("state", pa.string()),
         ("error", pa.string()),
         ("failed_stage", pa.string()),
@@ -75,6 +80,29 @@ EXPERIMENTS_SCHEMA = pa.schema(
         ("failed_stage", pa.string()),
         ("updated_at", TS),
     ]
+)
+
+
+#: The last verification, one row per object (`run`, `experiment`); rewritten by each `verify`.
+VERIFY_SCHEMA = pa.schema(
+    [
+        ("object_type", pa.string()),
+        ("source_id", pa.string()),
+        ("target_id", pa.string()),
+        ("name", pa.string()),
+        ("outcome", pa.string()),
+        ("differences", pa.list_(pa.string())),
+        ("details", pa.string()),
+        ("error", pa.string()),
+        ("verified_at", TS),
+    ]
+)
+MATCH, DIFFER, MISSING_ON_TARGET, MISSING_ON_SOURCE, ERROR = (
+    "match",
+    "differ",
+    "missing_on_target",
+    "missing_on_source",
+    "error",
 )
 
 
@@ -238,3 +266,17 @@ def runs_table(staging: Staging, flush_rows: int = 500) -> ManifestTable:
 
 def experiments_table(staging: Staging) -> ManifestTable:
     return ManifestTable(staging, "experiments", EXPERIMENTS_SCHEMA, "source_experiment_id")
+
+
+def write_verify(staging: Staging, rows: list[Row]) -> str:
+    """Replace `manifests/verify.parquet` with this verification's rows; returns its key."""
+    key = "manifests/verify.parquet"
+    staging.write_bytes(key, _to_parquet(rows_to_table(rows, VERIFY_SCHEMA)))
+    return key
+
+
+def read_verify(staging: Staging) -> list[Row]:
+    key = "manifests/verify.parquet"
+    if not staging.exists(key):
+        return []
+    return table_to_rows(_from_parquet(staging.read_bytes(key), key, VERIFY_SCHEMA))

@@ -141,6 +141,27 @@ def iter_runs(
             return
 
 
+def _or_none(call: Any, *args: Any) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call(*args)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def get_run_or_none(uri: str, run_id: str) -> Any | None:
+    """The run, or None when the server says it does not exist."""
+    return _or_none(client(uri).get_run, run_id)
+
+
+def get_experiment_or_none(uri: str, experiment_id: str) -> Any | None:
+    """The experiment, or None when the server says it does not exist."""
+    return _or_none(client(uri).get_experiment, experiment_id)
+
+
 def find_run_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> Any | None:
     """The target run created earlier for a source run, found by its lineage tag, if any.
 

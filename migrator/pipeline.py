@@ -36,8 +36,9 @@ from migrator.manifest import (
 from migrator.stages import experiments as exp_stage
 from migrator.stages.export_runs import export_run
 from migrator.stages.import_runs import import_run
-from migrator.stages.tag_runs import tag_run
+from migrator.stages.tag_runs import tag_run, with_target_parent
 from migrator.staging import open_staging
+from migrator.verify import verify_migration
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ IMPORT = Stage("import", import_run)
 TAG = Stage("tag", tag_run)
 PROGRESS_EVERY_S = 5.0
 _DONE = {"export": "exported", "import": "imported", "tag": "tagged"}
+#: Run statuses that mean "not finished": such runs are exported again by the next `migrate`.
+UNFINISHED = ("RUNNING", "SCHEDULED")
+RESYNC = "_resync"
 
 
 def matches(patterns: tuple[str, ...], experiment_id: str, name: str) -> bool:
@@ -77,14 +81,20 @@ class Summary:
     experiments: Counter[str] = field(default_factory=Counter)
     runs: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
+    found: Counter[str] = field(default_factory=Counter)
+    """Runs in scope by what the manifests knew: new, re-synced, resumed, unchanged."""
     failed: list[Row] = field(default_factory=list)
     staging: str = ""
+    verify: Any = None
+    """The VerifyReport of `verify`, or of `migrate --verify`."""
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and (self.verify is None or self.verify.ok)
 
     def render(self) -> str:
+        if self.command == "verify" and self.verify is not None:
+            return str(self.verify.render())
         n_runs = sum(self.runs.values())
         rate = n_runs / self.elapsed if self.elapsed > 0 else 0.0
         lines = [
@@ -92,6 +102,7 @@ class Summary:
             f"in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
             "  experiments: " + _counts(self.experiments),
             "  runs:        " + _counts(self.runs),
+            "  runs found:  " + _counts(self.found),
             "  work done:   " + _counts(self.actions),
         ]
         if self.failed:
@@ -106,6 +117,8 @@ class Summary:
             if len(self.failed) > 50:
                 lines.append(f"    … and {len(self.failed) - 50} more (see manifests)")
         lines.append(f"  manifests:   {self.staging}/manifests/")
+        if self.verify is not None:
+            lines.append(self.verify.render())
         return "\n".join(lines)
 
 
@@ -217,6 +230,12 @@ class Migration:
                     }
                 )
                 row["target_experiment_id"] = exp.get("target_experiment_id")
+                if (
+                    known
+                    and known.get("state") in (IMPORTED, TAGGED)
+                    and (known.get("status") in UNFINISHED)
+                ):
+                    row[RESYNC] = True  # still running at the last export: fetch it again
                 yield row
 
     def staged_runs(self, exp_rows: list[Row], only_state: str | None = None) -> Iterator[Row]:
@@ -240,13 +259,22 @@ class Migration:
         def jobs() -> Iterator[Job]:
             pending: dict[str, list[Row]] = {"export": [], "import": []}
             for row in rows:
-                step = next_step(self.runs.get(row["source_run_id"]))
+                known = self.runs.get(row["source_run_id"])
+                step = "export" if row.get(RESYNC) else next_step(known)
+                self.summary.found[
+                    "new"
+                    if known is None
+                    else "re-synced"
+                    if row.get(RESYNC)
+                    else "unchanged"
+                    if step == "done"
+                    else "resumed"
+                ] += 1
                 if step == "export" and not do_export:
                     continue
                 if step == "import" and not do_import:
                     continue
                 if step not in pending:
-                    self.summary.actions["unchanged" if step == "done" else "pending tag"] += 1
                     continue
                 pending[step].append(row)
                 if len(pending[step]) >= size:
@@ -277,14 +305,10 @@ class Migration:
             for row in list(self.runs.values()):
                 if row["source_experiment_id"] not in in_scope or next_step(row) != "tag":
                     continue
-                item = dict(row)
-                parent_id = row.get("source_parent_run_id")
-                if parent_id:
-                    parent = self.runs.get(parent_id)
-                    if parent and parent.get("target_run_id"):
-                        item["target_parent_run_id"] = parent["target_run_id"]
-                    else:
-                        missing_parents += 1
+                item = with_target_parent(row, self.runs)
+                missing_parents += bool(row.get("source_parent_run_id")) and not item.get(
+                    "target_parent_run_id"
+                )
                 batch.append(item)
                 if len(batch) >= size:
                     yield Job(TAG, batch)
@@ -307,6 +331,7 @@ class Migration:
 
     def _record_runs(self, stage: str, rows: list[Row]) -> None:
         for r in rows:
+            r.pop(RESYNC, None)
             self.runs[r["source_run_id"]] = r
             self.summary.actions[_DONE[stage] if r["state"] != FAILED else f"{stage} failed"] += 1
         self.runs_m.append(rows)
@@ -314,6 +339,12 @@ class Migration:
         if now - self._last_progress >= PROGRESS_EVERY_S:
             self._last_progress = now
             log.info("progress: %s", _counts(self.summary.actions))
+
+    def verify(self) -> Any:
+        """Verify every experiment and run in scope (the manifests say what moved where)."""
+        return verify_migration(
+            self.opts, self.executor, self.staging, self.staged_experiments(), self.runs
+        )
 
     def close(self, exp_rows: list[Row]) -> Summary:
         """Write the manifests and count the final state of every run in scope."""
@@ -344,13 +375,18 @@ def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True
 
 
 def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
-    """`migrate`, `export` or `import` end to end; returns the summary (never swallows)."""
+    """`migrate`, `export`, `import` or `verify` end to end; returns the summary."""
     do_export = command in ("migrate", "export")
     do_import = command in ("migrate", "import")
-    preflight(opts, source=do_export, target=do_import)
+    preflight(
+        opts, source=do_export or command == "verify", target=do_import or command == "verify"
+    )
     executor: Executor = executor_factory(opts)
     try:
         m = Migration(opts, executor, command)
+        if command == "verify":
+            m.summary.verify = m.verify()
+            return m.summary
         exp_rows = m.export_experiments() if do_export else m.staged_experiments()
         if do_import:
             exp_rows = m.import_experiments(exp_rows)
@@ -366,6 +402,9 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
                 m.summary.experiments[e["state"]] += 1
                 if e["state"] == FAILED:
                     m.summary.failed.append(e)
-        return m.close(exp_rows)
+        summary = m.close(exp_rows)
+        if opts.verify and command == "migrate":
+            summary.verify = m.verify()
+        return summary
     finally:
         executor.close()

@@ -44,6 +44,8 @@ class Service:
     url: str
     log_path: Path
     backend: str = ""
+    artifacts_dir: Path | None = None
+    """For an MLflow server: where its proxied artifacts live (<exp>/<run>/artifacts/…)."""
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is not None:
@@ -134,7 +136,9 @@ def start_mlflow(name: str, backend_uri: str, workdir: Path) -> Service:
         "--workers",
         "1",
     ]
-    return _start(name, cmd, f"http://127.0.0.1:{port}", "/health", workdir, SERVER_ENV)
+    svc = _start(name, cmd, f"http://127.0.0.1:{port}", "/health", workdir, SERVER_ENV)
+    svc.artifacts_dir = artifacts
+    return svc
 
 
 # ---- databases ------------------------------------------------------------------------------

@@ -103,3 +103,48 @@ def finish_experiment(row: Row, opts: Options) -> Row:
             if c.get_experiment(target_id).lifecycle_stage == "active":
                 c.delete_experiment(target_id)
     return {**row, "state": TAGGED, "updated_at": now_ms()}
+
+
+def verify_experiment(row: Row, opts: Options) -> Row:
+    """Compare a source experiment with its target: name, tags, lifecycle stage, source tags."""
+    from migrator.manifest import DIFFER, MATCH, MISSING_ON_SOURCE, MISSING_ON_TARGET
+    from migrator.mlflow_io import get_experiment_or_none
+
+    out: Row = {
+        "object_type": "experiment",
+        "source_id": row["source_experiment_id"],
+        "target_id": row.get("target_experiment_id"),
+        "name": row.get("name"),
+        "verified_at": now_ms(),
+    }
+    with translate_errors(f"experiment {row.get('name')!r}", "verify"):
+        source = get_experiment_or_none(opts.source, row["source_experiment_id"])
+        if source is None:
+            return {**out, "outcome": MISSING_ON_SOURCE}
+        target = (
+            get_experiment_or_none(opts.target, row["target_experiment_id"])
+            if row.get("target_experiment_id")
+            else None
+        )
+        if target is None:
+            return {**out, "outcome": MISSING_ON_TARGET}
+    diffs: dict[str, str] = {}
+    if source.name != target.name:
+        diffs["name"] = f"{source.name!r} != {target.name!r}"
+    if source.lifecycle_stage != target.lifecycle_stage:
+        diffs["lifecycle_stage"] = f"{source.lifecycle_stage} != {target.lifecycle_stage}"
+    want = dict(source.tags)
+    if opts.import_source_tags:
+        want.update(experiment_source_tags(experiment_fields(source), source.tags))
+    want = fit(want, MAX_EXPERIMENT_TAG_VALUE_LENGTH)
+    bad = [k for k, v in want.items() if target.tags.get(k) != v]
+    if not opts.import_source_tags:
+        bad += [k for k in target.tags if k.startswith("mlflow_exim.")]
+    if bad:
+        diffs["tags"] = ", ".join(repr(k) for k in sorted(bad)[:6])
+    return {
+        **out,
+        "outcome": DIFFER if diffs else MATCH,
+        "differences": sorted(diffs),
+        "details": "; ".join(f"{k}: {v}" for k, v in sorted(diffs.items())) or None,
+    }

@@ -142,6 +142,7 @@ def export_run(item: Row, opts: Options) -> Row:
         "n_metric_points": len(points),
         "n_artifacts": len(artifacts),
         "artifact_bytes": sum(a["size"] for a in artifacts),
+        "artifact_files": artifacts,
         "state": EXPORTED,
         "error": None,
         "failed_stage": None,

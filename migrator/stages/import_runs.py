@@ -13,6 +13,8 @@ import posixpath
 import tempfile
 from typing import Any
 
+from mlflow.entities import RunTag
+
 from migrator.config import Options
 from migrator.errors import PermanentError
 from migrator.layout import (
@@ -58,8 +60,6 @@ def _creation_tags(doc: dict[str, Any]) -> dict[str, str]:
 
 
 def _find_or_create(opts: Options, item: Row, doc: dict[str, Any]) -> Any:
-    from mlflow.entities import RunTag
-
     c = client(opts.target)
     info = doc["info"]
     target_exp = item["target_experiment_id"]
@@ -180,7 +180,10 @@ def import_run(item: Row, opts: Options) -> Row:
     with translate_errors(obj, STAGE):
         run = _find_or_create(opts, item, doc)
         target_id = run.info.run_id
-        log_batch_chunked(opts.target, target_id, metrics=metrics, params=params)
+        # Tags that changed on the source since the run was created (a run re-synced).
+        have = run.data.tags
+        changed = [RunTag(k, v) for k, v in _creation_tags(doc).items() if have.get(k) != v]
+        log_batch_chunked(opts.target, target_id, metrics=metrics, params=params, tags=changed)
         _log_inputs(opts, target_id, doc)
         _import_artifacts(opts, staging, run, doc)
         _finish(opts, target_id, doc)

@@ -33,6 +33,15 @@ def run_info_from_row(row: Row) -> dict[str, Any]:
     }
 
 
+def with_target_parent(row: Row, runs: dict[str, Row]) -> Row:
+    """The row plus `target_parent_run_id` when its source parent was migrated (in `runs`)."""
+    item = dict(row)
+    parent = runs.get(row.get("source_parent_run_id") or "")
+    if parent and parent.get("target_run_id"):
+        item["target_parent_run_id"] = parent["target_run_id"]
+    return item
+
+
 def tags_for(row: Row, opts: Options) -> dict[str, str]:
     """The tags this stage sets: source tags (if on) and the remapped parent link."""
     tags: dict[str, str] = {}
