@@ -180,6 +180,24 @@ class RayExecutor:
         if self._started:
             self._ray.shutdown()
             self._started = False
+        self._ray = None
+
+
+class SharedExecutor:
+    """One executor for several commands in one process (the demo): Ray starts once, and
+    `close` is left to the owner's `shutdown`."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+
+    def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
+        self.inner.run(jobs, opts, on_done)
+
+    def close(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        self.inner.close()
 
 
 def make_executor(opts: Options) -> Executor:

@@ -58,6 +58,7 @@ RUNS_SCHEMA = pa.schema(
         ("n_artifacts", pa.int64()),
         ("artifact_bytes", pa.int64()),
         ("artifact_files", ARTIFACT_FILES),
+        ("source_fingerprint", pa.string()),
         ("state", pa.string()),
         ("error", pa.string()),
         ("failed_stage", pa.string()),

@@ -141,6 +141,31 @@ def iter_runs(
             return
 
 
+def artifact_sizes(tracking_uri: str, artifact_uri: str) -> list[tuple[str, int | None]]:
+    """(path, size) of every artifact file of a run, in name order."""
+    repo = artifact_repo(tracking_uri, artifact_uri)
+    return [(f.path, f.file_size) for f in iter_artifact_files(repo)]
+
+
+def run_fingerprint(run: Any, artifacts: list[tuple[str, int | None]]) -> str:
+    """A digest of a run's visible state (status, end time, name, tags, params, latest metric
+    values, artifact paths and sizes): equal digests mean nothing changed since the export."""
+    import hashlib
+    import json
+
+    body = {
+        "status": run.info.status,
+        "end_time": run.info.end_time,
+        "run_name": run.info.run_name,
+        "lifecycle_stage": run.info.lifecycle_stage,
+        "tags": run.data.tags,
+        "params": run.data.params,
+        "metrics": {k: repr(v) for k, v in run.data.metrics.items()},
+        "artifacts": sorted([p, s] for p, s in artifacts),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def _or_none(call: Any, *args: Any) -> Any | None:
     from mlflow.exceptions import MlflowException
 

@@ -233,10 +233,15 @@ class Migration:
                 if (
                     known
                     and known.get("state") in (IMPORTED, TAGGED)
-                    and (known.get("status") in UNFINISHED)
+                    and known.get("status") in UNFINISHED
+                    and known.get("source_fingerprint") != self._fingerprint(run)
                 ):
-                    row[RESYNC] = True  # still running at the last export: fetch it again
+                    row[RESYNC] = True  # unfinished at the last export, changed since
                 yield row
+
+    def _fingerprint(self, run: Any) -> str:
+        sizes = mlflow_io.artifact_sizes(self.opts.source, run.info.artifact_uri)
+        return mlflow_io.run_fingerprint(run, sizes)
 
     def staged_runs(self, exp_rows: list[Row], only_state: str | None = None) -> Iterator[Row]:
         """Runs in scope as the manifest knows them (for `import`), optionally in one state."""

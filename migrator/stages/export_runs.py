@@ -17,7 +17,13 @@ from migrator.layout import (
 )
 from migrator.lineage import PARENT_RUN_ID_TAG, RUN_INFO_FIELDS, SYSTEM_TAG_PREFIX
 from migrator.manifest import EXPORTED, Row, now_ms
-from migrator.mlflow_io import artifact_repo, client, iter_artifact_files, translate_errors
+from migrator.mlflow_io import (
+    artifact_repo,
+    client,
+    iter_artifact_files,
+    run_fingerprint,
+    translate_errors,
+)
 from migrator.staging import Staging, open_staging
 
 STAGE = "export"
@@ -143,6 +149,7 @@ def export_run(item: Row, opts: Options) -> Row:
         "n_artifacts": len(artifacts),
         "artifact_bytes": sum(a["size"] for a in artifacts),
         "artifact_files": artifacts,
+        "source_fingerprint": run_fingerprint(run, [(a["path"], a["size"]) for a in artifacts]),
         "state": EXPORTED,
         "error": None,
         "failed_stage": None,

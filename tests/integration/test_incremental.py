@@ -30,13 +30,15 @@ def test_second_migrate_moves_new_runs_and_resyncs_unfinished_ones(
         src.log_batch(live, metrics=[Metric("loss", 1.0, 1000, 0), Metric("loss", 0.9, 1001, 1)])
         (tmp_path / "ckpt-1.txt").write_text("one")
         src.log_artifact(live, str(tmp_path / "ckpt-1.txt"), "checkpoints")
+        src.create_run(exp, run_name="running, unchanged")  # stays as it is
+        art_only = src.create_run(exp, run_name="running, new artifact only").info.run_id
 
         target = target_server()
         opts = Options(source=src_svc.url, target=target.url, staging=str(tmp_path / "s"),
                        verify=True)
         first = run_command("migrate", opts, make_executor)
         assert first.ok, first.render()
-        assert first.found == {"new": 3}
+        assert first.found == {"new": 5}
 
         # The source moves on: the live run trains further and finishes; a new run appears.
         src.log_batch(live, metrics=[Metric("loss", 0.5, 1002, 2), Metric("acc", 0.7, 1002, 2)])
@@ -44,18 +46,22 @@ def test_second_migrate_moves_new_runs_and_resyncs_unfinished_ones(
         (tmp_path / "ckpt-2.txt").write_text("two")
         src.log_artifact(live, str(tmp_path / "ckpt-2.txt"), "checkpoints")
         src.set_terminated(live, "FINISHED", end_time=9_999)
+        src.log_artifact(art_only, str(tmp_path / "ckpt-2.txt"))
         new = src.create_run(exp, run_name="new").info.run_id
         src.set_terminated(new, "FINISHED", end_time=10_000)
 
         second = run_command("migrate", opts, make_executor)
         assert second.ok, second.render()
-        assert second.found == {"new": 1, "re-synced": 1, "unchanged": 2}
+        assert second.found == {"new": 1, "re-synced": 2, "unchanged": 3}
         assert second.verify is not None and second.verify.ok, second.verify.render()
 
     tgt = MlflowClient(target.url)
     texp = tgt.get_experiment_by_name("growing")
     runs = {r.info.run_name: r for r in tgt.search_runs([texp.experiment_id])}
-    assert sorted(runs) == ["done-0", "done-1", "new", "still training"]
+    assert sorted(runs) == ["done-0", "done-1", "new", "running, new artifact only",
+                            "running, unchanged", "still training"]
+    assert [f.path for f in tgt.list_artifacts(runs["running, new artifact only"].info.run_id)] == [
+        "ckpt-2.txt"]
     t_live = runs["still training"]
     assert t_live.info.status == "FINISHED" and t_live.info.end_time == 9_999
     assert t_live.data.tags["phase"] == "done"
