@@ -141,13 +141,14 @@ def iter_runs(
             return
 
 
-def artifact_sizes(tracking_uri: str, artifact_uri: str) -> list[tuple[str, int | None]]:
-    """(path, size) of every artifact file of a run, in name order."""
+def artifact_sizes(tracking_uri: str, artifact_uri: str) -> list[tuple[str, int]]:
+    """(path, size) of every artifact file of a run, in name order. An empty file's size
+    comes back absent over REST (proto3 drops zeros): it counts as 0."""
     repo = artifact_repo(tracking_uri, artifact_uri)
-    return [(f.path, f.file_size) for f in iter_artifact_files(repo)]
+    return [(f.path, f.file_size or 0) for f in iter_artifact_files(repo)]
 
 
-def run_fingerprint(run: Any, artifacts: list[tuple[str, int | None]]) -> str:
+def run_fingerprint(run: Any, artifacts: list[tuple[str, int]]) -> str:
     """A digest of a run's visible state (status, end time, name, tags, params, latest metric
     values, artifact paths and sizes): equal digests mean nothing changed since the export."""
     import hashlib

@@ -30,7 +30,9 @@ def test_second_migrate_moves_new_runs_and_resyncs_unfinished_ones(
         src.log_batch(live, metrics=[Metric("loss", 1.0, 1000, 0), Metric("loss", 0.9, 1001, 1)])
         (tmp_path / "ckpt-1.txt").write_text("one")
         src.log_artifact(live, str(tmp_path / "ckpt-1.txt"), "checkpoints")
-        src.create_run(exp, run_name="running, unchanged")  # stays as it is
+        quiet = src.create_run(exp, run_name="running, unchanged").info.run_id  # stays as is
+        (tmp_path / "empty.txt").write_text("")  # REST drops a zero size: must not look changed
+        src.log_artifact(quiet, str(tmp_path / "empty.txt"))
         art_only = src.create_run(exp, run_name="running, new artifact only").info.run_id
 
         target = target_server()
