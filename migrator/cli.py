@@ -80,6 +80,16 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _add_artifacts_depth(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts",
+        dest="verify_artifacts",
+        choices=("hash", "size", "none"),
+        default=DEFAULTS.verify_artifacts,
+        help="verify artifacts by SHA-256 of every file (hash, default), by size, or not at all",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="migrator",
@@ -88,13 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     migrate = sub.add_parser("migrate", help="export + import + source tags (+ --verify)")
     migrate.add_argument("--verify", action="store_true", help="verify every object at the end")
-    migrate.add_argument(
-        "--artifacts",
-        dest="verify_artifacts",
-        choices=("hash", "size", "none"),
-        default=DEFAULTS.verify_artifacts,
-        help="with --verify: how deep to check artifacts (default hash)",
-    )
+    _add_artifacts_depth(migrate)
     _add_common(
         migrate,
         source=True,
@@ -109,13 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify = sub.add_parser("verify", help="compare every migrated object with its source")
     _add_common(verify, source=True, target=True, staging=True)
-    verify.add_argument(
-        "--artifacts",
-        dest="verify_artifacts",
-        choices=("hash", "size", "none"),
-        default=DEFAULTS.verify_artifacts,
-        help="hash: SHA-256 of every file (default); size; none",
-    )
+    _add_artifacts_depth(verify)
     audit = sub.add_parser("audit", help="lineage questions answered from the manifests")
     audit.add_argument("--staging", default=DEFAULTS.staging, help="the migration's staging URI")
     which = audit.add_mutually_exclusive_group(required=True)

@@ -44,6 +44,18 @@ class Job:
 OnDone = Callable[[Job, list[Row]], Iterable[Job]]
 
 
+def jobs_of(stage: Stage, rows: Iterable[Row], size: int) -> Iterator[Job]:
+    """Rows into jobs of at most `size` rows each, lazily (rows may come from a paged search)."""
+    batch: list[Row] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield Job(stage, batch)
+            batch = []
+    if batch:
+        yield Job(stage, batch)
+
+
 def describe(e: BaseException) -> str:
     if isinstance(e, MigratorError):
         return f"{type(e).__name__}: {e.message}"

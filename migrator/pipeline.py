@@ -21,7 +21,7 @@ from typing import Any
 from migrator import mlflow_io
 from migrator.config import Options
 from migrator.errors import ConfigError, MigratorError
-from migrator.fanout import Executor, Job, Stage, failed_row
+from migrator.fanout import Executor, Job, Stage, failed_row, jobs_of
 from migrator.manifest import (
     EXPORTED,
     FAILED,
@@ -304,28 +304,20 @@ class Migration:
         size = max(1, self.opts.batch_size) * 4
         missing_parents = 0
 
-        def jobs() -> Iterator[Job]:
+        def items() -> Iterator[Row]:
             nonlocal missing_parents
-            batch: list[Row] = []
             for row in list(self.runs.values()):
-                if row["source_experiment_id"] not in in_scope or next_step(row) != "tag":
-                    continue
-                item = with_target_parent(row, self.runs)
-                missing_parents += bool(row.get("source_parent_run_id")) and not item.get(
-                    "target_parent_run_id"
-                )
-                batch.append(item)
-                if len(batch) >= size:
-                    yield Job(TAG, batch)
-                    batch = []
-            if batch:
-                yield Job(TAG, batch)
+                if row["source_experiment_id"] in in_scope and next_step(row) == "tag":
+                    item = with_target_parent(row, self.runs)
+                    if row.get("source_parent_run_id") and not item.get("target_parent_run_id"):
+                        missing_parents += 1
+                    yield item
 
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             self._record_runs("tag", results)
             return []
 
-        self.executor.run(jobs(), self.opts, on_done)
+        self.executor.run(jobs_of(TAG, items(), size), self.opts, on_done)
         if missing_parents:
             log.warning(
                 "%d runs have a parent that was not migrated (filtered out or failed): their "

@@ -8,6 +8,7 @@ Writes are atomic per object: a reader sees the old object or the new one, never
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,15 @@ from urllib.parse import urlparse
 from migrator.errors import ConfigError, StagingError
 
 _FORBIDDEN_CHARS = ("#", "\\", "\x00")
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a local file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def safe_key(*parts: str) -> str:

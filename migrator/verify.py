@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from migrator.config import Options
 from migrator.errors import MigratorError
-from migrator.fanout import Executor, Job, Stage, describe
+from migrator.fanout import Executor, Job, Stage, describe, jobs_of
 from migrator.manifest import ERROR, MATCH, Row, now_ms, write_verify
 from migrator.stages.experiments import verify_experiment
 from migrator.stages.tag_runs import with_target_parent
@@ -91,16 +90,11 @@ def verify_migration(
     in_scope = {e["source_experiment_id"] for e in exp_rows}
     size = max(1, opts.batch_size)
 
-    def jobs() -> Iterator[Job]:
-        batch: list[Row] = []
-        for row in list(runs.values()):
-            if row["source_experiment_id"] in in_scope:
-                batch.append(with_target_parent(row, runs))
-                if len(batch) >= size:
-                    yield Job(VERIFY, batch)
-                    batch = []
-        if batch:
-            yield Job(VERIFY, batch)
+    items = (
+        with_target_parent(row, runs)
+        for row in list(runs.values())
+        if row["source_experiment_id"] in in_scope
+    )
 
     def on_done(job: Job, results: list[Row]) -> list[Job]:
         for r in results:
@@ -108,6 +102,6 @@ def verify_migration(
             rows.append(r if "object_type" in r else verify_row(r, ERROR, error=r.get("error")))
         return []
 
-    executor.run(jobs(), opts, on_done)
+    executor.run(jobs_of(VERIFY, items, size), opts, on_done)
     path = write_verify(staging, rows)
     return VerifyReport(rows, time.monotonic() - started, f"{staging.uri}/{path}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from typing import Any
@@ -24,10 +23,9 @@ from migrator.mlflow_io import (
     run_fingerprint,
     translate_errors,
 )
-from migrator.staging import Staging, open_staging
+from migrator.staging import Staging, file_sha256, open_staging
 
 STAGE = "export"
-_CHUNK = 1 << 20
 
 
 def run_info_dict(info: Any) -> dict[str, Any]:
@@ -74,14 +72,6 @@ def _metric_points(uri: str, run_id: str, keys: list[str]) -> list[dict[str, Any
     return points
 
 
-def _sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _export_artifacts(
     opts: Options, staging: Staging, run_id: str, artifact_uri: str
 ) -> list[dict[str, Any]]:
@@ -94,7 +84,7 @@ def _export_artifacts(
             key = artifact_key(run_id, info.path)
             repo._download_file(info.path, local)
             size = os.path.getsize(local)
-            files.append({"path": info.path, "size": size, "sha256": _sha256_of(local)})
+            files.append({"path": info.path, "size": size, "sha256": file_sha256(local)})
             staging.upload_file(local, key)
             os.remove(local)
     return files

@@ -8,7 +8,6 @@ and, with `--artifacts hash`, the SHA-256 recorded at export time, recomputed fr
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
@@ -37,9 +36,9 @@ from migrator.mlflow_io import (
     translate_errors,
 )
 from migrator.stages.tag_runs import tags_for
+from migrator.staging import file_sha256
 
 STAGE = "verify"
-_CHUNK = 1 << 20
 _MAX_DETAIL = 6
 
 
@@ -88,14 +87,6 @@ def _compare_map(
         diffs[name] = bad
 
 
-def _sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _compare_artifacts(opts: Options, item: Row, target: Any, diffs: dict[str, list[str]]) -> None:
     if opts.verify_artifacts == "none":
         return
@@ -112,7 +103,7 @@ def _compare_artifacts(opts: Options, item: Row, target: Any, diffs: dict[str, l
                 bad.append(f"{path!r} size {have.file_size} != {want['size']}")
             elif opts.verify_artifacts == "hash":
                 repo._download_file(path, local)
-                if _sha256_of(local) != want["sha256"]:
+                if file_sha256(local) != want["sha256"]:
                     bad.append(f"{path!r} SHA-256 differs")
                 os.remove(local)
     if bad:
