@@ -240,6 +240,20 @@ def log_batch_chunked(
     return calls
 
 
+def tag_key_loggable(key: str) -> bool:
+    """Whether `log_batch`/`set_tag` accept this tag key. Older servers stored keys that only
+    `create_run` still takes (e.g. `k'ey`): such a tag can be set when a run is created, never
+    later."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_tag_name
+
+    try:
+        _validate_tag_name(key)
+        return True
+    except MlflowException:
+        return False
+
+
 def artifact_repo(tracking_uri: str, artifact_uri: str) -> Any:
     """The artifact repository behind a run's artifact URI (no extra `get_run` calls)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository

@@ -37,6 +37,7 @@ from migrator.mlflow_io import (
     client,
     find_run_by_source_id,
     log_batch_chunked,
+    tag_key_loggable,
     translate_errors,
 )
 from migrator.staging import Staging, open_staging
@@ -57,6 +58,24 @@ def _creation_tags(doc: dict[str, Any]) -> dict[str, str]:
     tags = {k: v for k, v in doc["tags"].items() if k != PARENT_RUN_ID_TAG}
     tags[SOURCE_RUN_ID_TAG] = doc["info"]["run_id"]
     return fit(tags)
+
+
+def _changed_tags(doc: dict[str, Any], have: dict[str, str], obj: str) -> list[RunTag]:
+    """Tags that differ from the target run's (a re-synced run whose source moved on).
+
+    Raises:
+        PermanentError: a changed tag has a key that MLflow takes only at run creation.
+    """
+    changed = {k: v for k, v in _creation_tags(doc).items() if have.get(k) != v}
+    refused = sorted(k for k in changed if not tag_key_loggable(k))
+    if refused:
+        raise PermanentError(
+            f"tag keys {refused} changed, and MLflow accepts such keys only when a run is "
+            "created",
+            obj=obj,
+            stage=STAGE,
+        )
+    return [RunTag(k, v) for k, v in changed.items()]
 
 
 def _find_or_create(opts: Options, item: Row, doc: dict[str, Any]) -> Any:
@@ -180,9 +199,7 @@ def import_run(item: Row, opts: Options) -> Row:
     with translate_errors(obj, STAGE):
         run = _find_or_create(opts, item, doc)
         target_id = run.info.run_id
-        # Tags that changed on the source since the run was created (a run re-synced).
-        have = run.data.tags
-        changed = [RunTag(k, v) for k, v in _creation_tags(doc).items() if have.get(k) != v]
+        changed = _changed_tags(doc, run.data.tags, obj)
         log_batch_chunked(opts.target, target_id, metrics=metrics, params=params, tags=changed)
         _log_inputs(opts, target_id, doc)
         _import_artifacts(opts, staging, run, doc)

@@ -61,9 +61,10 @@ def verify_row(
     }
 
 
-def _points(uri: str, run_id: str, key: str) -> list[tuple[int, int, float | str]]:
+def _points(uri: str, run_id: str, key: str) -> list[tuple[int, int, bool, float]]:
+    """A metric's history in a comparable, sortable form: NaN equals NaN (and sorts apart)."""
     return sorted(
-        (m.step, m.timestamp, "nan" if math.isnan(m.value) else m.value)
+        (m.step, m.timestamp, math.isnan(m.value), 0.0 if math.isnan(m.value) else m.value)
         for m in client(uri).get_metric_history(run_id, key)
     )
 
@@ -98,9 +99,9 @@ def _compare_artifacts(opts: Options, item: Row, target: Any, diffs: dict[str, l
     with tempfile.TemporaryDirectory(prefix="migrator-verify-") as tmp:
         local = os.path.join(tmp, "f")
         for path in sorted(set(expected) & set(found)):
-            want, have = expected[path], found[path]
-            if have.file_size is not None and have.file_size != want["size"]:
-                bad.append(f"{path!r} size {have.file_size} != {want['size']}")
+            want, size = expected[path], found[path].file_size or 0  # REST drops a zero size
+            if size != want["size"]:
+                bad.append(f"{path!r} size {size} != {want['size']}")
             elif opts.verify_artifacts == "hash":
                 repo._download_file(path, local)
                 if file_sha256(local) != want["sha256"]:
