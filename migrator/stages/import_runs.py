@@ -70,8 +70,7 @@ def _changed_tags(doc: dict[str, Any], have: dict[str, str], obj: str) -> list[R
     refused = sorted(k for k in changed if not tag_key_loggable(k))
     if refused:
         raise PermanentError(
-            f"tag keys {refused} changed, and MLflow accepts such keys only when a run is "
-            "created",
+            f"tag keys {refused} changed, and MLflow accepts such keys only when a run is created",
             obj=obj,
             stage=STAGE,
         )
