@@ -8,6 +8,7 @@ equal metric points are de-duplicated by the server, artifacts are overwritten.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import tempfile
@@ -77,21 +78,32 @@ def _changed_tags(doc: dict[str, Any], have: dict[str, str], obj: str) -> list[R
     return [RunTag(k, v) for k, v in changed.items()]
 
 
-def _find_or_create(opts: Options, item: Row, doc: dict[str, Any]) -> Any:
+def intent_key(opts: Options, source_run_id: str) -> str:
+    """Written to staging just before a run is created on this target: an attempt that finds
+    it knows an earlier one may have created the run, and looks it up by its lineage tag.
+    Without it there is nothing to look up, which spares the target a search per run."""
+    target = hashlib.sha256(opts.target.encode()).hexdigest()[:12]
+    return f"manifests/_journal/intents/{target}/{source_run_id}"
+
+
+def _find_or_create(opts: Options, staging: Staging, item: Row, doc: dict[str, Any]) -> Any:
     c = client(opts.target)
     info = doc["info"]
     target_exp = item["target_experiment_id"]
     if item.get("target_run_id"):
         run = c.get_run(item["target_run_id"])
-        if run.info.lifecycle_stage == "active":
-            return run
-        c.restore_run(run.info.run_id)  # left deleted by an interrupted tag stage
-        return c.get_run(run.info.run_id)
-    found = find_run_by_source_id(opts.target, target_exp, info["run_id"])
-    if found is not None:
-        if found.info.lifecycle_stage != "active":
-            c.restore_run(found.info.run_id)
-        return found
+        if run.info.lifecycle_stage != "active":
+            c.restore_run(run.info.run_id)  # left deleted by an interrupted tag stage
+        return run
+    intent = intent_key(opts, info["run_id"])
+    if staging.exists(intent):
+        found = find_run_by_source_id(opts.target, target_exp, info["run_id"])
+        if found is not None:
+            if found.info.lifecycle_stage != "active":
+                c.restore_run(found.info.run_id)
+            return found
+    else:
+        staging.write_bytes(intent, b"")
     return c._tracking_client.store.create_run(
         experiment_id=target_exp,
         user_id=info.get("user_id") or "unknown",
@@ -196,7 +208,7 @@ def import_run(item: Row, opts: Options) -> Row:
     doc = read_run_doc(staging, source_id)
     params, metrics = _prepare_data(staging, doc)
     with translate_errors(obj, STAGE):
-        run = _find_or_create(opts, item, doc)
+        run = _find_or_create(opts, staging, item, doc)
         target_id = run.info.run_id
         changed = _changed_tags(doc, run.data.tags, obj)
         log_batch_chunked(opts.target, target_id, metrics=metrics, params=params, tags=changed)

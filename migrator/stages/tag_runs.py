@@ -52,6 +52,17 @@ def tags_for(row: Row, opts: Options) -> dict[str, str]:
     return tags
 
 
+def _delete_marker(c: Any, run_id: str) -> None:
+    """Remove the resume marker (source tags off); already gone is fine."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.delete_tag(run_id, SOURCE_RUN_ID_TAG)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
 def tag_run(item: Row, opts: Options) -> Row:
     """Apply source tags and the parent link, then delete the run if the source's is deleted.
 
@@ -61,18 +72,21 @@ def tag_run(item: Row, opts: Options) -> Row:
     Returns:
         The row in state `tagged`.
     """
+    from mlflow.exceptions import MlflowException
+
     target_id = item["target_run_id"]
     c = client(opts.target)
+    tags = [RunTag(k, v) for k, v in tags_for(item, opts).items()]
     with translate_errors(f"run {item['source_run_id']}", STAGE):
-        run = c.get_run(target_id)
-        if run.info.lifecycle_stage != "active":
+        try:  # one call on the usual path: equal tags are simply written again
+            log_batch_chunked(opts.target, target_id, tags=tags)
+        except MlflowException:
+            if c.get_run(target_id).info.lifecycle_stage == "active":
+                raise
             c.restore_run(target_id)  # an earlier attempt got as far as deleting it
-        wanted = tags_for(item, opts)
-        have = run.data.tags
-        changed = [RunTag(k, v) for k, v in wanted.items() if have.get(k) != v]
-        log_batch_chunked(opts.target, target_id, tags=changed)
-        if not opts.import_source_tags and SOURCE_RUN_ID_TAG in have:
-            c.delete_tag(target_id, SOURCE_RUN_ID_TAG)
+            log_batch_chunked(opts.target, target_id, tags=tags)
+        if not opts.import_source_tags:
+            _delete_marker(c, target_id)
         if item.get("lifecycle_stage") == "deleted":
             c.delete_run(target_id)
     row = {k: v for k, v in item.items() if k != "target_parent_run_id"}

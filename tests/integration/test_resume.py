@@ -19,7 +19,7 @@ from migrator.lineage import SOURCE_RUN_ID_TAG
 from migrator.manifest import runs_table
 from migrator.pipeline import run_command
 from migrator.stages.export_runs import export_run
-from migrator.stages.import_runs import import_run
+from migrator.stages.import_runs import import_run, intent_key
 from migrator.staging import LocalStaging
 
 from .conftest import Source
@@ -83,6 +83,7 @@ def test_import_finds_a_run_created_but_never_recorded(source: Source, target_se
     """The driver died after create_run reached the target but before the row was written."""
     target = target_server()
     opts = Options(source=source.url, target=target.url, staging=str(tmp_path / "s"))
+    staging = LocalStaging(opts.staging)
     run_id = source.seeded.run_ids[1]
     row = export_run({"source_run_id": run_id}, opts)
     tgt = MlflowClient(target.url)
@@ -90,6 +91,7 @@ def test_import_finds_a_run_created_but_never_recorded(source: Source, target_se
     src_run = MlflowClient(source.url).get_run(run_id)
     # What create_run had sent before the driver died: the source's tags and the marker.
     tags = {k: v for k, v in src_run.data.tags.items() if k != "mlflow.parentRunId"}
+    staging.write_bytes(intent_key(opts, run_id), b"")  # written just before create_run
     orphan = tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: run_id}).info.run_id
 
     first = import_run({**row, "target_experiment_id": exp_id}, opts)
