@@ -84,21 +84,23 @@ def render(doc: dict[str, Any]) -> str:
     lines = [
         f"benchmark: {n} runs over {doc['workload']['experiments']} experiments, "
         f"{doc['backend']} servers, {doc['machine']['nproc']} cores, "
-        f"{doc['machine']['ram_gb']} GB; seeding took {doc['seed']['wall_s']:.1f} s",
+        f"{doc['machine']['ram_gb']} GB; seeded in {doc['seed']['wall_s']:.1f} s "
+        f"(+{doc['seed']['model_versions']} model versions)",
         "",
         f"  {'tool':56} {'wall s':>9} {'runs/s':>8} {'driver MB':>10} {'tree MB':>8} "
-        f"{'runs on target':>15}  ok",
+        f"{'target runs':>12} {'versions':>9}  ok",
     ]
     for key, label in ROWS:
         r = doc["results"].get(key)
         if r is None:
             lines.append(f"  {label:56} {'skipped':>9}")
             continue
-        target = r.get("target_runs")
+        runs, versions = r.get("target_runs"), r.get("target_model_versions")
         lines.append(
             f"  {label:56} {r['wall_s']:9.2f} {r['runs_per_s']:8.2f} "
             f"{r['driver_peak_rss_mb']:10.0f} {r['tree_peak_rss_mb']:8.0f} "
-            f"{'' if target is None else target:>15}  {'yes' if r['ok'] else 'NO'}"
+            f"{'' if runs is None else runs:>12} {'' if versions is None else versions:>9}  "
+            f"{'yes' if r['ok'] else 'NO'}"
         )
     lines.append("")
     labels = {

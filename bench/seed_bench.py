@@ -203,7 +203,7 @@ def write_run(uri: str, d: RunData, experiment_id: str, parent_id: str | None) -
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
     run = c.create_run(experiment_id, start_time=d.start_time, tags=tags, run_name=d.name)
-    rid = run.info.run_id
+    rid: str = run.info.run_id
     c.log_batch(
         rid,
         metrics=[Metric(k, v, ts, s) for k, v, ts, s in d.metrics],

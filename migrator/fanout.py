@@ -13,10 +13,12 @@ This is the one place that catches broadly: whatever a stage raises for one row 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,8 +33,12 @@ StageFn = Callable[[Row, Options], Row]
 
 @dataclass(frozen=True)
 class Stage:
+    """A named stage function, with an optional `prepare` that reads what a whole job needs
+    in a few calls (the per-row function falls back to reading on its own)."""
+
     name: str
     fn: StageFn
+    prepare: Callable[[list[Row], Options], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,18 @@ def run_one(stage: Stage, row: Row, opts: Options) -> Row:
     raise AssertionError("unreachable")
 
 
-def run_job(job: Job, opts: Options) -> list[Row]:
-    return [run_one(job.stage, row, opts) for row in job.rows]
+def run_job(job: Job, opts: Options, threads: int = 1) -> list[Row]:
+    """Run a job's rows, `threads` at a time: the stages wait on servers, not on the CPU, so
+    one worker process serves several rows at once (and imports MLflow once, not per row)."""
+    if job.stage.prepare is not None:
+        try:
+            job.stage.prepare(job.rows, opts)
+        except Exception as e:  # only an optimisation: each row then reads for itself
+            log.debug("prepare of %s failed: %s", job.stage.name, describe(e))
+    if threads <= 1 or len(job.rows) <= 1:
+        return [run_one(job.stage, row, opts) for row in job.rows]
+    with ThreadPoolExecutor(min(threads, len(job.rows)), thread_name_prefix="stage") as pool:
+        return list(pool.map(lambda row: run_one(job.stage, row, opts), job.rows))
 
 
 class Executor(Protocol):
@@ -94,7 +110,8 @@ class Executor(Protocol):
 
 
 class InlineExecutor:
-    """Runs every job in this process, one after another (tests, tiny migrations)."""
+    """Runs every job in this process, one after another, its rows in `concurrency` threads
+    (tests, small migrations, machines without Ray)."""
 
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
         queue: deque[Job] = deque()
@@ -103,7 +120,7 @@ class InlineExecutor:
             job = queue.popleft() if queue else next(fresh, None)
             if job is None:
                 return
-            queue.extend(on_done(job, run_job(job, opts)))
+            queue.extend(on_done(job, run_job(job, opts, opts.concurrency)))
 
     def close(self) -> None:
         pass
@@ -146,21 +163,22 @@ class RayExecutor:
                     configure_logging=False,
                 )
             self._started = True
-        # I/O-bound tasks: a fraction of a CPU each, so `concurrency` of them run at once.
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        self._num_cpus = max(0.01, cpus / max(1, opts.concurrency))
+        # One task per CPU (one worker process each), each running its rows in threads, so
+        # that `concurrency` rows are in flight across the cluster.
+        self._slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._threads = max(1, math.ceil(opts.concurrency / self._slots))
         self._remote = ray.remote(max_retries=3)(run_job)
         self._ray = ray
         return ray
 
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
-        window = 2 * max(1, opts.concurrency)
         queue: deque[Job] = deque()
         jobs_iter = iter(jobs)
         first = next(jobs_iter, None)
         if first is None:
             return
         ray = self._connect()
+        window = 2 * self._slots  # a second job waits on each worker, so none goes idle
         opts_ref = ray.put(opts)
         queue.append(first)
         fresh: Iterator[Job] | None = jobs_iter
@@ -171,7 +189,7 @@ class RayExecutor:
                 if job is None:
                     fresh = None
                     break
-                ref = self._remote.options(num_cpus=self._num_cpus).remote(job, opts_ref)
+                ref = self._remote.remote(job, opts_ref, self._threads)
                 in_flight[ref] = job
             if not in_flight:
                 if queue:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -91,6 +92,9 @@ def check_tracking_uri(uri: str, role: str) -> None:
 
 
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}
+# Two writers racing to insert the same row (e.g. one dataset logged by two runs at once):
+# the server answers BAD_REQUEST, but the next attempt finds the row there and succeeds.
+_RACE = re.compile(r"UniqueViolation|IntegrityError|Duplicate entry|UNIQUE constraint failed")
 
 
 @contextmanager
@@ -102,7 +106,8 @@ def translate_errors(obj: str, stage: str = "") -> Iterator[None]:
     try:
         yield
     except MlflowException as e:
-        kind = TransientError if e.error_code in _TRANSIENT_CODES else PermanentError
+        transient = e.error_code in _TRANSIENT_CODES or bool(_RACE.search(e.message))
+        kind = TransientError if transient else PermanentError
         raise kind(f"{e.error_code}: {e.message}", obj=obj, stage=stage) from e
     except (requests.ConnectionError, requests.Timeout) as e:
         raise TransientError(f"{type(e).__name__}: {e}", obj=obj, stage=stage) from e
@@ -186,6 +191,55 @@ def get_run_or_none(uri: str, run_id: str) -> Any | None:
 def get_experiment_or_none(uri: str, experiment_id: str) -> Any | None:
     """The experiment, or None when the server says it does not exist."""
     return _or_none(client(uri).get_experiment, experiment_id)
+
+
+BULK_HISTORY_MAX = 25_000  # points per call (the server's cap); 100 run ids per call
+BULK_HISTORY_RUNS = 100
+
+
+def metric_history_bulk(uri: str, run_ids: Sequence[str], key: str) -> dict[str, list[Any]] | None:
+    """One key's full history for many runs in one call (the UI's bulk endpoint).
+
+    Returns None where the bulk endpoint does not apply (not a REST server) or when the
+    answer may be cut at the server's cap: the caller then reads run by run.
+    """
+    if urlparse(uri).scheme not in ("http", "https") or len(run_ids) > BULK_HISTORY_RUNS:
+        return None
+    from mlflow.entities import Metric
+    from mlflow.utils.rest_utils import http_request
+
+    creds = client(uri)._tracking_client.store.get_host_creds()
+    params = [("run_id", r) for r in run_ids]
+    params += [("metric_key", key), ("max_results", str(BULK_HISTORY_MAX))]
+    resp = http_request(
+        creds, "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET", params=params
+    )
+    if resp.status_code != 200:
+        return None
+    found = resp.json().get("metrics", [])
+    if len(found) >= BULK_HISTORY_MAX:
+        return None
+    out: dict[str, list[Any]] = {r: [] for r in run_ids}
+    for m in found:
+        out[m["run_id"]].append(
+            Metric(m["key"], float(m["value"]), int(m["timestamp"]), int(m.get("step", 0)))
+        )
+    return out
+
+
+def search_runs_by_id(uri: str, experiment_ids: Sequence[str], run_ids: Sequence[str]) -> list[Any]:
+    """The given runs (deleted ones too) in one search: ids, infos, params, tags, metrics."""
+    from mlflow.entities import ViewType
+
+    quoted = ", ".join(f"'{r}'" for r in run_ids)
+    return list(
+        client(uri).search_runs(
+            experiment_ids=list(experiment_ids),
+            filter_string=f"attributes.run_id IN ({quoted})",
+            run_view_type=ViewType.ALL,
+            max_results=max(len(run_ids), 1),
+        )
+    )
 
 
 def find_run_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> Any | None:

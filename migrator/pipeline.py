@@ -34,7 +34,7 @@ from migrator.manifest import (
     table_to_rows,
 )
 from migrator.stages import experiments as exp_stage
-from migrator.stages.export_runs import export_run
+from migrator.stages.export_runs import export_run, prefetch
 from migrator.stages.import_runs import import_run
 from migrator.stages.tag_runs import tag_run, with_target_parent
 from migrator.staging import open_staging
@@ -42,7 +42,7 @@ from migrator.verify import verify_migration
 
 log = logging.getLogger(__name__)
 
-EXPORT = Stage("export", export_run)
+EXPORT = Stage("export", export_run, prefetch)
 IMPORT = Stage("import", import_run)
 TAG = Stage("tag", tag_run)
 PROGRESS_EVERY_S = 5.0

@@ -20,7 +20,9 @@ from migrator.mlflow_io import (
     artifact_repo,
     client,
     iter_artifact_files,
+    metric_history_bulk,
     run_fingerprint,
+    search_runs_by_id,
     translate_errors,
 )
 from migrator.staging import Staging, file_sha256, open_staging
@@ -53,23 +55,63 @@ def _dataset_inputs(run: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _metric_points(uri: str, run_id: str, keys: list[str]) -> list[dict[str, Any]]:
+#: Runs and metric histories read ahead for a job by `prefetch`, consumed by `export_run`
+#: (per worker process; a row finds its entry, or reads for itself).
+_PREFETCHED: dict[str, tuple[Any, list[Any]]] = {}
+
+
+def prefetch(rows: list[Row], opts: Options) -> None:
+    """Read a job's runs with one search and their histories with one bulk call per metric key,
+    instead of a get_run and a history call per key for every run."""
+    ids = [r["source_run_id"] for r in rows]
+    exps = sorted({r["source_experiment_id"] for r in rows})
+    runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
+    # The bulk answer lacks a point's links to logged models and datasets: read those per key.
+    linked = {
+        rid
+        for rid, r in runs.items()
+        if any(m.model_id or m.dataset_name for m in r.data._metric_objs)
+    }
+    by_key: dict[str, list[str]] = {}
+    for rid, run in runs.items():
+        for key in run.data.metrics if rid not in linked else ():
+            by_key.setdefault(key, []).append(rid)
+    points: dict[str, list[Any]] = {rid: [] for rid in runs}
+    for key, rids in sorted(by_key.items()):
+        got = metric_history_bulk(opts.source, rids, key)
+        if got is None:
+            linked.update(rids)
+            continue
+        for rid in rids:
+            points[rid].extend(got[rid])
+    for rid, run in runs.items():
+        if rid not in linked:
+            _PREFETCHED[rid] = (run, points[rid])
+
+
+def _metric_points(metrics: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": m.key,
+            "step": m.step,
+            "timestamp": m.timestamp,
+            "value": m.value,
+            "model_id": getattr(m, "model_id", None),
+            "dataset_name": getattr(m, "dataset_name", None),
+            "dataset_digest": getattr(m, "dataset_digest", None),
+        }
+        for m in metrics
+    ]
+
+
+def _read_run(uri: str, run_id: str) -> tuple[Any, list[Any]]:
+    """The run and every point of every metric: read ahead by `prefetch`, or read now."""
+    cached = _PREFETCHED.pop(run_id, None)
+    if cached is not None:
+        return cached
     c = client(uri)
-    points: list[dict[str, Any]] = []
-    for key in keys:
-        for m in c.get_metric_history(run_id, key):
-            points.append(
-                {
-                    "key": m.key,
-                    "step": m.step,
-                    "timestamp": m.timestamp,
-                    "value": m.value,
-                    "model_id": getattr(m, "model_id", None),
-                    "dataset_name": getattr(m, "dataset_name", None),
-                    "dataset_digest": getattr(m, "dataset_digest", None),
-                }
-            )
-    return points
+    run = c.get_run(run_id)
+    return run, [m for key in sorted(run.data.metrics) for m in c.get_metric_history(run_id, key)]
 
 
 def _export_artifacts(
@@ -104,9 +146,9 @@ def export_run(item: Row, opts: Options) -> Row:
     obj = f"run {run_id}"
     staging = open_staging(opts.staging)
     with translate_errors(obj, STAGE):
-        run = client(opts.source).get_run(run_id)
+        run, metrics = _read_run(opts.source, run_id)
         info = run_info_dict(run.info)
-        points = _metric_points(opts.source, run_id, sorted(run.data.metrics))
+        points = _metric_points(metrics)
         artifacts = _export_artifacts(opts, staging, run_id, run.info.artifact_uri)
     tags = dict(run.data.tags)
     params = dict(run.data.params)

@@ -129,3 +129,29 @@ def test_check_tracking_uri_refuses_unknown_scheme_without_network(uri: str,
     with pytest.raises(ConfigError, match="unsupported scheme") as ei:
         mlflow_io.check_tracking_uri(uri, "source")
     assert str(ei.value).startswith("source tracking URI")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
+        "(pymysql.err.IntegrityError) (1062, \"Duplicate entry '2-iris-d1' for key 'PRIMARY'\")",
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id",
+    ],
+)
+def test_a_racing_insert_is_transient(message: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from migrator.errors import TransientError
+
+    with pytest.raises(TransientError), mlflow_io.translate_errors("run r", "import"):
+        raise MlflowException(message, error_code="BAD_REQUEST")
+
+
+def test_a_refused_value_is_permanent() -> None:
+    from mlflow.exceptions import MlflowException
+
+    from migrator.errors import PermanentError
+
+    with pytest.raises(PermanentError, match="run r"), mlflow_io.translate_errors("run r", "import"):
+        raise MlflowException("Invalid value for parameter", error_code="INVALID_PARAMETER_VALUE")
