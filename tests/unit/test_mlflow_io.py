@@ -141,17 +141,29 @@ def test_check_tracking_uri_refuses_unknown_scheme_without_network(uri: str,
 )
 def test_a_racing_insert_is_transient(message: str) -> None:
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
     from migrator.errors import TransientError
 
     with pytest.raises(TransientError), mlflow_io.translate_errors("run r", "import"):
-        raise MlflowException(message, error_code="BAD_REQUEST")
+        raise MlflowException(message, error_code=BAD_REQUEST)
+
+
+def test_other_bad_requests_are_permanent() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    from migrator.errors import PermanentError
+
+    with pytest.raises(PermanentError), mlflow_io.translate_errors("run r", "import"):
+        raise MlflowException("malformed request", error_code=BAD_REQUEST)
 
 
 def test_a_refused_value_is_permanent() -> None:
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
     from migrator.errors import PermanentError
 
     with pytest.raises(PermanentError, match="run r"), mlflow_io.translate_errors("run r", "import"):
-        raise MlflowException("Invalid value for parameter", error_code="INVALID_PARAMETER_VALUE")
+        raise MlflowException("Invalid value for parameter", error_code=INVALID_PARAMETER_VALUE)
