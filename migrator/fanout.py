@@ -69,7 +69,11 @@ def describe(e: BaseException) -> str:
 
 
 def failed_row(row: Row, stage: str, error: BaseException | str) -> Row:
+    """The row marked failed; the stage is the one the error names (a task that does several
+    stages), else the task's."""
     msg = error if isinstance(error, str) else describe(error)
+    if isinstance(error, MigratorError) and error.stage:
+        stage = error.stage
     return {**row, "state": FAILED, "error": msg, "failed_stage": stage, "updated_at": now_ms()}
 
 

@@ -110,8 +110,12 @@ def validate_run_doc(doc: dict[str, Any], run_id: str) -> None:
             raise StagingError(f"artifact path refused: {e.message}", obj=what) from None
 
 
+def metrics_table(points: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(points, schema=METRICS_SCHEMA)
+
+
 def metrics_to_parquet(points: list[dict[str, Any]]) -> bytes:
-    table = pa.Table.from_pylist(points, schema=METRICS_SCHEMA)
+    table = metrics_table(points)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

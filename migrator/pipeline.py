@@ -35,7 +35,7 @@ from migrator.manifest import (
 )
 from migrator.stages import experiments as exp_stage
 from migrator.stages.export_runs import export_run, prefetch
-from migrator.stages.import_runs import import_run
+from migrator.stages.import_runs import import_run, migrate_run
 from migrator.stages.tag_runs import tag_run, with_target_parent
 from migrator.staging import open_staging
 from migrator.verify import verify_migration
@@ -43,10 +43,17 @@ from migrator.verify import verify_migration
 log = logging.getLogger(__name__)
 
 EXPORT = Stage("export", export_run, prefetch)
+#: `migrate`: export and import a run in one task (the import reuses the export's local copies).
+MIGRATE = Stage("migrate", migrate_run, prefetch)
 IMPORT = Stage("import", import_run)
 TAG = Stage("tag", tag_run)
 PROGRESS_EVERY_S = 5.0
-_DONE = {"export": "exported", "import": "imported", "tag": "tagged"}
+_DONE = {
+    "export": ("exported",),
+    "import": ("imported",),
+    "migrate": ("exported", "imported"),
+    "tag": ("tagged",),
+}
 #: Run statuses that mean "not finished": such runs are exported again by the next `migrate`.
 UNFINISHED = ("RUNNING", "SCHEDULED")
 RESYNC = "_resync"
@@ -257,9 +264,10 @@ class Migration:
                 yield {**row, "target_experiment_id": targets[row["source_experiment_id"]]}
 
     def transfer(self, rows: Iterable[Row], do_export: bool, do_import: bool) -> None:
-        """Export and/or import runs through the fan-out; an exported run goes straight on to
-        its import when both are asked for."""
+        """Export and/or import runs through the fan-out; when both are asked for, one task
+        does both for a run (`migrate_run`)."""
         size = max(1, self.opts.batch_size)
+        first = MIGRATE if do_import else EXPORT
 
         def jobs() -> Iterator[Job]:
             pending: dict[str, list[Row]] = {"export": [], "import": []}
@@ -283,17 +291,14 @@ class Migration:
                     continue
                 pending[step].append(row)
                 if len(pending[step]) >= size:
-                    yield Job(EXPORT if step == "export" else IMPORT, pending[step])
+                    yield Job(first if step == "export" else IMPORT, pending[step])
                     pending[step] = []
             for step, batch in pending.items():
                 if batch:
-                    yield Job(EXPORT if step == "export" else IMPORT, batch)
+                    yield Job(first if step == "export" else IMPORT, batch)
 
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             self._record_runs(job.stage.name, results)
-            if job.stage is EXPORT and do_import:
-                ok = [r for r in results if r["state"] == EXPORTED]
-                return [Job(IMPORT, ok)] if ok else []
             return []
 
         self.executor.run(jobs(), self.opts, on_done)
@@ -330,7 +335,10 @@ class Migration:
         for r in rows:
             r.pop(RESYNC, None)
             self.runs[r["source_run_id"]] = r
-            self.summary.actions[_DONE[stage] if r["state"] != FAILED else f"{stage} failed"] += 1
+            if r["state"] == FAILED:
+                self.summary.actions[f"{r.get('failed_stage') or stage} failed"] += 1
+            else:
+                self.summary.actions.update(_DONE[stage])
         self.runs_m.append(rows)
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY_S:

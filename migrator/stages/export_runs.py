@@ -115,20 +115,19 @@ def _read_run(uri: str, run_id: str) -> tuple[Any, list[Any]]:
 
 
 def _export_artifacts(
-    opts: Options, staging: Staging, run_id: str, artifact_uri: str
+    opts: Options, staging: Staging, run_id: str, artifact_uri: str, keep: str
 ) -> list[dict[str, Any]]:
-    """Copy every artifact file to staging; returns path, size and SHA-256 of each."""
+    """Copy every artifact file to staging; returns path, size and SHA-256 of each. The local
+    copies stay in `keep` (as `keep/<index>`, in list order) for an import in the same task."""
     repo = artifact_repo(opts.source, artifact_uri)
     files = []
-    with tempfile.TemporaryDirectory(prefix="migrator-export-") as tmp:
-        local = os.path.join(tmp, "f")
-        for info in iter_artifact_files(repo):
-            key = artifact_key(run_id, info.path)
-            repo._download_file(info.path, local)
-            size = os.path.getsize(local)
-            files.append({"path": info.path, "size": size, "sha256": file_sha256(local)})
-            staging.upload_file(local, key)
-            os.remove(local)
+    for i, info in enumerate(iter_artifact_files(repo)):
+        key = artifact_key(run_id, info.path)
+        local = os.path.join(keep, str(i))
+        repo._download_file(info.path, local)
+        size = os.path.getsize(local)
+        files.append({"path": info.path, "size": size, "sha256": file_sha256(local)})
+        staging.upload_file(local, key)
     return files
 
 
@@ -142,6 +141,15 @@ def export_run(item: Row, opts: Options) -> Row:
     Raises:
         TransientError, PermanentError: naming the run.
     """
+    with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
+        return export_run_keeping(item, opts, keep)[0]
+
+
+def export_run_keeping(
+    item: Row, opts: Options, keep: str
+) -> tuple[Row, dict[str, Any], list[dict[str, Any]]]:
+    """`export_run`, also returning the run document and metric points it staged; the
+    artifact files stay in `keep` (see `_export_artifacts`)."""
     run_id = item["source_run_id"]
     obj = f"run {run_id}"
     staging = open_staging(opts.staging)
@@ -149,7 +157,7 @@ def export_run(item: Row, opts: Options) -> Row:
         run, metrics = _read_run(opts.source, run_id)
         info = run_info_dict(run.info)
         points = _metric_points(metrics)
-        artifacts = _export_artifacts(opts, staging, run_id, run.info.artifact_uri)
+        artifacts = _export_artifacts(opts, staging, run_id, run.info.artifact_uri, keep)
     tags = dict(run.data.tags)
     params = dict(run.data.params)
     staging.write_bytes(run_key(run_id, "metrics.parquet"), metrics_to_parquet(points))
@@ -164,7 +172,7 @@ def export_run(item: Row, opts: Options) -> Row:
         "artifacts": artifacts,
     }
     staging.write_bytes(run_key(run_id, "run.json"), dump_doc(RUN_FORMAT, doc))
-    return {
+    row = {
         **item,
         "source_experiment_id": info["experiment_id"],
         "run_name": info["run_name"],
@@ -187,3 +195,4 @@ def export_run(item: Row, opts: Options) -> Row:
         "failed_stage": None,
         "updated_at": now_ms(),
     }
+    return row, doc, points

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from mlflow.entities import RunTag
@@ -30,7 +32,9 @@ from migrator.lineage import (
     MAX_PARAM_VALUE_LENGTH,
     PARENT_RUN_ID_TAG,
     SOURCE_RUN_ID_TAG,
+    SYSTEM_TAG_PREFIX,
     fit,
+    run_source_tags,
 )
 from migrator.manifest import IMPORTED, Row, now_ms
 from migrator.mlflow_io import (
@@ -41,7 +45,7 @@ from migrator.mlflow_io import (
     tag_key_loggable,
     translate_errors,
 )
-from migrator.staging import Staging, open_staging
+from migrator.staging import Staging, open_staging, safe_key
 
 STAGE = "import"
 
@@ -53,21 +57,28 @@ def read_run_doc(staging: Staging, run_id: str) -> dict[str, Any]:
     return doc
 
 
-def _creation_tags(doc: dict[str, Any]) -> dict[str, str]:
+def _creation_tags(doc: dict[str, Any], opts: Options) -> dict[str, str]:
     """Tags set with create_run: all the source's tags (create_run accepts keys that log_batch
-    refuses), without the parent link (remapped later), plus the lineage marker."""
+    refuses) without the parent link (remapped by the tag stage), and the lineage: every
+    source tag when they are on, else just the marker a resumed import finds the run by.
+    Set at creation, a run never exists on the target without its lineage."""
     tags = {k: v for k, v in doc["tags"].items() if k != PARENT_RUN_ID_TAG}
+    if opts.import_source_tags:
+        system = {k: v for k, v in doc["tags"].items() if k.startswith(SYSTEM_TAG_PREFIX)}
+        tags.update(run_source_tags(doc["info"], system))
     tags[SOURCE_RUN_ID_TAG] = doc["info"]["run_id"]
     return fit(tags)
 
 
-def _changed_tags(doc: dict[str, Any], have: dict[str, str], obj: str) -> list[RunTag]:
+def _changed_tags(
+    doc: dict[str, Any], opts: Options, have: dict[str, str], obj: str
+) -> list[RunTag]:
     """Tags that differ from the target run's (a re-synced run whose source moved on).
 
     Raises:
         PermanentError: a changed tag has a key that MLflow takes only at run creation.
     """
-    changed = {k: v for k, v in _creation_tags(doc).items() if have.get(k) != v}
+    changed = {k: v for k, v in _creation_tags(doc, opts).items() if have.get(k) != v}
     refused = sorted(k for k in changed if not tag_key_loggable(k))
     if refused:
         raise PermanentError(
@@ -108,18 +119,17 @@ def _find_or_create(opts: Options, staging: Staging, item: Row, doc: dict[str, A
         experiment_id=target_exp,
         user_id=info.get("user_id") or "unknown",
         start_time=info["start_time"],
-        tags=[RunTag(k, v) for k, v in _creation_tags(doc).items()],
+        tags=[RunTag(k, v) for k, v in _creation_tags(doc, opts).items()],
         run_name=info.get("run_name"),
     )
 
 
-def _prepare_data(staging: Staging, doc: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+def _prepare_data(doc: dict[str, Any], table: Any) -> tuple[list[Any], list[Any]]:
     """Params and metric points, checked against the target's limits before anything is
     created, so a run the target would refuse leaves nothing behind."""
     from mlflow.entities import Metric, Param
 
-    source_id = doc["info"]["run_id"]
-    what = f"run {source_id}"
+    what = f"run {doc['info']['run_id']}"
     params = [Param(k, v) for k, v in doc["params"].items()]
     for p in params:
         if len(p.value) > MAX_PARAM_VALUE_LENGTH:
@@ -129,7 +139,6 @@ def _prepare_data(staging: Staging, doc: dict[str, Any]) -> tuple[list[Any], lis
                 obj=what,
                 stage=STAGE,
             )
-    table = metrics_from_parquet(staging.read_bytes(run_key(source_id, "metrics.parquet")), what)
     cols = table.to_pydict()
     metrics = [
         Metric(k, v, ts, st)
@@ -154,20 +163,31 @@ def _log_inputs(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
         client(opts.target).log_inputs(run_id, datasets=inputs)
 
 
-def _import_artifacts(
-    opts: Options, staging: Staging, target_run: Any, doc: dict[str, Any]
-) -> None:
+#: Puts the artifact at index i of the run document, path p, into a local file.
+Fetch = Callable[[int, str, str], None]
+
+
+def staged_artifacts(staging: Staging, source_run_id: str) -> Fetch:
+    """Artifacts read back from the staging store (a separate `import`)."""
+
+    def fetch(_i: int, path: str, local: str) -> None:
+        staging.download_file(artifact_key(source_run_id, path), local)
+
+    return fetch
+
+
+def _import_artifacts(opts: Options, fetch: Fetch, target_run: Any, doc: dict[str, Any]) -> None:
     files = doc["artifacts"]
     if not files:
         return
     repo = artifact_repo(opts.target, target_run.info.artifact_uri)
     source_id = doc["info"]["run_id"]
     with tempfile.TemporaryDirectory(prefix="migrator-import-") as tmp:
-        for f in files:
+        for i, f in enumerate(files):
             path = f["path"]
-            key = artifact_key(source_id, path)  # validates the path
+            safe_key(path)  # validated again: this path names the file we write below
             local = os.path.join(tmp, posixpath.basename(path))
-            staging.download_file(key, local)
+            fetch(i, path, local)
             size = os.path.getsize(local)
             if f.get("size") is not None and size != f["size"]:
                 raise PermanentError(
@@ -203,17 +223,30 @@ def import_run(item: Row, opts: Options) -> Row:
         TransientError, PermanentError: from the target, naming the run.
     """
     source_id = item["source_run_id"]
-    obj = f"run {source_id}"
     staging = open_staging(opts.staging)
     doc = read_run_doc(staging, source_id)
-    params, metrics = _prepare_data(staging, doc)
+    what = f"run {source_id}"
+    table = metrics_from_parquet(staging.read_bytes(run_key(source_id, "metrics.parquet")), what)
+    return import_document(item, opts, doc, table, staged_artifacts(staging, source_id))
+
+
+def import_document(
+    item: Row, opts: Options, doc: dict[str, Any], metrics: Any, fetch: Fetch
+) -> Row:
+    """The import proper, from a run document, its metric table and a way to fetch its
+    artifacts (from staging, or from the local copies of an export in the same task)."""
+    source_id = item["source_run_id"]
+    obj = f"run {source_id}"
+    staging = open_staging(opts.staging)
+    validate_run_doc(doc, source_id)
+    params, points = _prepare_data(doc, metrics)
     with translate_errors(obj, STAGE):
         run = _find_or_create(opts, staging, item, doc)
         target_id = run.info.run_id
-        changed = _changed_tags(doc, run.data.tags, obj)
-        log_batch_chunked(opts.target, target_id, metrics=metrics, params=params, tags=changed)
+        changed = _changed_tags(doc, opts, run.data.tags, obj)
+        log_batch_chunked(opts.target, target_id, metrics=points, params=params, tags=changed)
         _log_inputs(opts, target_id, doc)
-        _import_artifacts(opts, staging, run, doc)
+        _import_artifacts(opts, fetch, run, doc)
         _finish(opts, target_id, doc)
     return {
         **item,
@@ -223,3 +256,23 @@ def import_run(item: Row, opts: Options) -> Row:
         "failed_stage": None,
         "updated_at": now_ms(),
     }
+
+
+def migrate_run(item: Row, opts: Options) -> Row:
+    """Export a run and import it in one task (`migrate`): the staging store is written as
+    by `export`, but the import takes the document, points and artifact files from memory and
+    local disk instead of reading them back.
+
+    Returns:
+        The row in state `imported`; a failure names the stage it happened in.
+    """
+    from migrator.layout import metrics_table
+    from migrator.stages.export_runs import export_run_keeping
+
+    with tempfile.TemporaryDirectory(prefix="migrator-migrate-") as keep:
+        exported, doc, points = export_run_keeping(item, opts, keep)
+
+        def local_copy(i: int, _path: str, local: str) -> None:
+            shutil.copyfile(os.path.join(keep, str(i)), local)
+
+        return import_document(exported, opts, doc, metrics_table(points), local_copy)

@@ -1,19 +1,19 @@
-"""Finish one imported run: source tags, the remapped parent link, and its deleted state.
+"""Finish one imported run: the remapped parent link and its deleted state.
 
 Runs after every import, because only then is every parent's target id known (parents may sit
 in other experiments). Deleting the run comes last: MLflow refuses tags on a deleted run.
+`tags_for` also tells `verify` which lineage tags a migrated run must carry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
-
-from mlflow.entities import RunTag
 
 from migrator.config import Options
 from migrator.lineage import PARENT_RUN_ID_TAG, SOURCE_RUN_ID_TAG, fit, run_source_tags
 from migrator.manifest import TAGGED, Row, now_ms
-from migrator.mlflow_io import client, log_batch_chunked, translate_errors
+from migrator.mlflow_io import client, translate_errors
 
 STAGE = "tag"
 
@@ -52,6 +52,19 @@ def tags_for(row: Row, opts: Options) -> dict[str, str]:
     return tags
 
 
+def _on_active_run(c: Any, run_id: str, write: Callable[[], None]) -> None:
+    """Write to a run that an earlier, interrupted attempt may have left deleted."""
+    from mlflow.exceptions import MlflowException
+
+    try:  # one call on the usual path
+        write()
+    except MlflowException:
+        if c.get_run(run_id).info.lifecycle_stage == "active":
+            raise
+        c.restore_run(run_id)
+        write()
+
+
 def _delete_marker(c: Any, run_id: str) -> None:
     """Remove the resume marker (source tags off); already gone is fine."""
     from mlflow.exceptions import MlflowException
@@ -64,7 +77,9 @@ def _delete_marker(c: Any, run_id: str) -> None:
 
 
 def tag_run(item: Row, opts: Options) -> Row:
-    """Apply source tags and the parent link, then delete the run if the source's is deleted.
+    """Link the run to its target parent, drop the resume marker when source tags are off,
+    and delete the run if the source's is deleted. The source tags themselves were written
+    when the run was created; a run with none of this to do costs no call.
 
     Args:
         item: a manifest row in state `imported`; `target_parent_run_id` filled in by the
@@ -72,21 +87,14 @@ def tag_run(item: Row, opts: Options) -> Row:
     Returns:
         The row in state `tagged`.
     """
-    from mlflow.exceptions import MlflowException
-
     target_id = item["target_run_id"]
     c = client(opts.target)
-    tags = [RunTag(k, v) for k, v in tags_for(item, opts).items()]
+    parent = item.get("target_parent_run_id")
     with translate_errors(f"run {item['source_run_id']}", STAGE):
-        try:  # one call on the usual path: equal tags are simply written again
-            log_batch_chunked(opts.target, target_id, tags=tags)
-        except MlflowException:
-            if c.get_run(target_id).info.lifecycle_stage == "active":
-                raise
-            c.restore_run(target_id)  # an earlier attempt got as far as deleting it
-            log_batch_chunked(opts.target, target_id, tags=tags)
+        if parent:
+            _on_active_run(c, target_id, lambda: c.set_tag(target_id, PARENT_RUN_ID_TAG, parent))
         if not opts.import_source_tags:
-            _delete_marker(c, target_id)
+            _on_active_run(c, target_id, lambda: _delete_marker(c, target_id))
         if item.get("lifecycle_stage") == "deleted":
             c.delete_run(target_id)
     row = {k: v for k, v in item.items() if k != "target_parent_run_id"}
