@@ -35,7 +35,8 @@ class Options:
     dry_run: bool = False
     """Plan only: enumerate and report, write nothing."""
     concurrency: int = 8
-    """Tasks running at once (each holds one MLflow connection per server)."""
+    """Runs in flight at once across the cluster: one task per CPU, each running its runs in
+    `ceil(concurrency / CPUs)` threads (the stages wait on servers, not on the CPU)."""
     batch_size: int = 8
     """Runs per task: small runs are batched so each task is worth its overhead."""
     max_attempts: int = 3

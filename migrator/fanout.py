@@ -2,9 +2,9 @@
 
 A stage is a plain function `(row, options) -> row`. Work goes out in jobs (a stage and a small
 batch of rows). Executors keep a bounded number of jobs in flight, hand back results in
-completion order, and accept follow-up jobs as results arrive, so one stage can feed the next
-(export → import) without a barrier. `InlineExecutor` runs the same jobs in this process, for
-tests and for `--ray-address none`.
+completion order, and accept follow-up jobs as results arrive. `RayExecutor` runs them on one
+threaded actor per CPU of the cluster; `InlineExecutor` runs the same jobs in threads of this
+process, for tests and for `--ray-address none`.
 
 This is the one place that catches broadly: whatever a stage raises for one row becomes a
 `failed` row naming the object, the stage and the error; the other rows go on.
@@ -12,13 +12,14 @@ This is the one place that catches broadly: whatever a stage raises for one row 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,18 +95,14 @@ def run_one(stage: Stage, row: Row, opts: Options) -> Row:
     raise AssertionError("unreachable")
 
 
-def run_job(job: Job, opts: Options, threads: int = 1) -> list[Row]:
-    """Run a job's rows, `threads` at a time: the stages wait on servers, not on the CPU, so
-    one worker process serves several rows at once (and imports MLflow once, not per row)."""
+def run_job(job: Job, opts: Options) -> list[Row]:
+    """Run a job: its `prepare` (if any), then each row in turn. Never raises."""
     if job.stage.prepare is not None:
         try:
             job.stage.prepare(job.rows, opts)
         except Exception as e:  # only an optimisation: each row then reads for itself
             log.debug("prepare of %s failed: %s", job.stage.name, describe(e))
-    if threads <= 1 or len(job.rows) <= 1:
-        return [run_one(job.stage, row, opts) for row in job.rows]
-    with ThreadPoolExecutor(min(threads, len(job.rows)), thread_name_prefix="stage") as pool:
-        return list(pool.map(lambda row: run_one(job.stage, row, opts), job.rows))
+    return [run_one(job.stage, row, opts) for row in job.rows]
 
 
 class Executor(Protocol):
@@ -113,18 +110,56 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def _drive(
+    jobs: Iterable[Job],
+    on_done: OnDone,
+    window: int,
+    submit: Callable[[Job], Any],
+    wait_one: Callable[[list[Any]], list[Any]],
+    result: Callable[[Any], list[Row]],
+) -> None:
+    """Keep `window` jobs in flight; hand back results in completion order; follow-up jobs
+    from `on_done` go before fresh ones, so the window stays bounded and nothing waits."""
+    queue: deque[Job] = deque()
+    fresh: Iterator[Job] | None = iter(jobs)
+    in_flight: dict[Any, Job] = {}
+    while True:
+        while len(in_flight) < window:
+            job = queue.popleft() if queue else (next(fresh, None) if fresh else None)
+            if job is None:
+                fresh = None
+                break
+            in_flight[submit(job)] = job
+        if not in_flight:
+            if queue:
+                continue
+            return
+        for handle in wait_one(list(in_flight)):
+            job = in_flight.pop(handle)
+            try:
+                rows = result(handle)
+            except Exception as e:  # the worker itself was lost (after Ray's own retries)
+                rows = [
+                    failed_row(r, job.stage.name, f"task lost: {describe(e)}") for r in job.rows
+                ]
+            queue.extend(on_done(job, rows))
+
+
 class InlineExecutor:
-    """Runs every job in this process, one after another, its rows in `concurrency` threads
-    (tests, small migrations, machines without Ray)."""
+    """Runs jobs in this process, `concurrency` at a time in threads (the stages wait on
+    servers, not on the CPU): tests, small migrations, machines without Ray."""
 
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
-        queue: deque[Job] = deque()
-        fresh = iter(jobs)
-        while True:
-            job = queue.popleft() if queue else next(fresh, None)
-            if job is None:
-                return
-            queue.extend(on_done(job, run_job(job, opts, opts.concurrency)))
+        threads = max(1, opts.concurrency)
+        with ThreadPoolExecutor(threads, thread_name_prefix="stage") as pool:
+            _drive(
+                jobs,
+                on_done,
+                2 * threads,
+                submit=lambda job: pool.submit(run_job, job, opts),
+                wait_one=lambda fs: list(wait(fs, return_when=FIRST_COMPLETED).done),
+                result=lambda f: f.result(),
+            )
 
     def close(self) -> None:
         pass
@@ -138,13 +173,27 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
 
 
+class StageWorker:
+    """A Ray actor per CPU: one process (MLflow imported once, HTTP sessions kept) running
+    `max_concurrency` jobs at once in threads, each job fed as soon as a thread frees up."""
+
+    def run(self, job: Job, opts: Options) -> list[Row]:
+        return run_job(job, opts)
+
+
 class RayExecutor:
-    """Runs jobs as Ray tasks: at most `2 × concurrency` in flight, results by `ray.wait`."""
+    """Runs jobs on a pool of threaded Ray actors, one per CPU of the cluster, with
+    `concurrency` jobs running and as many again queued; results come by `ray.wait`.
+
+    An actor that dies is restarted and its calls retried by Ray (every stage is safe to run
+    twice); a call lost for good marks its rows failed.
+    """
 
     def __init__(self, opts: Options) -> None:
         self._opts = opts
         self._ray: Any = None
         self._started = False
+        self._actors: list[Any] = []
 
     def _connect(self) -> Any:
         """Join or start Ray on first use, so a run with nothing to do never pays for it."""
@@ -167,50 +216,53 @@ class RayExecutor:
                     configure_logging=False,
                 )
             self._started = True
-        # One task per CPU (one worker process each), each running its rows in threads, so
-        # that `concurrency` rows are in flight across the cluster.
-        self._slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._threads = max(1, math.ceil(opts.concurrency / self._slots))
-        self._remote = ray.remote(max_retries=3)(run_job)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        threads = max(1, math.ceil(opts.concurrency / slots))
+        worker = ray.remote(StageWorker).options(
+            num_cpus=1, max_concurrency=threads, max_restarts=3, max_task_retries=3
+        )
+        self._actors = [worker.remote() for _ in range(slots)]
+        self._capacity = slots * threads
         self._ray = ray
         return ray
 
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
-        queue: deque[Job] = deque()
         jobs_iter = iter(jobs)
         first = next(jobs_iter, None)
         if first is None:
             return
         ray = self._connect()
-        window = 2 * self._slots  # a second job waits on each worker, so none goes idle
         opts_ref = ray.put(opts)
-        queue.append(first)
-        fresh: Iterator[Job] | None = jobs_iter
-        in_flight: dict[Any, Job] = {}
-        while True:
-            while len(in_flight) < window:
-                job = queue.popleft() if queue else (next(fresh, None) if fresh else None)
-                if job is None:
-                    fresh = None
-                    break
-                ref = self._remote.remote(job, opts_ref, self._threads)
-                in_flight[ref] = job
-            if not in_flight:
-                if queue:
-                    continue
-                return
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+        load = dict.fromkeys(range(len(self._actors)), 0)
+        owner: dict[Any, int] = {}
+
+        def submit(job: Job) -> Any:
+            i = min(load, key=load.__getitem__)  # the least busy actor
+            ref = self._actors[i].run.remote(job, opts_ref)
+            load[i] += 1
+            owner[ref] = i
+            return ref
+
+        def wait_one(refs: list[Any]) -> list[Any]:
+            done, _ = ray.wait(refs, num_returns=1)
             for ref in done:
-                job = in_flight.pop(ref)
-                try:
-                    rows = ray.get(ref)
-                except Exception as e:  # the task itself died (worker lost, after Ray's retries)
-                    rows = [
-                        failed_row(r, job.stage.name, f"task lost: {describe(e)}") for r in job.rows
-                    ]
-                queue.extend(on_done(job, rows))
+                load[owner.pop(ref)] -= 1
+            return list(done)
+
+        _drive(
+            itertools.chain([first], jobs_iter),
+            on_done,
+            2 * self._capacity,
+            submit,
+            wait_one,
+            ray.get,
+        )
 
     def close(self) -> None:
+        if self._ray is not None:
+            for actor in self._actors:
+                self._ray.kill(actor)
+        self._actors = []
         if self._started:
             self._ray.shutdown()
             self._started = False

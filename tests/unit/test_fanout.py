@@ -147,8 +147,16 @@ def test_follow_up_jobs_from_on_done_are_run() -> None:
         ("export", ["c"], ["exported"]),
         ("import", ["c"], ["imported"]),
     ])
-    # a follow-up runs before the next fresh job (pipelined, no barrier)
-    assert [s[0] for s in seen] == ["export", "import", "export", "import"]
+
+    # a follow-up goes before the next fresh job (pipelined, no barrier)
+    done: list[str] = []
+    jobs = [Job(export, _rows(x)) for x in "xyz"]
+    InlineExecutor().run(
+        iter(jobs), Options(concurrency=1),
+        lambda j, r: done.append(f"{j.stage.name}:{r[0]['source_run_id']}")
+        or ([Job(imp, r)] if j.stage is export else []),
+    )
+    assert done.index("import:x") < done.index("export:z")
 
 
 def test_chained_follow_ups_and_empty_job_list() -> None:
@@ -168,18 +176,21 @@ def test_chained_follow_ups_and_empty_job_list() -> None:
     assert called == []
 
 
-def test_jobs_are_consumed_lazily() -> None:
+def test_jobs_are_consumed_lazily_within_a_bounded_window() -> None:
     produced: list[int] = []
     stage = Stage("s", _ok("x"))
 
     def gen():
-        for i in range(3):
+        for i in range(10):
             produced.append(i)
             yield Job(stage, _rows(str(i)))
 
-    counts: list[int] = []
-    InlineExecutor().run(gen(), Options(), lambda j, r: counts.append(len(produced)) or [])
-    assert counts == [1, 2, 3]
+    ahead: list[int] = []  # jobs taken from the generator but not finished, at each completion
+    InlineExecutor().run(
+        gen(), Options(concurrency=1), lambda j, r: ahead.append(len(produced) - len(ahead)) or []
+    )
+    assert len(ahead) == 10
+    assert max(ahead) <= 2  # window = 2 x concurrency: the source is never drained ahead
 
 
 def test_make_executor_none_is_inline_without_ray() -> None:
