@@ -129,6 +129,15 @@ class Summary:
         return "\n".join(lines)
 
 
+def _found_as(known: Row | None, row: Row, step: str) -> str:
+    """How a run in scope stood before this command: new, re-synced, unchanged or resumed."""
+    if known is None:
+        return "new"
+    if row.get(RESYNC):
+        return "re-synced"
+    return "unchanged" if step == "done" else "resumed"
+
+
 def _counts(c: Counter[str]) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(c.items())) or "none"
 
@@ -274,15 +283,7 @@ class Migration:
             for row in rows:
                 known = self.runs.get(row["source_run_id"])
                 step = "export" if row.get(RESYNC) else next_step(known)
-                self.summary.found[
-                    "new"
-                    if known is None
-                    else "re-synced"
-                    if row.get(RESYNC)
-                    else "unchanged"
-                    if step == "done"
-                    else "resumed"
-                ] += 1
+                self.summary.found[_found_as(known, row, step)] += 1
                 if step == "export" and not do_export:
                     continue
                 if step == "import" and not do_import:
