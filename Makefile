@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint unit integration clean
+.PHONY: demo test lint unit integration bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ integration: $(BIN)/.installed
 # pytest exits 5 when it collects no test: make fails on any non-zero exit, so that cannot pass.
 test: lint
 	$(BIN)/python -m pytest
+
+# The benchmark (not part of the tests): `make bench`, or `make bench ARGS="--runs 200"`.
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
