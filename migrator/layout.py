@@ -34,9 +34,6 @@ METRICS_SCHEMA = pa.schema(
         ("step", pa.int64()),
         ("timestamp", pa.int64()),
         ("value", pa.float64()),
-        ("model_id", pa.string()),
-        ("dataset_name", pa.string()),
-        ("dataset_digest", pa.string()),
     ]
 )
 
@@ -124,8 +121,6 @@ def metrics_to_parquet(points: list[dict[str, Any]]) -> bytes:
 def metrics_from_parquet(data: bytes, what: str) -> pa.Table:
     try:
         table = pq.read_table(io.BytesIO(data))
-        return table.select(["key", "step", "timestamp", "value"]).cast(
-            METRICS_SCHEMA.remove(6).remove(5).remove(4)
-        )
+        return table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA)
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise StagingError(f"corrupt metrics.parquet: {e}", obj=what) from None

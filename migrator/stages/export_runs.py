@@ -34,12 +34,14 @@ def run_info_dict(info: Any) -> dict[str, Any]:
     return {f: getattr(info, f) for f in RUN_INFO_FIELDS}
 
 
-def _dataset_inputs(run: Any) -> list[dict[str, Any]]:
+def _inputs(run: Any) -> dict[str, Any]:
+    """The run's inputs as MLflow shapes them: dataset inputs (with their tags) and, in
+    MLflow 3, the logged models it read."""
     inputs = getattr(run, "inputs", None)
-    out = []
+    datasets = []
     for di in getattr(inputs, "dataset_inputs", None) or []:
         d = di.dataset
-        out.append(
+        datasets.append(
             {
                 "dataset": {
                     "name": d.name,
@@ -52,7 +54,32 @@ def _dataset_inputs(run: Any) -> list[dict[str, Any]]:
                 "tags": {t.key: t.value for t in di.tags},
             }
         )
-    return out
+    models = [{"model_id": m.model_id} for m in getattr(inputs, "model_inputs", None) or []]
+    return {"dataset_inputs": datasets, "model_inputs": models}
+
+
+def _outputs(run: Any) -> dict[str, Any]:
+    """The logged models a run produced (MLflow 3), with the step they were logged at."""
+    outputs = getattr(run, "outputs", None)
+    models = getattr(outputs, "model_outputs", None) or []
+    return {"model_outputs": [{"model_id": m.model_id, "step": m.step} for m in models]}
+
+
+def _metric_links(metrics: list[Any]) -> list[dict[str, Any]]:
+    """Points linked to a logged model or a dataset (MLflow 3), which metrics.parquet's four
+    columns do not hold."""
+    return [
+        {
+            "key": m.key,
+            "step": m.step,
+            "timestamp": m.timestamp,
+            "model_id": m.model_id,
+            "dataset_name": m.dataset_name,
+            "dataset_digest": m.dataset_digest,
+        }
+        for m in metrics
+        if getattr(m, "model_id", None) or getattr(m, "dataset_name", None)
+    ]
 
 
 #: Runs and metric histories read ahead for a job by `prefetch`, consumed by `export_run`
@@ -91,16 +118,7 @@ def prefetch(rows: list[Row], opts: Options) -> None:
 
 def _metric_points(metrics: list[Any]) -> list[dict[str, Any]]:
     return [
-        {
-            "key": m.key,
-            "step": m.step,
-            "timestamp": m.timestamp,
-            "value": m.value,
-            "model_id": getattr(m, "model_id", None),
-            "dataset_name": getattr(m, "dataset_name", None),
-            "dataset_digest": getattr(m, "dataset_digest", None),
-        }
-        for m in metrics
+        {"key": m.key, "step": m.step, "timestamp": m.timestamp, "value": m.value} for m in metrics
     ]
 
 
@@ -167,8 +185,13 @@ def export_run_keeping(
         "info": info,
         "params": params,
         "tags": tags,
-        "inputs": _dataset_inputs(run),
-        "metrics": {"keys": sorted(run.data.metrics), "points": len(points)},
+        "inputs": _inputs(run),
+        "outputs": _outputs(run),
+        "metrics": {
+            "keys": sorted(run.data.metrics),
+            "points": len(points),
+            "links": _metric_links(metrics),
+        },
         "artifacts": artifacts,
     }
     staging.write_bytes(run_key(run_id, "run.json"), dump_doc(RUN_FORMAT, doc))

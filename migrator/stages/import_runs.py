@@ -157,7 +157,7 @@ def _log_inputs(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
             dataset=Dataset(**i["dataset"]),
             tags=[InputTag(k, v) for k, v in i.get("tags", {}).items()],
         )
-        for i in doc.get("inputs", [])
+        for i in (doc.get("inputs") or {}).get("dataset_inputs", [])
     ]
     if inputs:
         client(opts.target).log_inputs(run_id, datasets=inputs)

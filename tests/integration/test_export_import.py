@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
@@ -33,6 +35,15 @@ def test_export_then_import_with_filters_and_no_source_tags(
                                              experiments=("demo/class*",),
                                              run_start_time=cutoff), make_executor)
     assert exported.ok and exported.runs == {"exported": len(wanted)}
+    # the staging layout of DESIGN.md, exactly
+    for rid in wanted:
+        run_dir = Path(staging) / "runs" / rid
+        doc = json.loads((run_dir / "run.json").read_text())
+        assert {"info", "params", "tags", "inputs", "outputs"} <= set(doc)
+        assert pq.read_schema(run_dir / "metrics.parquet").names == ["key", "step", "timestamp", "value"]
+        assert (run_dir / "artifacts" / "plots" / "loss curve ü.csv").is_file()
+    exp_doc = Path(staging) / "experiments" / scope[0].experiment_id / "experiment.json"
+    assert json.loads(exp_doc.read_text())["fields"]["name"] == scope[0].name
 
     target = target_server()
     tgt = MlflowClient(target.url)
