@@ -5,7 +5,13 @@ experiments/<source_experiment_id>/experiment.json
 runs/<source_run_id>/run.json            written last: its presence means the export is complete
 runs/<source_run_id>/metrics.parquet     key, step, timestamp, value (every point)
 runs/<source_run_id>/artifacts/<path>    bytes as on the source
+models/<quoted name>/model.json          registered model with its versions
+models/<quoted name>/versions/<n>/artifacts/<path>   a version whose run was not migrated
+logged_models/<model_id>/logged_model.json          MLflow 3 logged model (params, metrics…)
+logged_models/<model_id>/artifacts/<path>
 ```
+A model name is percent-quoted into one path segment (`/` and `%` included), so any name maps
+to one folder and none can climb out of `models/`.
 Everything read back is validated here, so the import stage works only on well-formed input.
 """
 
@@ -15,6 +21,7 @@ import io
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +31,8 @@ from migrator.staging import safe_key
 
 RUN_FORMAT = "mlflow-migrator/run"
 EXPERIMENT_FORMAT = "mlflow-migrator/experiment"
+MODEL_FORMAT = "mlflow-migrator/registered-model"
+LOGGED_MODEL_FORMAT = "mlflow-migrator/logged-model"
 FORMAT_VERSION = 1
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -55,6 +64,58 @@ def run_key(run_id: str, name: str) -> str:
 def artifact_key(run_id: str, path: str) -> str:
     """Where an artifact lives in staging; `path` is checked (no `..`, absolute, `#`)."""
     return run_key(run_id, "artifacts/" + safe_key(path))
+
+
+def model_folder(name: str) -> str:
+    """`models/<name>` with the name quoted into one safe path segment."""
+    if not isinstance(name, str) or not name:
+        raise StagingError(f"invalid model name {name!r}")
+    quoted = quote(name, safe="")
+    if quoted in (".", ".."):
+        quoted = quoted.replace(".", "%2E")
+    return f"models/{quoted}"
+
+
+def model_key(name: str) -> str:
+    return f"{model_folder(name)}/model.json"
+
+
+def version_artifact_key(name: str, version: int, path: str) -> str:
+    return f"{model_folder(name)}/versions/{int(version)}/artifacts/{safe_key(path)}"
+
+
+def logged_model_key(model_id: str, name: str) -> str:
+    return f"logged_models/{_checked_id(model_id, 'logged model id')}/{name}"
+
+
+def logged_model_artifact_key(model_id: str, path: str) -> str:
+    return logged_model_key(model_id, "artifacts/" + safe_key(path))
+
+
+def validate_files(files: Any, what: str) -> list[dict[str, Any]]:
+    """A staged document's artifact list: each entry a dict with a safe `path`.
+
+    Raises:
+        StagingError: not a list, a malformed entry, or an unsafe path.
+    """
+    if not isinstance(files, list):
+        raise StagingError("artifact list is not a list", obj=what)
+    for a in files:
+        if not isinstance(a, dict) or not isinstance(a.get("path"), str):
+            raise StagingError("malformed artifact entry", obj=what)
+        try:
+            safe_key(a["path"])
+        except StagingError as e:
+            raise StagingError(f"artifact path refused: {e.message}", obj=what) from None
+    return files
+
+
+def validate_string_map(value: Any, field: str, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise StagingError(f"field {field!r} is not a string map", obj=what)
+    return value
 
 
 def dump_doc(kind: str, body: dict[str, Any]) -> bytes:
@@ -90,21 +151,8 @@ def validate_run_doc(doc: dict[str, Any], run_id: str) -> None:
     if not isinstance(info, dict) or info.get("run_id") != run_id:
         raise StagingError("run.json does not describe this run", obj=what)
     for field in ("params", "tags"):
-        value = doc.get(field)
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise StagingError(f"run.json field {field!r} is not a string map", obj=what)
-    artifacts = doc.get("artifacts")
-    if not isinstance(artifacts, list):
-        raise StagingError("run.json field 'artifacts' is not a list", obj=what)
-    for a in artifacts:
-        if not isinstance(a, dict) or not isinstance(a.get("path"), str):
-            raise StagingError("run.json has a malformed artifact entry", obj=what)
-        try:
-            safe_key(a["path"])
-        except StagingError as e:
-            raise StagingError(f"artifact path refused: {e.message}", obj=what) from None
+        validate_string_map(doc.get(field), field, what)
+    validate_files(doc.get("artifacts"), what)
 
 
 def metrics_table(points: list[dict[str, Any]]) -> pa.Table:

@@ -48,11 +48,44 @@ EXPERIMENT_FIELDS = (
     "creation_time",
     "last_update_time",
 )
+#: Registered model fields (its description, tags and aliases are user attributes, copied as is).
+REGISTERED_MODEL_FIELDS = ("name", "creation_timestamp", "last_updated_timestamp")
+MODEL_VERSION_FIELDS = (
+    "name",
+    "version",
+    "creation_timestamp",
+    "last_updated_timestamp",
+    "user_id",
+    "current_stage",
+    "source",
+    "run_id",
+    "run_link",
+    "status",
+    "status_message",
+    "model_id",
+)
+LOGGED_MODEL_FIELDS = (
+    "model_id",
+    "experiment_id",
+    "name",
+    "artifact_location",
+    "creation_timestamp",
+    "last_updated_timestamp",
+    "model_type",
+    "source_run_id",
+    "status",
+    "status_message",
+)
+#: The tags that identify a migrated logged model and model version on the target (set at
+#: creation, so an interrupted attempt's object is found again, never made twice).
+SOURCE_MODEL_ID_TAG = f"{FIELD_PREFIX}model_id"
+SOURCE_VERSION_TAG = f"{FIELD_PREFIX}version"
 
 # MLflow's limits (mlflow/utils/validation.py).
 MAX_KEY_LENGTH = 250
 MAX_RUN_TAG_VALUE_LENGTH = 8000
 MAX_EXPERIMENT_TAG_VALUE_LENGTH = 20000
+MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH = 100_000
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -93,9 +126,26 @@ def run_source_tags(info: Mapping[str, Any], tags: Mapping[str, str]) -> dict[st
     return out
 
 
-def field_source_tags(fields: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, str]:
-    """`mlflow_exim.field.<name>` for each named field that is set on the source."""
-    return {FIELD_PREFIX + f: _as_tag_value(fields[f]) for f in names if fields.get(f) is not None}
+def field_source_tags(
+    fields: Mapping[str, Any], names: tuple[str, ...], *, skip_empty: bool = False
+) -> dict[str, str]:
+    """`mlflow_exim.field.<name>` for each named field that is set on the source (with
+    `skip_empty`, an empty string counts as unset: the registry reports unset fields as "")."""
+    return {
+        FIELD_PREFIX + f: _as_tag_value(fields[f])
+        for f in names
+        if fields.get(f) is not None and not (skip_empty and fields[f] == "")
+    }
+
+
+def object_source_tags(
+    fields: Mapping[str, Any], names: tuple[str, ...], tags: Mapping[str, str]
+) -> dict[str, str]:
+    """Every source tag of a registered model, model version or logged model: its system
+    fields, and copies of its `mlflow.*` tags (not yet cut to limits)."""
+    out = field_source_tags(fields, names, skip_empty=True)
+    out.update(system_tag_copies(tags))
+    return out
 
 
 def experiment_source_tags(fields: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, str]:

@@ -35,6 +35,12 @@ ARTIFACT_FILES = pa.list_(
     pa.struct([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
 )
 
+#: A run's links to MLflow 3 logged models: `input` (it read the model) or `output` (it logged
+#: the model, at `step`). Remapped to the target's logged models by the tag stage.
+MODEL_LINKS = pa.list_(
+    pa.struct([("model_id", pa.string()), ("kind", pa.string()), ("step", pa.int64())])
+)
+
 # States a run passes through; `failed` records the stage in `failed_stage`.
 EXPORTED, IMPORTED, TAGGED, FAILED = "exported", "imported", "tagged", "failed"
 
@@ -58,6 +64,7 @@ RUNS_SCHEMA = pa.schema(
         ("n_artifacts", pa.int64()),
         ("artifact_bytes", pa.int64()),
         ("artifact_files", ARTIFACT_FILES),
+        ("model_links", MODEL_LINKS),
         ("source_fingerprint", pa.string()),
         ("state", pa.string()),
         ("error", pa.string()),
@@ -76,6 +83,91 @@ EXPERIMENTS_SCHEMA = pa.schema(
         ("creation_time", TS),
         ("last_update_time", TS),
         ("tags", TAGS),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+
+#: Registered models: one row per source model (the name is its id on both servers).
+MODELS_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("target_name", pa.string()),
+        ("description", pa.string()),
+        ("creation_timestamp", TS),
+        ("last_updated_timestamp", TS),
+        ("tags", TAGS),
+        ("aliases", TAGS),
+        ("n_versions", pa.int64()),
+        ("source_fingerprint", pa.string()),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+#: Model versions: one row per source version; `version` equals `target_version` when imported.
+MODEL_VERSIONS_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("version", pa.int64()),
+        ("target_name", pa.string()),
+        ("target_version", pa.int64()),
+        ("source", pa.string()),
+        ("target_source", pa.string()),
+        ("run_id", pa.string()),
+        ("target_run_id", pa.string()),
+        ("model_id", pa.string()),
+        ("target_model_id", pa.string()),
+        ("description", pa.string()),
+        ("current_stage", pa.string()),
+        ("status", pa.string()),
+        ("status_message", pa.string()),
+        ("user_id", pa.string()),
+        ("run_link", pa.string()),
+        ("creation_timestamp", TS),
+        ("last_updated_timestamp", TS),
+        ("tags", TAGS),
+        ("aliases", pa.list_(pa.string())),
+        ("n_artifacts", pa.int64()),
+        ("artifact_bytes", pa.int64()),
+        ("artifact_files", ARTIFACT_FILES),
+        ("source_experiment_id", pa.string()),
+        ("source_fingerprint", pa.string()),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+#: MLflow 3 logged models: one row per source logged model of a migrated experiment.
+LOGGED_MODELS_SCHEMA = pa.schema(
+    [
+        ("source_experiment_id", pa.string()),
+        ("source_model_id", pa.string()),
+        ("target_experiment_id", pa.string()),
+        ("target_model_id", pa.string()),
+        ("name", pa.string()),
+        ("model_type", pa.string()),
+        ("source_run_id", pa.string()),
+        ("target_run_id", pa.string()),
+        ("status", pa.string()),
+        ("status_message", pa.string()),
+        ("artifact_location", pa.string()),
+        ("creation_timestamp", TS),
+        ("last_updated_timestamp", TS),
+        ("tags", TAGS),
+        ("n_params", pa.int64()),
+        ("n_metric_points", pa.int64()),
+        ("metric_run_ids", pa.list_(pa.string())),
+        ("n_artifacts", pa.int64()),
+        ("artifact_bytes", pa.int64()),
+        ("artifact_files", ARTIFACT_FILES),
         ("state", pa.string()),
         ("error", pa.string()),
         ("failed_stage", pa.string()),
@@ -163,7 +255,7 @@ class ManifestTable:
         staging: Staging,
         name: str,
         schema: pa.Schema,
-        key: str,
+        key: str | tuple[str, ...],
         flush_rows: int = 500,
         flush_seconds: float = 2.0,
     ) -> None:
@@ -245,18 +337,24 @@ class ManifestTable:
                 self.staging.delete(k)
         return table
 
-    def load(self) -> dict[str, Row]:
-        """Newest row per key as dicts (times as epoch ms)."""
-        return {r[self.key]: r for r in table_to_rows(self.read_table())}
+    def load(self) -> dict[Any, Row]:
+        """Newest row per key as dicts (times as epoch ms); a composite key is a tuple."""
+        return {row_key(r, self.key): r for r in table_to_rows(self.read_table())}
 
 
-def _newest_per_key(table: pa.Table, key: str) -> pa.Table:
+def row_key(row: Mapping[str, Any], key: str | tuple[str, ...]) -> Any:
+    """A row's key: the value of the key column, or a tuple for a composite key."""
+    return row[key] if isinstance(key, str) else tuple(row[k] for k in key)
+
+
+def _newest_per_key(table: pa.Table, key: str | tuple[str, ...]) -> pa.Table:
     """Keep the last row of each key (journal order is time order)."""
     if table.num_rows == 0:
         return table
     idx = pa.array(range(table.num_rows), type=pa.int64())
     t = table.append_column("__i", idx)
-    last = t.group_by(key, use_threads=False).aggregate([("__i", "max")])
+    keys = [key] if isinstance(key, str) else list(key)
+    last = t.group_by(keys, use_threads=False).aggregate([("__i", "max")])
     keep = pc.sort_indices(last["__i_max"])
     return table.take(pc.take(last["__i_max"], keep))
 
@@ -267,6 +365,18 @@ def runs_table(staging: Staging, flush_rows: int = 500) -> ManifestTable:
 
 def experiments_table(staging: Staging) -> ManifestTable:
     return ManifestTable(staging, "experiments", EXPERIMENTS_SCHEMA, "source_experiment_id")
+
+
+def models_table(staging: Staging) -> ManifestTable:
+    return ManifestTable(staging, "models", MODELS_SCHEMA, "name")
+
+
+def model_versions_table(staging: Staging) -> ManifestTable:
+    return ManifestTable(staging, "model_versions", MODEL_VERSIONS_SCHEMA, ("name", "version"))
+
+
+def logged_models_table(staging: Staging) -> ManifestTable:
+    return ManifestTable(staging, "logged_models", LOGGED_MODELS_SCHEMA, "source_model_id")
 
 
 def write_verify(staging: Staging, rows: list[Row]) -> str:

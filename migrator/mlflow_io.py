@@ -276,6 +276,64 @@ def find_run_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> A
     return runs[0] if runs else None
 
 
+def has_logged_models(uri: str, experiment_id: str) -> bool:
+    """Whether an experiment holds any MLflow 3 logged model (one small search)."""
+    return bool(client(uri).search_logged_models(experiment_ids=[experiment_id], max_results=1))
+
+
+def iter_logged_models(
+    uri: str, experiment_ids: Sequence[str], filter_string: str = ""
+) -> Iterator[Any]:
+    """Every logged model of the given experiments, one page at a time."""
+    token = None
+    while True:
+        page = client(uri).search_logged_models(
+            experiment_ids=list(experiment_ids),
+            filter_string=filter_string or None,
+            max_results=100,
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def quoted(value: str) -> str:
+    """A string literal for MLflow's search filters."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def find_logged_model_by_tag(uri: str, experiment_id: str, key: str, value: str) -> Any | None:
+    """The logged model of an experiment that carries this tag (an earlier attempt's), if any."""
+    found = list(iter_logged_models(uri, [experiment_id], f"tags.`{key}` = {quoted(value)}"))
+    return min(found, key=lambda m: m.creation_timestamp) if found else None
+
+
+def iter_registered_models(uri: str) -> Iterator[Any]:
+    """Every registered model of a server (prompts are not models), one page at a time."""
+    token = None
+    while True:
+        page = client(uri).search_registered_models(max_results=PAGE_SIZE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def model_versions(uri: str, name: str) -> list[Any]:
+    """Every (not deleted) version of a registered model, lowest number first."""
+    token, out = None, list[Any]()
+    while True:
+        page = client(uri).search_model_versions(
+            f"name = {quoted(name)}", max_results=10_000, page_token=token
+        )
+        out.extend(v for v in page if v.name == name)
+        token = page.token
+        if not token:
+            return sorted(out, key=lambda v: int(v.version))
+
+
 def log_batch_chunked(
     uri: str,
     run_id: str,

@@ -5,7 +5,9 @@ run is in one state — absent, exported, imported, tagged or failed (with the s
 next stage follows from it, so re-running the same command does only what is missing.
 
 Order: experiments (inline: few) → per run export → import (pipelined through the fan-out)
-→ tag (needs every parent's target id) → finish experiments (delete those deleted at source).
+→ logged models (need their runs' target ids) → tag (needs every parent's and logged model's
+target id) → registered models and versions (need the runs and logged models they point at)
+→ finish experiments (delete those deleted at source, once nothing more goes into them).
 """
 
 from __future__ import annotations
@@ -30,15 +32,20 @@ from migrator.manifest import (
     ManifestTable,
     Row,
     experiments_table,
+    logged_models_table,
+    model_versions_table,
+    models_table,
     runs_table,
     table_to_rows,
 )
 from migrator.stages import experiments as exp_stage
+from migrator.stages import logged_models as lm_stage
+from migrator.stages import models as models_stage
 from migrator.stages.export_runs import export_run, prefetch
 from migrator.stages.import_runs import import_run, migrate_run
-from migrator.stages.tag_runs import tag_run, with_target_parent
+from migrator.stages.tag_runs import tag_run, with_targets
 from migrator.staging import open_staging
-from migrator.verify import verify_migration
+from migrator.verify import VERIFY, VERIFY_LOGGED, VERIFY_MODEL, verify_migration
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,11 @@ EXPORT = Stage("export", export_run, prefetch)
 MIGRATE = Stage("migrate", migrate_run, prefetch)
 IMPORT = Stage("import", import_run)
 TAG = Stage("tag", tag_run)
+EXPORT_LOGGED = Stage("export", lm_stage.export_logged_model)
+IMPORT_LOGGED = Stage("import", lm_stage.import_logged_model)
+MIGRATE_LOGGED = Stage("migrate", lm_stage.migrate_logged_model)
+EXPORT_MODEL = Stage("export", models_stage.export_model)
+IMPORT_MODEL = Stage("import", models_stage.import_model)
 PROGRESS_EVERY_S = 5.0
 _DONE = {
     "export": ("exported",),
@@ -90,6 +102,9 @@ class Summary:
     actions: Counter[str] = field(default_factory=Counter)
     found: Counter[str] = field(default_factory=Counter)
     """Runs in scope by what the manifests knew: new, re-synced, resumed, unchanged."""
+    logged_models: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)
+    versions: Counter[str] = field(default_factory=Counter)
     failed: list[Row] = field(default_factory=list)
     staging: str = ""
     verify: Any = None
@@ -112,14 +127,17 @@ class Summary:
             "  runs found:  " + _counts(self.found),
             "  work done:   " + _counts(self.actions),
         ]
+        for label, counts in (
+            ("logged models:", self.logged_models),
+            ("models:       ", self.models),
+            ("versions:     ", self.versions),
+        ):
+            if counts:
+                lines.append(f"  {label} " + _counts(counts))
         if self.failed:
             lines.append(f"  FAILED ({len(self.failed)}):")
             for r in self.failed[:50]:
-                what = (
-                    f"run {r['source_run_id']}"
-                    if "source_run_id" in r
-                    else f"experiment {r.get('name')!r} ({r.get('source_experiment_id')})"
-                )
+                what = describe_row(r)
                 lines.append(f"    {what}: {r.get('failed_stage')}: {r.get('error')}")
             if len(self.failed) > 50:
                 lines.append(f"    … and {len(self.failed) - 50} more (see manifests)")
@@ -127,6 +145,19 @@ class Summary:
         if self.verify is not None:
             lines.append(self.verify.render())
         return "\n".join(lines)
+
+
+def describe_row(r: Row) -> str:
+    """How a summary names the object of a manifest row."""
+    if "source_run_id" in r and "source_model_id" not in r:
+        return f"run {r['source_run_id']}"
+    if "source_model_id" in r:
+        return f"logged model {r['source_model_id']} ({r.get('name')})"
+    if "version" in r:
+        return f"model version {r.get('name')!r} {r['version']}"
+    if "source_experiment_id" in r:
+        return f"experiment {r.get('name')!r} ({r.get('source_experiment_id')})"
+    return f"registered model {r.get('name')!r}"
 
 
 def _found_as(known: Row | None, row: Row, step: str) -> str:
@@ -156,6 +187,14 @@ class Migration:
         # Fold what a killed driver left in the journal before deciding anything.
         self.runs = {r["source_run_id"]: r for r in table_to_rows(self.runs_m.compact())}
         self.exps = {r["source_experiment_id"]: r for r in table_to_rows(self.exps_m.compact())}
+        self.logged_m = logged_models_table(self.staging)
+        self.models_m = models_table(self.staging)
+        self.versions_m = model_versions_table(self.staging)
+        self.logged = {r["source_model_id"]: r for r in table_to_rows(self.logged_m.compact())}
+        self.models = {r["name"]: r for r in table_to_rows(self.models_m.compact())}
+        self.versions: dict[tuple[str, int], Row] = {
+            (r["name"], r["version"]): r for r in table_to_rows(self.versions_m.compact())
+        }
 
     # ---- experiments -------------------------------------------------------------------
 
@@ -309,12 +348,13 @@ class Migration:
         in_scope = {e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED}
         size = max(1, self.opts.batch_size) * 4
         missing_parents = 0
+        logged = self.logged_model_ids()
 
         def items() -> Iterator[Row]:
             nonlocal missing_parents
             for row in list(self.runs.values()):
                 if row["source_experiment_id"] in in_scope and next_step(row) == "tag":
-                    item = with_target_parent(row, self.runs)
+                    item = with_targets(row, self.runs, logged)
                     if row.get("source_parent_run_id") and not item.get("target_parent_run_id"):
                         missing_parents += 1
                     yield item
@@ -346,20 +386,207 @@ class Migration:
             self._last_progress = now
             log.info("progress: %s", _counts(self.summary.actions))
 
+    # ---- logged models (MLflow 3) ---------------------------------------------------------
+
+    def logged_model_ids(self) -> dict[str, str]:
+        """Source → target id of every migrated logged model."""
+        return {k: r["target_model_id"] for k, r in self.logged.items() if r.get("target_model_id")}
+
+    def _target_run(self, source_run_id: str | None) -> str | None:
+        row = self.runs.get(source_run_id or "")
+        return row.get("target_run_id") if row else None
+
+    def _logged_item(self, row: Row, exps: dict[str, Row], run_ids: Iterable[str]) -> Row:
+        """A logged model's row with the target ids its import needs."""
+        ids = {r: t for r in run_ids if (t := self._target_run(r))}
+        return {
+            **row,
+            "target_experiment_id": exps[row["source_experiment_id"]]["target_experiment_id"],
+            "target_run_id": self._target_run(row.get("source_run_id")),
+            "run_id_map": ids,
+        }
+
+    def transfer_logged_models(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
+        """Every logged model of the migrated experiments: new and changed ones from the
+        source, or (for `import`) the staged ones not yet imported."""
+        exps = {e["source_experiment_id"]: e for e in exp_rows if e.get("state") != FAILED}
+
+        def items() -> Iterator[Row]:
+            if do_export:
+                for exp_id in exps:
+                    for lm in mlflow_io.iter_logged_models(self.opts.source, [exp_id]):
+                        known = self.logged.get(lm.model_id)
+                        if (
+                            known
+                            and known.get("state") == IMPORTED
+                            and known.get("last_updated_timestamp") == lm.last_updated_timestamp
+                        ):
+                            continue
+                        row = {
+                            **(known or {}),
+                            "source_model_id": lm.model_id,
+                            "source_experiment_id": exp_id,
+                            "source_run_id": lm.source_run_id,
+                        }
+                        runs = {m.run_id for m in lm.metrics or [] if m.run_id}
+                        yield self._logged_item(row, exps, runs) if do_import else row
+                return
+            for row in list(self.logged.values()):
+                todo = row["state"] == EXPORTED or (
+                    row["state"] == FAILED and row.get("failed_stage") == "import"
+                )
+                if todo and row["source_experiment_id"] in exps:
+                    yield self._logged_item(row, exps, row.get("metric_run_ids") or [])
+
+        stage = (
+            MIGRATE_LOGGED
+            if do_export and do_import
+            else EXPORT_LOGGED
+            if do_export
+            else IMPORT_LOGGED
+        )
+
+        def on_done(job: Job, results: list[Row]) -> list[Job]:
+            for r in results:
+                r.pop("run_id_map", None)
+                self.logged[r["source_model_id"]] = r
+            self.logged_m.append(results)
+            return []
+
+        self.executor.run(jobs_of(stage, items(), max(1, self.opts.batch_size)), self.opts, on_done)
+
+    # ---- registered models and versions -----------------------------------------------------
+
+    def models_in_scope(self) -> list[Row]:
+        return [r for r in self.models.values() if matches(self.opts.models, r["name"], r["name"])]
+
+    def versions_of(self, name: str) -> list[Row]:
+        return sorted(
+            (r for (n, _), r in self.versions.items() if n == name), key=lambda r: r["version"]
+        )
+
+    def _record_model(self, row: Row) -> None:
+        versions = row.pop("_versions", None) or []
+        for k in ("known_model", "known_versions", "refs"):
+            row.pop(k, None)
+        if row["state"] == FAILED:  # the model failed: its versions that were not done with it
+            versions = [
+                v
+                if v.get("state") in (IMPORTED, FAILED)
+                else failed_row(v, row["failed_stage"], row["error"])
+                for v in versions or self.versions_of(row["name"])
+            ]
+        self.models[row["name"]] = row
+        self.models_m.append([row])
+        for v in versions:
+            self.versions[(v["name"], v["version"])] = v
+        self.versions_m.append(versions)
+
+    def _refs(self, versions: list[Row]) -> Row:
+        """The target ids a model's versions point at (runs, logged models, experiments)."""
+        runs: dict[str, str] = {}
+        models: dict[str, str] = {}
+        logged = self.logged_model_ids()
+        for v in versions:
+            kind, ref, _ = models_stage.source_ref(v.get("source") or "", v.get("run_id"))
+            for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
+                if target := self._target_run(rid):
+                    runs[rid] = target  # type: ignore[index]
+            for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
+                if mid in logged:
+                    models[mid] = logged[mid]  # type: ignore[index]
+        experiments = {
+            k: e["target_experiment_id"]
+            for k, e in self.exps.items()
+            if e.get("target_experiment_id")
+        }
+        return {"runs": runs, "models": models, "experiments": experiments}
+
+    def transfer_models(self, do_export: bool, do_import: bool) -> None:
+        """Registered models in scope: export each (a task per model), then import those with
+        anything left to do, each model's versions in order in one task."""
+        size = max(1, self.opts.batch_size // 4)
+
+        def on_done(job: Job, results: list[Row]) -> list[Job]:
+            for r in results:
+                self._record_model(r)
+            return []
+
+        if do_export:
+            by_model: dict[str, dict[int, Row]] = {}
+            for (name, n), r in self.versions.items():
+                by_model.setdefault(name, {})[n] = r
+            items = (
+                {
+                    "name": rm.name,
+                    "known_model": self.models.get(rm.name),
+                    "known_versions": by_model.get(rm.name, {}),
+                }
+                for rm in mlflow_io.iter_registered_models(self.opts.source)
+                if matches(self.opts.models, rm.name, rm.name)
+            )
+            self.executor.run(jobs_of(EXPORT_MODEL, items, size), self.opts, on_done)
+        if do_import:
+            todo = []
+            for row in self.models_in_scope():
+                if row["state"] == FAILED and row.get("failed_stage") == "export":
+                    continue
+                versions = self.versions_of(row["name"])
+                if row["state"] != IMPORTED or any(v["state"] != IMPORTED for v in versions):
+                    todo.append({**row, "_versions": versions, "refs": self._refs(versions)})
+            self.executor.run(jobs_of(IMPORT_MODEL, todo, size), self.opts, on_done)
+
     def verify(self) -> Any:
         """Verify every experiment and run in scope (the manifests say what moved where)."""
-        return verify_migration(
-            self.opts, self.executor, self.staging, self.staged_experiments(), self.runs
+        exp_rows = self.staged_experiments()
+        in_scope = {e["source_experiment_id"] for e in exp_rows if e.get("target_experiment_id")}
+        logged = self.logged_model_ids()
+        exps = {e["source_experiment_id"]: e for e in exp_rows}
+        runs = (
+            with_targets(r, self.runs, logged)
+            for r in list(self.runs.values())
+            if r["source_experiment_id"] in in_scope
         )
+        logged_models = (
+            self._logged_item(r, exps, r.get("metric_run_ids") or [])
+            for r in list(self.logged.values())
+            if r["source_experiment_id"] in in_scope and r["state"] != FAILED
+        )
+        models = (
+            {**r, "_versions": (v := self.versions_of(r["name"])), "refs": self._refs(v)}
+            for r in self.models_in_scope()
+            if r["state"] != FAILED
+        )
+        work: list[tuple[Stage, Iterable[Row]]] = [
+            (VERIFY, runs),
+            (VERIFY_LOGGED, logged_models),
+            (VERIFY_MODEL, models),
+        ]
+        return verify_migration(self.opts, self.executor, self.staging, exp_rows, work)
 
     def close(self, exp_rows: list[Row]) -> Summary:
         """Write the manifests and count the final state of every run in scope."""
-        self.runs_m.compact()
-        self.exps_m.compact()
+        for table in (self.runs_m, self.exps_m, self.logged_m, self.models_m, self.versions_m):
+            table.compact()
         in_scope = {e["source_experiment_id"] for e in exp_rows}
-        for r in self.runs.values():
-            if r["source_experiment_id"] in in_scope:
-                self.summary.runs[r["state"]] += 1
+        scoped = (
+            (
+                self.summary.runs,
+                [r for r in self.runs.values() if r["source_experiment_id"] in in_scope],
+            ),
+            (
+                self.summary.logged_models,
+                [r for r in self.logged.values() if r["source_experiment_id"] in in_scope],
+            ),
+            (self.summary.models, self.models_in_scope()),
+            (
+                self.summary.versions,
+                [v for m in self.models_in_scope() for v in self.versions_of(m["name"])],
+            ),
+        )
+        for counter, rows in scoped:
+            for r in rows:
+                counter[r["state"]] += 1
                 if r["state"] == FAILED:
                     self.summary.failed.append(r)
         self.summary.elapsed = time.monotonic() - self.summary.started
@@ -398,10 +625,13 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
             exp_rows = m.import_experiments(exp_rows)
         runs = m.source_runs(exp_rows) if do_export else m.staged_runs(exp_rows)
         m.transfer(runs, do_export, do_import)
+        if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
+            m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
+        m.transfer_logged_models(exp_rows, do_export, do_import)
         if do_import:
-            if do_export:  # runs exported by an earlier `export` and not yet imported
-                m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
             m.tag_all(exp_rows)
+        m.transfer_models(do_export, do_import)
+        if do_import:
             m.finish_experiments(exp_rows)
         else:
             for e in exp_rows:

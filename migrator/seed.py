@@ -29,6 +29,8 @@ class Seeded:
     run_ids: list[str] = field(default_factory=list)
     deleted_run_ids: list[str] = field(default_factory=list)
     parent_child: list[tuple[str, str]] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)
+    """What `seed_models` made: model names, the logged model id, the version cases."""
 
 
 def _write_artifacts(folder: str, i: int) -> None:
@@ -122,6 +124,84 @@ def seed_source(uri: str, n_runs: int = 40, *, seed: int = 7) -> Seeded:
                 out.deleted_run_ids.append(rid)
     c.delete_experiment(out.experiment_ids["demo/archived"])
     return out
+
+
+def seed_models(uri: str, seeded: Seeded) -> dict[str, Any]:
+    """Registered models and an MLflow 3 logged model over the seeded runs.
+
+    `demo-classifier` has versions 1, 2, 4 and 6 (3 and 5 deleted: gaps to keep): v1 is a
+    logged model made by `mlflow.pyfunc.log_model` (Production, alias `champion`); v2 a
+    `runs:/` source (Staging); v4 a run's artifact path (Archived, alias `challenger`); v6 the
+    files of a run deleted afterwards. `team.forecast model` has one version (a name with a
+    dot and a space).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+        def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
+            return model_input
+
+    apply_client_env()
+    c = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    exp_id = seeded.experiment_ids["demo/classification"]
+    infos = [c.get_run(r).info for r in seeded.run_ids if r not in seeded.deleted_run_ids]
+    runs = [i.run_id for i in infos if i.experiment_id == exp_id and i.status == "FINISHED"]
+    reg_run = next(
+        i.run_id for i in infos if i.experiment_id == seeded.experiment_ids["demo/regression"]
+    )
+    with mlflow.start_run(experiment_id=exp_id, run_name="train-classifier") as run:
+        mlflow.log_param("lr", "0.01")
+        info = mlflow.pyfunc.log_model(
+            name="classifier",
+            python_model=Echo(),
+            params={"threshold": "0.5"},
+            model_type="classifier",
+            pip_requirements=["mlflow"],
+            tags={"stage": "candidate"},
+        )
+        mlflow.log_metric("val_acc", 0.93, step=3, model_id=info.model_id)
+    train_run = run.info.run_id
+    name = "demo-classifier"
+    c.create_registered_model(name, tags={"owner": "vision"}, description="Classifies **iris**")
+    c.create_model_version(
+        name,
+        info.model_uri,
+        run_id=train_run,
+        model_id=info.model_id,
+        description="first",
+        tags={"validated": "yes"},
+    )
+    c.create_model_version(name, f"runs:/{runs[0]}/plots", run_id=runs[0])
+    c.create_model_version(name, f"runs:/{runs[1]}/plots", run_id=runs[1])
+    art = c.get_run(runs[1]).info.artifact_uri
+    c.create_model_version(name, f"{art}/plots", run_id=runs[1], description="artifact path")
+    c.create_model_version(name, f"runs:/{runs[2]}/plots", run_id=runs[2])
+    doomed = c.create_run(exp_id, run_name="deleted-after-registration").info.run_id
+    c.log_text(doomed, "weights", "model/weights.txt")
+    c.create_model_version(name, f"runs:/{doomed}/model", run_id=doomed, tags={"note": "orphan"})
+    c.set_terminated(doomed, "FINISHED")
+    c.delete_run(doomed)
+    seeded.run_ids += [train_run, doomed]
+    seeded.deleted_run_ids.append(doomed)
+    for gap in ("3", "5"):
+        c.delete_model_version(name, gap)
+    for version, stage in (("1", "Production"), ("2", "Staging"), ("4", "Archived")):
+        c.transition_model_version_stage(name, version, stage)
+    c.set_registered_model_alias(name, "champion", "1")
+    c.set_registered_model_alias(name, "challenger", "4")
+    other = "team.forecast model"
+    c.create_registered_model(other)
+    c.create_model_version(other, f"runs:/{reg_run}/model.txt", run_id=reg_run)
+    seeded.models = {
+        "names": [name, other],
+        "logged_model_id": info.model_id,
+        "train_run": train_run,
+        "deleted_run": doomed,
+        "versions": {name: [1, 2, 4, 6], other: [1]},
+    }
+    return seeded.models
 
 
 def source_summary(uri: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`verify`: reconcile every migrated object with its source and report by category.
 
-Like `rclone check`: each object ends in one of `match`, `differ` (with the fields that
-differ), `missing_on_target`, `missing_on_source` or `error`. Runs are verified in parallel
-through the same fan-out as the migration; experiments (few) inline. The rows replace
+Like `rclone check`: each object (experiment, run, logged model, registered model, model
+version) ends in one of `match`, `differ` (with the fields that differ), `missing_on_target`,
+`missing_on_source` or `error`. Runs, logged models and registered models are verified in
+parallel through the same fan-out as the migration; experiments (few) inline. The rows replace
 `manifests/verify.parquet`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from migrator.config import Options
@@ -17,11 +19,14 @@ from migrator.errors import MigratorError
 from migrator.fanout import Executor, Job, Stage, describe, jobs_of
 from migrator.manifest import ERROR, MATCH, Row, now_ms, write_verify
 from migrator.stages.experiments import verify_experiment
-from migrator.stages.tag_runs import with_target_parent
+from migrator.stages.verify_models import verify_logged_model, verify_model
 from migrator.stages.verify_runs import verify_row, verify_run
 from migrator.staging import Staging
 
 VERIFY = Stage("verify", verify_run)
+VERIFY_LOGGED = Stage("verify", verify_logged_model)
+VERIFY_MODEL = Stage("verify", verify_model)
+KINDS = ("experiment", "run", "logged_model", "registered_model", "model_version")
 OUTCOMES = (MATCH, "differ", "missing_on_target", "missing_on_source", ERROR)
 _SHOWN = 50
 
@@ -45,11 +50,13 @@ class VerifyReport:
         counts = self.counts()
         lines = [
             f"verify: {len(self.rows)} objects in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
-            "  " + f"{'':12}" + "".join(f"{o:>19}" for o in OUTCOMES),
+            "  " + f"{'':17}" + "".join(f"{o:>19}" for o in OUTCOMES),
         ]
-        for kind in ("experiment", "run"):
+        for kind in KINDS:
+            if kind not in ("experiment", "run") and not any(k == kind for k, _ in counts):
+                continue
             lines.append(
-                "  " + f"{kind:12}" + "".join(f"{counts[(kind, o)]:>19}" for o in OUTCOMES)
+                "  " + f"{kind:17}" + "".join(f"{counts[(kind, o)]:>19}" for o in OUTCOMES)
             )
         bad = [r for r in self.rows if r["outcome"] != MATCH]
         for r in bad[:_SHOWN]:
@@ -67,9 +74,10 @@ def verify_migration(
     executor: Executor,
     staging: Staging,
     exp_rows: list[Row],
-    runs: dict[str, Row],
+    work: list[tuple[Stage, Iterable[Row]]],
 ) -> VerifyReport:
-    """Verify the experiments in `exp_rows` and their runs (manifest rows by source id)."""
+    """Verify the experiments in `exp_rows` (inline) and the objects in `work` (each a verify
+    stage and its items, through the fan-out); a model's version rows come back with it."""
     started = time.monotonic()
     rows: list[Row] = []
     for e in exp_rows:
@@ -87,21 +95,37 @@ def verify_migration(
                     "verified_at": now_ms(),
                 }
             )
-    in_scope = {e["source_experiment_id"] for e in exp_rows}
     size = max(1, opts.batch_size)
-
-    items = (
-        with_target_parent(row, runs)
-        for row in list(runs.values())
-        if row["source_experiment_id"] in in_scope
-    )
 
     def on_done(job: Job, results: list[Row]) -> list[Job]:
         for r in results:
             # A row that raised comes back from the fan-out as a failed manifest row.
-            rows.append(r if "object_type" in r else verify_row(r, ERROR, error=r.get("error")))
+            rows.append(r if "object_type" in r else error_row(job.stage, r))
+            rows.extend(r.pop("_versions", None) or [])
         return []
 
-    executor.run(jobs_of(VERIFY, items, size), opts, on_done)
+    for stage, items in work:
+        executor.run(jobs_of(stage, items, size), opts, on_done)
     path = write_verify(staging, rows)
     return VerifyReport(rows, time.monotonic() - started, f"{staging.uri}/{path}")
+
+
+def error_row(stage: Stage, r: Row) -> Row:
+    """The verify row of an object whose verification raised."""
+    if stage is VERIFY:
+        return verify_row(r, ERROR, error=r.get("error"))
+    kind, sid = (
+        ("logged_model", r["source_model_id"])
+        if "source_model_id" in r
+        else ("registered_model", r["name"])
+    )
+    target = r.get("target_model_id") if kind == "logged_model" else r.get("target_name")
+    return {
+        "object_type": kind,
+        "source_id": sid,
+        "target_id": target,
+        "name": r.get("name"),
+        "outcome": ERROR,
+        "error": r.get("error"),
+        "verified_at": now_ms(),
+    }

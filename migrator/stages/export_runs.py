@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Any
 
+from migrator.artifacts import stage_artifacts
 from migrator.config import Options
 from migrator.layout import (
     RUN_FORMAT,
@@ -17,15 +17,14 @@ from migrator.layout import (
 from migrator.lineage import PARENT_RUN_ID_TAG, RUN_INFO_FIELDS, SYSTEM_TAG_PREFIX
 from migrator.manifest import EXPORTED, Row, now_ms
 from migrator.mlflow_io import (
-    artifact_repo,
     client,
-    iter_artifact_files,
+    has_logged_models,
     metric_history_bulk,
     run_fingerprint,
     search_runs_by_id,
     translate_errors,
 )
-from migrator.staging import Staging, file_sha256, open_staging
+from migrator.staging import open_staging
 
 STAGE = "export"
 
@@ -82,6 +81,19 @@ def _metric_links(metrics: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
+def model_links(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's links to logged models, from its document, as the runs manifest holds them."""
+    links = [
+        {"model_id": m["model_id"], "kind": "input", "step": None}
+        for m in doc["inputs"].get("model_inputs", [])
+    ]
+    links += [
+        {"model_id": m["model_id"], "kind": "output", "step": m.get("step")}
+        for m in doc["outputs"].get("model_outputs", [])
+    ]
+    return links
+
+
 #: Runs and metric histories read ahead for a job by `prefetch`, consumed by `export_run`
 #: (per worker process; a row finds its entry, or reads for itself).
 _PREFETCHED: dict[str, tuple[Any, list[Any]]] = {}
@@ -93,6 +105,12 @@ def prefetch(rows: list[Row], opts: Options) -> None:
     ids = [r["source_run_id"] for r in rows]
     exps = sorted({r["source_experiment_id"] for r in rows})
     runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
+    # A search leaves out the logged models a run read: in experiments that have logged models
+    # (MLflow 3), each run is read in full.
+    with_models = {e for e in exps if has_logged_models(opts.source, e)}
+    for rid, run in list(runs.items()):
+        if run.info.experiment_id in with_models:
+            runs[rid] = client(opts.source).get_run(rid)
     # The bulk answer lacks a point's links to logged models and datasets: read those per key.
     linked = {
         rid
@@ -132,23 +150,6 @@ def _read_run(uri: str, run_id: str) -> tuple[Any, list[Any]]:
     return run, [m for key in sorted(run.data.metrics) for m in c.get_metric_history(run_id, key)]
 
 
-def _export_artifacts(
-    opts: Options, staging: Staging, run_id: str, artifact_uri: str, keep: str
-) -> list[dict[str, Any]]:
-    """Copy every artifact file to staging; returns path, size and SHA-256 of each. The local
-    copies stay in `keep` (as `keep/<index>`, in list order) for an import in the same task."""
-    repo = artifact_repo(opts.source, artifact_uri)
-    files = []
-    for i, info in enumerate(iter_artifact_files(repo)):
-        key = artifact_key(run_id, info.path)
-        local = os.path.join(keep, str(i))
-        repo._download_file(info.path, local)
-        size = os.path.getsize(local)
-        files.append({"path": info.path, "size": size, "sha256": file_sha256(local)})
-        staging.upload_file(local, key)
-    return files
-
-
 def export_run(item: Row, opts: Options) -> Row:
     """Stage one run; the run.json is written last and marks the export complete.
 
@@ -167,7 +168,7 @@ def export_run_keeping(
     item: Row, opts: Options, keep: str
 ) -> tuple[Row, dict[str, Any], list[dict[str, Any]]]:
     """`export_run`, also returning the run document and metric points it staged; the
-    artifact files stay in `keep` (see `_export_artifacts`)."""
+    artifact files stay in `keep` (see `stage_artifacts`)."""
     run_id = item["source_run_id"]
     obj = f"run {run_id}"
     staging = open_staging(opts.staging)
@@ -175,7 +176,13 @@ def export_run_keeping(
         run, metrics = _read_run(opts.source, run_id)
         info = run_info_dict(run.info)
         points = _metric_points(metrics)
-        artifacts = _export_artifacts(opts, staging, run_id, run.info.artifact_uri, keep)
+        artifacts = stage_artifacts(
+            opts.source,
+            run.info.artifact_uri,
+            staging,
+            lambda path: artifact_key(run_id, path),
+            keep,
+        )
     tags = dict(run.data.tags)
     params = dict(run.data.params)
     staging.write_bytes(run_key(run_id, "metrics.parquet"), metrics_to_parquet(points))
@@ -212,6 +219,7 @@ def export_run_keeping(
         "n_artifacts": len(artifacts),
         "artifact_bytes": sum(a["size"] for a in artifacts),
         "artifact_files": artifacts,
+        "model_links": model_links(doc),
         "source_fingerprint": run_fingerprint(run, [(a["path"], a["size"]) for a in artifacts]),
         "state": EXPORTED,
         "error": None,

@@ -9,15 +9,12 @@ equal metric points are de-duplicated by the server, artifacts are overwritten.
 from __future__ import annotations
 
 import hashlib
-import os
-import posixpath
-import shutil
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 from mlflow.entities import RunTag
 
+from migrator.artifacts import Fetch, from_keep, from_staging, upload_artifacts
 from migrator.config import Options
 from migrator.errors import PermanentError
 from migrator.layout import (
@@ -38,14 +35,13 @@ from migrator.lineage import (
 )
 from migrator.manifest import IMPORTED, Row, now_ms
 from migrator.mlflow_io import (
-    artifact_repo,
     client,
     find_run_by_source_id,
     log_batch_chunked,
     tag_key_loggable,
     translate_errors,
 )
-from migrator.staging import Staging, open_staging, safe_key
+from migrator.staging import Staging, open_staging
 
 STAGE = "import"
 
@@ -163,42 +159,6 @@ def _log_inputs(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
         client(opts.target).log_inputs(run_id, datasets=inputs)
 
 
-#: Puts the artifact at index i of the run document, path p, into a local file.
-Fetch = Callable[[int, str, str], None]
-
-
-def staged_artifacts(staging: Staging, source_run_id: str) -> Fetch:
-    """Artifacts read back from the staging store (a separate `import`)."""
-
-    def fetch(_i: int, path: str, local: str) -> None:
-        staging.download_file(artifact_key(source_run_id, path), local)
-
-    return fetch
-
-
-def _import_artifacts(opts: Options, fetch: Fetch, target_run: Any, doc: dict[str, Any]) -> None:
-    files = doc["artifacts"]
-    if not files:
-        return
-    repo = artifact_repo(opts.target, target_run.info.artifact_uri)
-    source_id = doc["info"]["run_id"]
-    with tempfile.TemporaryDirectory(prefix="migrator-import-") as tmp:
-        for i, f in enumerate(files):
-            path = f["path"]
-            safe_key(path)  # validated again: this path names the file we write below
-            local = os.path.join(tmp, posixpath.basename(path))
-            fetch(i, path, local)
-            size = os.path.getsize(local)
-            if f.get("size") is not None and size != f["size"]:
-                raise PermanentError(
-                    f"artifact {path!r} is {size} bytes in staging, {f['size']} on the source",
-                    obj=f"run {source_id}",
-                    stage=STAGE,
-                )
-            repo.log_artifact(local, posixpath.dirname(path) or None)
-            os.remove(local)
-
-
 def _finish(opts: Options, run_id: str, doc: dict[str, Any]) -> None:
     from mlflow.entities import RunStatus
 
@@ -227,7 +187,8 @@ def import_run(item: Row, opts: Options) -> Row:
     doc = read_run_doc(staging, source_id)
     what = f"run {source_id}"
     table = metrics_from_parquet(staging.read_bytes(run_key(source_id, "metrics.parquet")), what)
-    return import_document(item, opts, doc, table, staged_artifacts(staging, source_id))
+    fetch = from_staging(staging, lambda path: artifact_key(source_id, path))
+    return import_document(item, opts, doc, table, fetch)
 
 
 def import_document(
@@ -246,7 +207,7 @@ def import_document(
         changed = _changed_tags(doc, opts, run.data.tags, obj)
         log_batch_chunked(opts.target, target_id, metrics=points, params=params, tags=changed)
         _log_inputs(opts, target_id, doc)
-        _import_artifacts(opts, fetch, run, doc)
+        upload_artifacts(opts.target, run.info.artifact_uri, doc["artifacts"], fetch, obj)
         _finish(opts, target_id, doc)
     return {
         **item,
@@ -271,8 +232,4 @@ def migrate_run(item: Row, opts: Options) -> Row:
 
     with tempfile.TemporaryDirectory(prefix="migrator-migrate-") as keep:
         exported, doc, points = export_run_keeping(item, opts, keep)
-
-        def local_copy(i: int, _path: str, local: str) -> None:
-            shutil.copyfile(os.path.join(keep, str(i)), local)
-
-        return import_document(exported, opts, doc, metrics_table(points), local_copy)
+        return import_document(exported, opts, doc, metrics_table(points), from_keep(keep))

@@ -1,4 +1,5 @@
-"""Finish one imported run: the remapped parent link and its deleted state.
+"""Finish one imported run: the remapped parent link, its links to logged models, and its
+deleted state.
 
 Runs after every import, because only then is every parent's target id known (parents may sit
 in other experiments). Deleting the run comes last: MLflow refuses tags on a deleted run.
@@ -33,13 +34,49 @@ def run_info_from_row(row: Row) -> dict[str, Any]:
     }
 
 
-def with_target_parent(row: Row, runs: dict[str, Row]) -> Row:
-    """The row plus `target_parent_run_id` when its source parent was migrated (in `runs`)."""
+def with_targets(row: Row, runs: dict[str, Row], logged: dict[str, str] | None = None) -> Row:
+    """The row plus what the tag stage links it to on the target: `target_parent_run_id` when
+    its source parent was migrated (in `runs`), and `target_model_links` for its links to
+    logged models that were migrated (`logged`: source → target model id)."""
     item = dict(row)
+    logged = logged or {}
     parent = runs.get(row.get("source_parent_run_id") or "")
     if parent and parent.get("target_run_id"):
         item["target_parent_run_id"] = parent["target_run_id"]
+    links = [
+        {**link, "model_id": logged[link["model_id"]]}
+        for link in row.get("model_links") or []
+        if link["model_id"] in (logged or {})
+    ]
+    if links:
+        item["target_model_links"] = links
     return item
+
+
+def _link_models(c: Any, target_id: str, links: list[Row]) -> None:
+    """Log the run's links to its target logged models that it does not have yet (MLflow
+    adds a link per call, even an equal one)."""
+    from mlflow.entities import LoggedModelInput, LoggedModelOutput
+
+    run = c.get_run(target_id)
+    have_in = {m.model_id for m in run.inputs.model_inputs or []}
+    have_out = (
+        {(m.model_id, m.step) for m in run.outputs.model_outputs or []} if run.outputs else set()
+    )
+    inputs = [
+        LoggedModelInput(link["model_id"])
+        for link in links
+        if link["kind"] == "input" and link["model_id"] not in have_in
+    ]
+    outputs = [
+        LoggedModelOutput(link["model_id"], link.get("step") or 0)
+        for link in links
+        if link["kind"] == "output" and (link["model_id"], link.get("step") or 0) not in have_out
+    ]
+    if inputs:
+        on_active_run(c, target_id, lambda: c.log_inputs(target_id, models=inputs))
+    if outputs:
+        on_active_run(c, target_id, lambda: c.log_outputs(target_id, outputs))
 
 
 def tags_for(row: Row, opts: Options) -> dict[str, str]:
@@ -52,8 +89,9 @@ def tags_for(row: Row, opts: Options) -> dict[str, str]:
     return tags
 
 
-def _on_active_run(c: Any, run_id: str, write: Callable[[], None]) -> None:
-    """Write to a run that an earlier, interrupted attempt may have left deleted."""
+def on_active_run(c: Any, run_id: str, write: Callable[[], None]) -> None:
+    """Write to a run that may be deleted (MLflow refuses writes to a deleted run): on
+    refusal, restore it, write, and delete it again."""
     from mlflow.exceptions import MlflowException
 
     try:  # one call on the usual path
@@ -62,7 +100,10 @@ def _on_active_run(c: Any, run_id: str, write: Callable[[], None]) -> None:
         if c.get_run(run_id).info.lifecycle_stage == "active":
             raise
         c.restore_run(run_id)
-        write()
+        try:
+            write()
+        finally:
+            c.delete_run(run_id)
 
 
 def _delete_marker(c: Any, run_id: str) -> None:
@@ -92,10 +133,12 @@ def tag_run(item: Row, opts: Options) -> Row:
     parent = item.get("target_parent_run_id")
     with translate_errors(f"run {item['source_run_id']}", STAGE):
         if parent:
-            _on_active_run(c, target_id, lambda: c.set_tag(target_id, PARENT_RUN_ID_TAG, parent))
+            on_active_run(c, target_id, lambda: c.set_tag(target_id, PARENT_RUN_ID_TAG, parent))
         if not opts.import_source_tags:
-            _on_active_run(c, target_id, lambda: _delete_marker(c, target_id))
+            on_active_run(c, target_id, lambda: _delete_marker(c, target_id))
+        if item.get("target_model_links"):
+            _link_models(c, target_id, item["target_model_links"])
         if item.get("lifecycle_stage") == "deleted":
             c.delete_run(target_id)
-    row = {k: v for k, v in item.items() if k != "target_parent_run_id"}
+    row = {k: v for k, v in item.items() if k not in ("target_parent_run_id", "target_model_links")}
     return {**row, "state": TAGGED, "error": None, "failed_stage": None, "updated_at": now_ms()}

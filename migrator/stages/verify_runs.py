@@ -88,11 +88,15 @@ def _compare_map(
         diffs[name] = bad
 
 
-def _compare_artifacts(opts: Options, item: Row, target: Any, diffs: dict[str, list[str]]) -> None:
+def compare_artifacts(
+    opts: Options, files: list[Row] | None, artifact_uri: str, diffs: dict[str, list[str]]
+) -> None:
+    """The files under `artifact_uri` on the target against those recorded at export (path,
+    size and, with `--artifacts hash`, SHA-256)."""
     if opts.verify_artifacts == "none":
         return
-    expected = {a["path"]: a for a in item.get("artifact_files") or []}
-    repo = artifact_repo(opts.target, target.info.artifact_uri)
+    expected = {a["path"]: a for a in files or []}
+    repo = artifact_repo(opts.target, artifact_uri)
     found = {f.path: f for f in iter_artifact_files(repo)}
     bad = [f"missing {p!r}" for p in sorted(set(expected) - set(found))]
     bad += [f"extra {p!r}" for p in sorted(set(found) - set(expected))]
@@ -109,6 +113,22 @@ def _compare_artifacts(opts: Options, item: Row, target: Any, diffs: dict[str, l
                 os.remove(local)
     if bad:
         diffs["artifacts"] = bad
+
+
+def _compare_model_links(item: Row, target: Any, diffs: dict[str, list[str]]) -> None:
+    """The run's links to logged models, remapped to the target's (`target_model_links`)."""
+    want = sorted(
+        (link["kind"], link["model_id"], link.get("step") or 0 if link["kind"] == "output" else 0)
+        for link in item.get("target_model_links") or []
+    )
+    inputs = getattr(target.inputs, "model_inputs", None) or []  # none before MLflow 3
+    outputs = getattr(getattr(target, "outputs", None), "model_outputs", None) or []
+    have = sorted(
+        [("input", m.model_id, 0) for m in inputs]
+        + [("output", m.model_id, m.step or 0) for m in outputs]
+    )
+    if want != have:
+        diffs["model_links"] = [f"{len(want)} links to logged models expected, {len(have)} found"]
 
 
 def compare_runs(opts: Options, item: Row, source: Any, target: Any) -> dict[str, list[str]]:
@@ -142,7 +162,8 @@ def compare_runs(opts: Options, item: Row, source: Any, target: Any) -> dict[str
             bad.append(f"{key[:MAX_KEY_LENGTH]!r} ({len(a)} points on source, {len(b)} on target)")
     if bad:
         diffs["metrics"] = bad
-    _compare_artifacts(opts, item, target, diffs)
+    _compare_model_links(item, target, diffs)
+    compare_artifacts(opts, item.get("artifact_files"), target.info.artifact_uri, diffs)
     return diffs
 
 
@@ -150,8 +171,8 @@ def verify_run(item: Row, opts: Options) -> Row:
     """Verify one run; returns its `verify.parquet` row.
 
     Args:
-        item: a manifest row; `target_parent_run_id` filled in by the driver when the source
-            run has a migrated parent.
+        item: a manifest row, with the driver's `with_targets` additions (the target parent
+            and the target logged models the run must link to).
     """
     obj = f"run {item['source_run_id']}"
     with translate_errors(obj, STAGE):

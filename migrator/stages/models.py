@@ -1,0 +1,544 @@
+"""Registered models and their versions, with the source's version numbers.
+
+Export reads a model, its aliases and every version into `models/<name>/model.json`. A version
+whose files are not otherwise migrated (its run or logged model was filtered out, deleted, or
+never existed) has its files staged from its own source under `versions/<n>/artifacts/`.
+
+Import keeps the numbers: MLflow's SQL registry numbers a new version max(every version ever
+made, deleted ones included) + 1, so creating a version either lands on the source's number or
+on a lower one the source left unused (its version was deleted). A version that lands low is
+deleted at once and the create repeated, which reproduces the source's gap. Every version is
+created with its source number as a tag, so a version an interrupted attempt left at a wrong
+number is recognised and deleted; a version at its right number is simply brought up to date.
+
+Each version's `source` is rewritten to the migrated objects: `models:/<target logged model>`,
+`runs:/<target run>/…`, or the target run's / logged model's artifact location. A version whose
+files were staged is registered from a logged model made to hold them (tagged
+`mlflow_exim.model_version`).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import warnings
+from typing import Any
+
+from migrator.artifacts import from_staging, stage_artifacts, upload_artifacts
+from migrator.config import Options
+from migrator.errors import MigratorError, PermanentError, StagingError
+from migrator.fanout import failed_row
+from migrator.layout import (
+    MODEL_FORMAT,
+    dump_doc,
+    load_doc,
+    logged_model_key,
+    model_key,
+    run_key,
+    validate_files,
+    validate_string_map,
+    version_artifact_key,
+)
+from migrator.lineage import (
+    FIELD_PREFIX,
+    MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH,
+    MODEL_VERSION_FIELDS,
+    PREFIX,
+    REGISTERED_MODEL_FIELDS,
+    SOURCE_VERSION_TAG,
+    fit,
+    object_source_tags,
+)
+from migrator.manifest import EXPORTED, IMPORTED, Row, now_ms
+from migrator.mlflow_io import (
+    client,
+    find_logged_model_by_tag,
+    get_run_or_none,
+    model_versions,
+    translate_errors,
+)
+from migrator.staging import Staging, open_staging
+
+#: On a logged model made to hold a staged version's files: `<model name>/<version>`.
+HOLDER_TAG = f"{PREFIX}.model_version"
+DEFAULT_EXPERIMENT_ID = "0"
+_MODEL_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)(/.*)?$")
+_MODEL_PATH = re.compile(r"/models/(m-[0-9a-f]+)/artifacts(/.*)?$")
+_NOT_LOGGED_MODEL_NAME = re.compile(r"[/:.%\"']")
+
+
+# ---- what a version's source points at ------------------------------------------------------
+
+
+def source_ref(source: str, run_id: str | None) -> tuple[str, str, str]:
+    """What a version's files are part of: `("model", model_id, rest)` for a logged model,
+    `("run", run_id, rest)` for a run's artifacts (`rest` is the path below it, with its
+    leading `/`), or `("other", "", "")` for anything else (files that are staged)."""
+    if m := _MODEL_SOURCE.match(source):
+        return "model", m.group(1), m.group(2) or ""
+    if source.startswith("runs:/"):
+        rid, _, path = source[len("runs:/") :].partition("/")
+        return "run", rid, f"/{path}" if path else ""
+    if run_id and (i := source.find(f"/{run_id}/artifacts")) >= 0:
+        rest = source[i + len(f"/{run_id}/artifacts") :]
+        if rest == "" or rest.startswith("/"):
+            return "run", run_id, rest
+    if m := _MODEL_PATH.search(source):
+        return "model", m.group(1), m.group(2) or ""
+    return "other", "", ""
+
+
+def rewrite_source(
+    source: str, run_id: str | None, refs: Row, artifact_root: Any
+) -> tuple[str, str | None, str | None] | None:
+    """The target's `(source, run_id, model_id)` for a version, or None when what it points at
+    was not migrated.
+
+    Args:
+        refs: `runs` (source → target run id) and `models` (source → target logged model id).
+        artifact_root: `(kind, target_id) -> artifact URI` of a target run or logged model.
+    """
+    kind, ref, rest = source_ref(source, run_id)
+    target_run = refs["runs"].get(run_id or "")
+    if kind == "model" and (target := refs["models"].get(ref)):
+        if source.startswith("models:/"):
+            return f"models:/{target}{rest}", target_run, target
+        return artifact_root("model", target) + rest, target_run, target
+    if kind == "run" and (target := refs["runs"].get(ref)):
+        if source.startswith("runs:/"):
+            return f"runs:/{target}{rest}", target, None
+        return artifact_root("run", target) + rest, target, None
+    return None
+
+
+def _staged_elsewhere(staging: Staging, source: str, run_id: str | None) -> bool:
+    """Whether the version's files travel with a run or logged model of this migration."""
+    kind, ref, _ = source_ref(source, run_id)
+    if kind == "run":
+        return staging.exists(run_key(ref, "run.json"))
+    if kind == "model":
+        return staging.exists(logged_model_key(ref, "logged_model.json"))
+    return False
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def model_id_of(source: str) -> str | None:
+    """The logged model a `models:/m-…` source names."""
+    m = _MODEL_SOURCE.match(source)
+    return m.group(1) if m else None
+
+
+def version_fields(v: Any) -> dict[str, Any]:
+    out = {f: getattr(v, f, None) for f in MODEL_VERSION_FIELDS}
+    out["version"] = int(v.version)
+    out["model_id"] = out.get("model_id") or model_id_of(v.source or "")  # REST leaves it out
+    return out
+
+
+def model_fingerprint(doc: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    body = json.dumps({k: doc[k] for k in ("fields", "tags", "aliases")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def version_fingerprint(v: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    body = json.dumps({k: v[k] for k in ("fields", "tags", "description")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def _stage_version_files(opts: Options, staging: Staging, name: str, v: Any) -> list[Row]:
+    """Copy a version's files from its own source (the registry resolves where they are)."""
+    uri = client(opts.source).get_model_version_download_uri(name, v.version)
+    with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
+        return stage_artifacts(
+            opts.source,
+            uri,
+            staging,
+            lambda path: version_artifact_key(name, int(v.version), path),
+            keep,
+        )
+
+
+def _source_experiment(opts: Options, v: Any) -> str | None:
+    """The source experiment a staged version's holder goes to: its run's, if it still exists."""
+    if v.run_id and (run := get_run_or_none(opts.source, v.run_id)) is not None:
+        return str(run.info.experiment_id)
+    return None
+
+
+def export_model(item: Row, opts: Options) -> Row:
+    """Write model.json for one registered model, staging the files of versions that no run
+    or logged model of this migration carries.
+
+    Args:
+        item: `name`, and `known_versions` (version → manifest row) from earlier runs.
+    Returns:
+        The model's manifest row in state `exported`, its version rows under `_versions`.
+    """
+    name = item["name"]
+    staging = open_staging(opts.staging)
+    known: dict[int, Row] = {int(k): v for k, v in (item.get("known_versions") or {}).items()}
+    versions_doc: list[dict[str, Any]] = []
+    with translate_errors(f"registered model {name!r}", "export"):
+        rm = client(opts.source).get_registered_model(name)
+        for v in model_versions(opts.source, name):
+            fields = version_fields(v)
+            vdoc: dict[str, Any] = {
+                "fields": fields,
+                "description": v.description or "",
+                "tags": dict(v.tags),
+                "experiment_id": None,
+                "artifacts": [],
+            }
+            vdoc["fingerprint"] = version_fingerprint(vdoc)
+            old = known.get(fields["version"])
+            if _unchanged(old, vdoc["fingerprint"]):
+                vdoc["artifacts"] = old["artifact_files"] or []  # type: ignore[index]
+                vdoc["experiment_id"] = old.get("source_experiment_id")  # type: ignore[union-attr]
+            elif not _staged_elsewhere(staging, v.source or "", v.run_id):
+                vdoc["artifacts"] = _stage_version_files(opts, staging, name, v)
+                vdoc["experiment_id"] = _source_experiment(opts, v)
+            versions_doc.append(vdoc)
+    aliases = {str(a): str(n) for a, n in (rm.aliases or {}).items()}
+    doc: dict[str, Any] = {
+        "exported_at": now_ms(),
+        "fields": {f: getattr(rm, f, None) for f in REGISTERED_MODEL_FIELDS},
+        "description": rm.description or "",
+        "tags": dict(rm.tags),
+        "aliases": aliases,
+        "versions": versions_doc,
+    }
+    staging.write_bytes(model_key(name), dump_doc(MODEL_FORMAT, doc))
+    by_version: dict[str, list[str]] = {}
+    for alias, n in aliases.items():
+        by_version.setdefault(n, []).append(alias)
+    version_rows = []
+    for v in versions_doc:
+        n = v["fields"]["version"]
+        old = known.get(n)
+        new = _version_row(name, v, sorted(by_version.get(str(n), [])))
+        # An imported version nothing changed on keeps its row (and is not imported again).
+        keep = _unchanged(old, v["fingerprint"]) and old["aliases"] == new["aliases"]  # type: ignore[index]
+        version_rows.append(old if keep else new)
+    row = {
+        "name": name,
+        "description": doc["description"],
+        "creation_timestamp": doc["fields"]["creation_timestamp"],
+        "last_updated_timestamp": doc["fields"]["last_updated_timestamp"],
+        "tags": doc["tags"],
+        "aliases": aliases,
+        "n_versions": len(versions_doc),
+        "source_fingerprint": model_fingerprint(doc),
+        "state": EXPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+    }
+    before = item.get("known_model")
+    if _unchanged(before, row["source_fingerprint"]):
+        row = before  # type: ignore[assignment]
+    return {**row, "_versions": version_rows}
+
+
+def _unchanged(old: Row | None, fingerprint: str) -> bool:
+    """Whether a manifest row from an earlier run still describes the source object."""
+    return (
+        old is not None
+        and old.get("source_fingerprint") == fingerprint
+        and old.get("state") in (EXPORTED, IMPORTED)
+    )
+
+
+def _version_row(name: str, v: dict[str, Any], aliases: list[str]) -> Row:
+    f = v["fields"]
+    files = v["artifacts"]
+    return {
+        "name": name,
+        "version": f["version"],
+        "source": f["source"],
+        "run_id": f["run_id"] or None,
+        "model_id": f["model_id"] or None,
+        "description": v["description"],
+        "current_stage": f["current_stage"],
+        "status": f["status"],
+        "status_message": f["status_message"],
+        "user_id": f["user_id"],
+        "run_link": f["run_link"],
+        "creation_timestamp": f["creation_timestamp"],
+        "last_updated_timestamp": f["last_updated_timestamp"],
+        "tags": v["tags"],
+        "aliases": aliases,
+        "n_artifacts": len(files),
+        "artifact_bytes": sum(a.get("size") or 0 for a in files),
+        "artifact_files": files,
+        "source_experiment_id": v["experiment_id"],
+        "source_fingerprint": v["fingerprint"],
+        "state": EXPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+    }
+
+
+# ---- import -----------------------------------------------------------------------------------
+
+
+def read_model_doc(staging: Staging, name: str) -> dict[str, Any]:
+    what = f"registered model {name!r}"
+    doc = load_doc(staging.read_bytes(model_key(name)), MODEL_FORMAT, what)
+    fields = doc.get("fields")
+    if not isinstance(fields, dict) or fields.get("name") != name:
+        raise StagingError("model.json does not describe this model", obj=what)
+    validate_string_map(doc.get("tags"), "tags", what)
+    validate_string_map(doc.get("aliases"), "aliases", what)
+    versions = doc.get("versions")
+    if not isinstance(versions, list):
+        raise StagingError("field 'versions' is not a list", obj=what)
+    for v in versions:
+        f = v.get("fields") if isinstance(v, dict) else None
+        if not isinstance(f, dict) or type(f.get("version")) is not int or f["version"] < 1:
+            raise StagingError("a version entry lacks its number", obj=what)
+        if not isinstance(f.get("source"), str):
+            raise StagingError(f"version {f['version']} lacks its source", obj=what)
+        validate_string_map(v.get("tags"), "tags", f"{what} version {f['version']}")
+        validate_files(v.get("artifacts"), f"{what} version {f['version']}")
+    return doc
+
+
+def model_tags(doc: dict[str, Any], opts: Options) -> dict[str, str]:
+    tags = dict(doc["tags"])
+    if opts.import_source_tags:
+        tags.update(object_source_tags(doc["fields"], REGISTERED_MODEL_FIELDS, doc["tags"]))
+    return fit(tags, MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH)
+
+
+def version_tags(vdoc: dict[str, Any], opts: Options) -> dict[str, str]:
+    tags = dict(vdoc["tags"])
+    if opts.import_source_tags:
+        tags.update(object_source_tags(vdoc["fields"], MODEL_VERSION_FIELDS, vdoc["tags"]))
+    return fit(tags, MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH)
+
+
+def _registered_model(c: Any, doc: dict[str, Any], opts: Options) -> Any:
+    """The target model by name: created, or found (an earlier attempt's, or the target's own)
+    and brought up to date."""
+    from mlflow.exceptions import MlflowException
+
+    name = doc["fields"]["name"]
+    tags = model_tags(doc, opts)
+    try:
+        return c.create_registered_model(name, tags=tags, description=doc["description"] or None)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    rm = c.get_registered_model(name)
+    if (rm.description or "") != doc["description"]:
+        c.update_registered_model(name, description=doc["description"])
+    for k, v in tags.items():
+        if rm.tags.get(k) != v:
+            c.set_registered_model_tag(name, k, v)
+    return rm
+
+
+def _holder_name(source: str) -> str:
+    base = source.rstrip("/").rsplit("/", 1)[-1] or "model"
+    return _NOT_LOGGED_MODEL_NAME.sub("_", base)[:200] or "model"
+
+
+def _holder(c: Any, opts: Options, name: str, vdoc: dict[str, Any], refs: Row, obj: str) -> Any:
+    """A logged model on the target holding a staged version's files (found or made)."""
+    from mlflow.entities import LoggedModelStatus
+
+    n = vdoc["fields"]["version"]
+    exp = refs["experiments"].get(vdoc.get("experiment_id") or "") or DEFAULT_EXPERIMENT_ID
+    marker = f"{name}/{n}"
+    lm = find_logged_model_by_tag(opts.target, exp, HOLDER_TAG, marker)
+    if lm is None:
+        tags = {HOLDER_TAG: marker}
+        if opts.import_source_tags:
+            tags[FIELD_PREFIX + "source"] = vdoc["fields"]["source"]
+        lm = c.create_logged_model(exp, name=_holder_name(vdoc["fields"]["source"]), tags=fit(tags))
+    staging = open_staging(opts.staging)
+    fetch = from_staging(staging, lambda path: version_artifact_key(name, n, path))
+    upload_artifacts(opts.target, lm.artifact_location, vdoc["artifacts"], fetch, obj)
+    if str(getattr(lm.status, "name", lm.status)) != "READY":
+        c.finalize_logged_model(lm.model_id, LoggedModelStatus.READY)
+    return lm
+
+
+def _target_source(
+    c: Any, opts: Options, name: str, vdoc: dict[str, Any], refs: Row, obj: str
+) -> tuple[str, str | None, str | None]:
+    f = vdoc["fields"]
+
+    def artifact_root(kind: str, target_id: str) -> str:
+        if kind == "run":
+            return str(c.get_run(target_id).info.artifact_uri)
+        return str(c.get_logged_model(target_id).artifact_location)
+
+    rewritten = rewrite_source(f["source"], f.get("run_id"), refs, artifact_root)
+    if rewritten is not None:
+        return rewritten
+    if not vdoc["artifacts"]:
+        kind, ref, _ = source_ref(f["source"], f.get("run_id"))
+        raise PermanentError(
+            f"its source {f['source']!r} points at {kind} {ref or '?'}, which was not migrated, "
+            "and no files of the version were staged",
+            obj=obj,
+            stage="import",
+        )
+    holder = _holder(c, opts, name, vdoc, refs, obj)
+    return f"models:/{holder.model_id}", refs["runs"].get(f.get("run_id") or ""), holder.model_id
+
+
+def _create_at(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -> Any:
+    """Create the version so that it gets number `n`: a lower number is a version the source
+    deleted, so it is deleted again and the create repeated."""
+    while True:
+        mv = c.create_model_version(name, await_creation_for=0, **args)
+        got = int(mv.version)
+        if got == n:
+            return mv
+        c.delete_model_version(name, str(got))
+        if got > n:
+            raise PermanentError(
+                f"the target model already used version numbers up to {got - 1}, so version "
+                f"{n} cannot keep its number",
+                obj=obj,
+                stage="import",
+            )
+
+
+def _import_version(
+    c: Any, opts: Options, name: str, vdoc: dict[str, Any], existing: Any, refs: Row, known: Row
+) -> Row:
+    f = vdoc["fields"]
+    n = f["version"]
+    obj = f"model version {name!r} {n}"
+    tags = version_tags(vdoc, opts)
+    tags[SOURCE_VERSION_TAG] = str(n)
+    with translate_errors(obj, "import"):
+        if existing is not None:
+            ours = existing.tags.get(SOURCE_VERSION_TAG) == str(n) or known.get("target_version")
+            if not ours:
+                raise PermanentError(
+                    f"the target model already has a version {n} that this migration did not "
+                    "create",
+                    obj=obj,
+                    stage="import",
+                )
+            mv = existing
+        else:
+            source, run_id, model_id = _target_source(c, opts, name, vdoc, refs, obj)
+            args = {
+                "source": source,
+                "run_id": run_id,
+                "tags": tags,
+                "run_link": f.get("run_link") or None,
+                "description": vdoc["description"] or None,
+                "model_id": model_id,
+            }
+            mv = _create_at(c, name, n, args, obj)
+        if (mv.description or "") != vdoc["description"]:
+            c.update_model_version(name, str(n), description=vdoc["description"])
+        for k, v in tags.items():
+            if mv.tags.get(k) != v:
+                c.set_model_version_tag(name, str(n), k, v)
+        if not opts.import_source_tags:
+            c.delete_model_version_tag(name, str(n), SOURCE_VERSION_TAG)
+        stage = f.get("current_stage") or "None"
+        if stage != (mv.current_stage or "None"):
+            with warnings.catch_warnings():  # stages are deprecated, and still the source's
+                warnings.simplefilter("ignore", FutureWarning)
+                c.transition_model_version_stage(
+                    name, str(n), stage, archive_existing_versions=False
+                )
+    return {
+        **known,
+        "target_name": name,
+        "target_version": int(mv.version),
+        "target_source": mv.source,
+        "target_run_id": mv.run_id or None,
+        "target_model_id": model_id_of(mv.source or ""),
+        "state": IMPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+    }
+
+
+def _exists(c: Any, name: str, n: int) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_model_version(name, str(n))
+        return True
+    except MlflowException:
+        return False
+
+
+def import_model(item: Row, opts: Options) -> Row:
+    """Create (or bring up to date) one registered model on the target, its versions at their
+    source numbers, and its aliases.
+
+    Args:
+        item: the model's manifest row; `_versions` (its version rows, by export), `refs`
+            (`runs`, `models`, `experiments`: source → target ids the versions point at).
+    Returns:
+        The model row in state `imported` (or failed), its version rows under `_versions`.
+    """
+    name = item["name"]
+    obj = f"registered model {name!r}"
+    staging = open_staging(opts.staging)
+    doc = read_model_doc(staging, name)
+    rows = {int(r["version"]): r for r in item.get("_versions") or []}
+    refs = item["refs"]
+    c = client(opts.target)
+    out_versions: list[Row] = []
+    with translate_errors(obj, "import"):
+        _registered_model(c, doc, opts)
+        existing = {int(v.version): v for v in model_versions(opts.target, name)}
+        for n, v in list(existing.items()):
+            marker = v.tags.get(SOURCE_VERSION_TAG)
+            if marker is not None and marker != str(n):  # left at a wrong number by a kill
+                c.delete_model_version(name, str(n))
+                del existing[n]
+    blocked = ""
+    for vdoc in sorted(doc["versions"], key=lambda v: v["fields"]["version"]):
+        n = vdoc["fields"]["version"]
+        known = rows.get(n) or {"name": name, "version": n}
+        if known.get("state") == IMPORTED and known.get("target_version") == n and n in existing:
+            out_versions.append(known)
+            continue
+        if blocked:
+            out_versions.append(failed_row(known, "import", blocked))
+            continue
+        try:
+            out_versions.append(_import_version(c, opts, name, vdoc, existing.get(n), refs, known))
+        except MigratorError as e:
+            out_versions.append(failed_row(known, "import", e))
+            if not _exists(c, name, n):
+                blocked = f"not created: version {n} failed first, and numbers must stay equal"
+    done = {r["version"] for r in out_versions if r["state"] == IMPORTED}
+    with translate_errors(obj, "import"):
+        have = c.get_registered_model(name).aliases or {}
+        for alias, n in doc["aliases"].items():
+            if int(n) in done and str(have.get(alias)) != n:
+                c.set_registered_model_alias(name, alias, n)
+    row = {k: v for k, v in item.items() if k not in ("refs", "_versions")}
+    return {
+        **row,
+        "target_name": name,
+        "state": IMPORTED,
+        "error": None,
+        "failed_stage": None,
+        "updated_at": now_ms(),
+        "_versions": out_versions,
+    }
