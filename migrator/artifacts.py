@@ -28,15 +28,22 @@ def stage_artifacts(
     staging: Staging,
     key_of: Callable[[str], str],
     keep: str,
+    only: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Copy every file under `artifact_uri` to `key_of(path)` in staging.
+    """Copy every file under `artifact_uri` (or just the file `only` there) to `key_of(path)`
+    in staging.
 
     Returns:
         path, size and SHA-256 of each file, in listing order; the local copies stay in `keep`.
     """
     repo = artifact_repo(tracking_uri, artifact_uri)
+    infos = (
+        iter_artifact_files(repo)
+        if only is None
+        else (f for f in repo.list_artifacts() if f.path == only and not f.is_dir)
+    )
     files = []
-    for i, info in enumerate(iter_artifact_files(repo)):
+    for i, info in enumerate(infos):
         key = key_of(info.path)
         local = os.path.join(keep, str(i))
         repo._download_file(info.path, local)

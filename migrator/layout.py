@@ -17,6 +17,7 @@ Everything read back is validated here, so the import stage works only on well-f
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -35,6 +36,8 @@ MODEL_FORMAT = "mlflow-migrator/registered-model"
 LOGGED_MODEL_FORMAT = "mlflow-migrator/logged-model"
 FORMAT_VERSION = 1
 
+#: Longest folder name made from a model name (file systems allow 255 bytes).
+MAX_SEGMENT = 200
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 METRICS_SCHEMA = pa.schema(
@@ -73,6 +76,9 @@ def model_folder(name: str) -> str:
     quoted = quote(name, safe="")
     if quoted in (".", ".."):
         quoted = quoted.replace(".", "%2E")
+    if len(quoted) > MAX_SEGMENT:  # a file system's name limit: keep a prefix, add a digest
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        quoted = f"{quoted[: MAX_SEGMENT - 17].rstrip('%')}~{digest}"
     return f"models/{quoted}"
 
 

@@ -137,6 +137,7 @@ MODEL_VERSIONS_SCHEMA = pa.schema(
         ("artifact_bytes", pa.int64()),
         ("artifact_files", ARTIFACT_FILES),
         ("source_experiment_id", pa.string()),
+        ("source_file", pa.string()),
         ("source_fingerprint", pa.string()),
         ("state", pa.string()),
         ("error", pa.string()),

@@ -57,6 +57,7 @@ TAG = Stage("tag", tag_run)
 EXPORT_LOGGED = Stage("export", lm_stage.export_logged_model)
 IMPORT_LOGGED = Stage("import", lm_stage.import_logged_model)
 MIGRATE_LOGGED = Stage("migrate", lm_stage.migrate_logged_model)
+TAG_LOGGED = Stage("tag", lm_stage.tag_logged_model)
 EXPORT_MODEL = Stage("export", models_stage.export_model)
 IMPORT_MODEL = Stage("import", models_stage.import_model)
 PROGRESS_EVERY_S = 5.0
@@ -418,7 +419,7 @@ class Migration:
                         known = self.logged.get(lm.model_id)
                         if (
                             known
-                            and known.get("state") == IMPORTED
+                            and known.get("state") in (IMPORTED, TAGGED)
                             and known.get("last_updated_timestamp") == lm.last_updated_timestamp
                         ):
                             continue
@@ -453,7 +454,22 @@ class Migration:
             self.logged_m.append(results)
             return []
 
-        self.executor.run(jobs_of(stage, items(), max(1, self.opts.batch_size)), self.opts, on_done)
+        size = max(1, self.opts.batch_size)
+        self.executor.run(jobs_of(stage, items(), size), self.opts, on_done)
+        if do_import:
+            self.logged_m.flush()  # target ids recorded before the markers go
+            todo = [
+                r
+                for r in self.logged.values()
+                if r["source_experiment_id"] in exps
+                and (r["state"] == IMPORTED or r.get("failed_stage") == "tag")
+            ]
+            if self.opts.import_source_tags:  # nothing to call: no need for the fan-out
+                on_done(
+                    Job(TAG_LOGGED, todo), [lm_stage.tag_logged_model(r, self.opts) for r in todo]
+                )
+            else:
+                self.executor.run(jobs_of(TAG_LOGGED, todo, size * 4), self.opts, on_done)
 
     # ---- registered models and versions -----------------------------------------------------
 

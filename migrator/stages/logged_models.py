@@ -4,8 +4,9 @@ A logged model is created on the target with its name, type, params and tags, it
 `source_run_id` remapped to the target run, then its files, its metrics (each logged against
 the target run it was logged against on the source, keeping its dataset link) and its final
 status. The source model id travels as a tag set at creation, so an interrupted attempt's model
-is found again instead of made twice. Runs' links to logged models (inputs and outputs) are
-written by the tag stage, once both ends exist.
+is found again instead of made twice; with source tags off, a last `tag` step drops it once
+the manifest holds the target id (as for runs). Runs' links to logged models (inputs and
+outputs) are written by the runs' tag stage, once both ends exist.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from migrator.lineage import (
     fit,
     object_source_tags,
 )
-from migrator.manifest import EXPORTED, IMPORTED, Row, now_ms
+from migrator.manifest import EXPORTED, IMPORTED, TAGGED, Row, now_ms
 from migrator.mlflow_io import client, find_logged_model_by_tag, translate_errors
 from migrator.staging import open_staging
 
@@ -237,8 +238,6 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
             from mlflow.entities import LoggedModelStatus
 
             c.finalize_logged_model(lm.model_id, LoggedModelStatus[status])
-        if not opts.import_source_tags and SOURCE_MODEL_ID_TAG in lm.tags | tags:
-            c.delete_logged_model_tag(lm.model_id, SOURCE_MODEL_ID_TAG)
     if skipped:
         log.warning("%s: %d metric points belong to runs that were not migrated", obj, skipped)
     row = {k: v for k, v in item.items() if k != "run_id_map"}
@@ -250,6 +249,23 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
         "failed_stage": None,
         "updated_at": now_ms(),
     }
+
+
+def tag_logged_model(item: Row, opts: Options) -> Row:
+    """The last step, once the manifest holds the target id: drop the marker a resumed import
+    finds the model by, when source tags are off (no call otherwise)."""
+    if not opts.import_source_tags:
+        from mlflow.exceptions import MlflowException
+
+        with translate_errors(f"logged model {item['source_model_id']}", "tag"):
+            try:
+                client(opts.target).delete_logged_model_tag(
+                    item["target_model_id"], SOURCE_MODEL_ID_TAG
+                )
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+    return {**item, "state": TAGGED, "error": None, "failed_stage": None, "updated_at": now_ms()}
 
 
 def import_logged_model(item: Row, opts: Options) -> Row:

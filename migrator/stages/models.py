@@ -130,6 +130,12 @@ def model_id_of(source: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _logged_model_of(source: str) -> str | None:
+    """The logged model whose files a (target) version source names, if any."""
+    kind, ref, _ = source_ref(source, None)
+    return ref if kind == "model" else None
+
+
 def version_fields(v: Any) -> dict[str, Any]:
     out = {f: getattr(v, f, None) for f in MODEL_VERSION_FIELDS}
     out["version"] = int(v.version)
@@ -153,17 +159,27 @@ def version_fingerprint(v: dict[str, Any]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _stage_version_files(opts: Options, staging: Staging, name: str, v: Any) -> list[Row]:
-    """Copy a version's files from its own source (the registry resolves where they are)."""
+def _stage_version_files(
+    opts: Options, staging: Staging, name: str, v: Any
+) -> tuple[list[Row], str | None]:
+    """Copy a version's files from its own source (the registry resolves where they are).
+
+    Returns:
+        The staged files, and the file name when the source names one file, not a folder.
+    """
     uri = client(opts.source).get_model_version_download_uri(name, v.version)
+    n = int(v.version)
     with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
-        return stage_artifacts(
-            opts.source,
-            uri,
-            staging,
-            lambda path: version_artifact_key(name, int(v.version), path),
-            keep,
-        )
+
+        def stage(root: str, only: str | None = None) -> list[Row]:
+            key = lambda path: version_artifact_key(name, n, path)  # noqa: E731
+            return stage_artifacts(opts.source, root, staging, key, keep, only)
+
+        files = stage(uri)
+        if files:
+            return files, None
+        parent, _, base = uri.rstrip("/").rpartition("/")
+        return stage(parent, base), base
 
 
 def _source_experiment(opts: Options, v: Any) -> str | None:
@@ -196,14 +212,16 @@ def export_model(item: Row, opts: Options) -> Row:
                 "tags": dict(v.tags),
                 "experiment_id": None,
                 "artifacts": [],
+                "file": None,
             }
             vdoc["fingerprint"] = version_fingerprint(vdoc)
             old = known.get(fields["version"])
             if _unchanged(old, vdoc["fingerprint"]):
                 vdoc["artifacts"] = old["artifact_files"] or []  # type: ignore[index]
+                vdoc["file"] = old.get("source_file")  # type: ignore[union-attr]
                 vdoc["experiment_id"] = old.get("source_experiment_id")  # type: ignore[union-attr]
             elif not _staged_elsewhere(staging, v.source or "", v.run_id):
-                vdoc["artifacts"] = _stage_version_files(opts, staging, name, v)
+                vdoc["artifacts"], vdoc["file"] = _stage_version_files(opts, staging, name, v)
                 vdoc["experiment_id"] = _source_experiment(opts, v)
             versions_doc.append(vdoc)
     aliases = {str(a): str(n) for a, n in (rm.aliases or {}).items()}
@@ -279,6 +297,7 @@ def _version_row(name: str, v: dict[str, Any], aliases: list[str]) -> Row:
         "artifact_bytes": sum(a.get("size") or 0 for a in files),
         "artifact_files": files,
         "source_experiment_id": v["experiment_id"],
+        "source_file": v.get("file"),
         "source_fingerprint": v["fingerprint"],
         "state": EXPORTED,
         "error": None,
@@ -290,25 +309,50 @@ def _version_row(name: str, v: dict[str, Any], aliases: list[str]) -> Row:
 # ---- import -----------------------------------------------------------------------------------
 
 
+def _optional_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
 def read_model_doc(staging: Staging, name: str) -> dict[str, Any]:
+    """The staged model.json, checked before anything is written to the target.
+
+    Raises:
+        StagingError: naming the model: corrupt, another model's, or a malformed entry.
+    """
     what = f"registered model {name!r}"
     doc = load_doc(staging.read_bytes(model_key(name)), MODEL_FORMAT, what)
     fields = doc.get("fields")
     if not isinstance(fields, dict) or fields.get("name") != name:
         raise StagingError("model.json does not describe this model", obj=what)
+    if not isinstance(doc.get("description"), str):
+        raise StagingError("field 'description' is not a string", obj=what)
     validate_string_map(doc.get("tags"), "tags", what)
-    validate_string_map(doc.get("aliases"), "aliases", what)
+    aliases = validate_string_map(doc.get("aliases"), "aliases", what)
+    if not all(n.isdigit() for n in aliases.values()):
+        raise StagingError("an alias does not name a version number", obj=what)
     versions = doc.get("versions")
     if not isinstance(versions, list):
         raise StagingError("field 'versions' is not a list", obj=what)
+    seen: set[int] = set()
     for v in versions:
         f = v.get("fields") if isinstance(v, dict) else None
         if not isinstance(f, dict) or type(f.get("version")) is not int or f["version"] < 1:
             raise StagingError("a version entry lacks its number", obj=what)
-        if not isinstance(f.get("source"), str):
-            raise StagingError(f"version {f['version']} lacks its source", obj=what)
-        validate_string_map(v.get("tags"), "tags", f"{what} version {f['version']}")
-        validate_files(v.get("artifacts"), f"{what} version {f['version']}")
+        n = f["version"]
+        if n in seen:
+            raise StagingError(f"version {n} is listed twice", obj=what)
+        seen.add(n)
+        checks = {
+            "source": isinstance(f.get("source"), str),
+            "run_id": _optional_str(f.get("run_id")),
+            "description": isinstance(v.get("description"), str),
+            "experiment_id": _optional_str(v.get("experiment_id")),
+            "file": _optional_str(v.get("file")),
+        }
+        if bad := [k for k, ok in checks.items() if not ok]:
+            raise StagingError(f"version {n}: malformed field(s) {bad}", obj=what)
+        validate_string_map(v.get("tags"), "tags", f"{what} version {n}")
+        validate_files(v.get("artifacts"), f"{what} version {n}")
     return doc
 
 
@@ -395,7 +439,9 @@ def _target_source(
             stage="import",
         )
     holder = _holder(c, opts, name, vdoc, refs, obj)
-    return f"models:/{holder.model_id}", refs["runs"].get(f.get("run_id") or ""), holder.model_id
+    file = vdoc.get("file")  # one file: the path within the holder (`models:/` takes none)
+    source = f"{holder.artifact_location}/{file}" if file else f"models:/{holder.model_id}"
+    return source, refs["runs"].get(f.get("run_id") or ""), holder.model_id
 
 
 def _create_at(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -> Any:
@@ -427,6 +473,8 @@ def _import_version(
     with translate_errors(obj, "import"):
         if existing is not None:
             ours = existing.tags.get(SOURCE_VERSION_TAG) == str(n) or known.get("target_version")
+            if not ours:  # without source tags, an earlier attempt's version has no marker
+                ours = existing.source == _target_source(c, opts, name, vdoc, refs, obj)[0]
             if not ours:
                 raise PermanentError(
                     f"the target model already has a version {n} that this migration did not "
@@ -466,7 +514,7 @@ def _import_version(
         "target_version": int(mv.version),
         "target_source": mv.source,
         "target_run_id": mv.run_id or None,
-        "target_model_id": model_id_of(mv.source or ""),
+        "target_model_id": _logged_model_of(mv.source or ""),
         "state": IMPORTED,
         "error": None,
         "failed_stage": None,

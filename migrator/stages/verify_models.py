@@ -206,6 +206,8 @@ def _verify_version(opts: Options, name: str, source: Any, target: Any, row: Row
         if holder:
             location = tgt.get_logged_model(holder).artifact_location
             compare_artifacts(opts, row.get("artifact_files"), location, diffs)
+            if row.get("source_file"):  # one file: its path within the holder
+                expected = (f"{location}/{row['source_file']}", run, holder)
     _differs(diffs, "source", expected[0], target.source)
     _differs(diffs, "run_id", expected[1] or "", target.run_id or "")
     return result("model_version", sid, f"{name}/{target.version}", name, MATCH, diffs)

@@ -2,7 +2,9 @@
 
 - an S3 server (moto's server mode) with a staging bucket;
 - local Ray (one per session: it takes ~8 s and ~1 GB to start);
-- a seeded source `mlflow server` on MariaDB (SQLite where MariaDB does not answer);
+- a seeded source `mlflow server` on MariaDB (SQLite where MariaDB does not answer), with
+  registered models (version gaps, stages, aliases, a version whose run was deleted) and a
+  logged model made by `mlflow.pyfunc.log_model`;
 - `target_server()`: a fresh target `mlflow server` on a fresh PostgreSQL database (SQLite
   where PostgreSQL does not answer), stopped and dropped after the test.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from migrator import services
-from migrator.seed import Seeded, seed_source
+from migrator.seed import Seeded, seed_models, seed_source
 
 BUCKET = "migrator-staging"
 BIG_FILE_MB = 64
@@ -101,5 +103,6 @@ def source(workdir: Path) -> Iterator[Source]:
     """A seeded source on MariaDB; tests must not change it."""
     with services.mlflow_server("source", services.MYSQL, workdir) as svc:
         seeded = seed_source(svc.url, n_runs=24)
+        seed_models(svc.url, seeded)
         extra = _add_hard_cases(svc.url, workdir)
         yield Source(svc, seeded, extra)

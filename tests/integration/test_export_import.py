@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
@@ -41,7 +43,8 @@ def test_export_then_import_with_filters_and_no_source_tags(
         doc = json.loads((run_dir / "run.json").read_text())
         assert {"info", "params", "tags", "inputs", "outputs"} <= set(doc)
         assert pq.read_schema(run_dir / "metrics.parquet").names == ["key", "step", "timestamp", "value"]
-        assert (run_dir / "artifacts" / "plots" / "loss curve ü.csv").is_file()
+        if rid != source.seeded.models["train_run"]:  # the one run that logged a model
+            assert (run_dir / "artifacts" / "plots" / "loss curve ü.csv").is_file()
     exp_doc = Path(staging) / "experiments" / scope[0].experiment_id / "experiment.json"
     assert json.loads(exp_doc.read_text())["fields"]["name"] == scope[0].name
 
@@ -61,10 +64,36 @@ def test_export_then_import_with_filters_and_no_source_tags(
         assert not any(k.startswith("mlflow_exim.") for k in r.data.tags), r.data.tags
     others = [e.name for e in tgt.search_experiments() if e.name.startswith("demo/")]
     assert others == [scope[0].name]
+    # Models came along: a version whose run is outside the filters (here a single file) was
+    # staged from its own source; no source tags anywhere, the logged model's marker gone too.
+    assert imported.versions == {"imported": 5} and imported.logged_models == {"tagged": 1}
+    assert (Path(staging) / "models" / "team.forecast%20model" / "model.json").is_file()
+    forecast = tgt.get_model_version("team.forecast model", "1")
+    assert "/models/m-" in forecast.source and forecast.source.endswith("/artifacts/model.txt")
+    source_file = src.get_model_version("team.forecast model", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=tgt.get_model_version_download_uri("team.forecast model", "1"),
+            dst_path=tmp, tracking_uri=target.url)
+        want = src.download_artifacts(source_file.run_id, "model.txt", tmp + "/src")
+        assert Path(local).read_bytes() == Path(want).read_bytes()
+    for v in tgt.search_model_versions(""):
+        assert not any(k.startswith("mlflow_exim.") for k in v.tags), v.tags
+    logged = tgt.search_logged_models(experiment_ids=[exp.experiment_id])
+    holders = [m for m in logged if "mlflow_exim.model_version" in m.tags]
+    # versions whose runs the filters left out hold their files in logged models of their own
+    assert sorted(m.tags["mlflow_exim.model_version"] for m in holders) == [
+        "demo-classifier/2", "demo-classifier/4", "demo-classifier/6"]
+    assert len(logged) == len(holders) + 1  # and the one migrated logged model
+    exim = {k for m in logged for k in m.tags if k.startswith("mlflow_exim.")}
+    assert exim == {"mlflow_exim.model_version"}  # what a holder holds, and nothing else
 
     again = run_command("import", Options(target=target.url, staging=staging,
                                           import_source_tags=False), make_executor)
     assert not again.actions and again.found == {"unchanged": len(wanted)}
+    assert again.ok and again.versions == {"imported": 5}
+    numbers = [int(v.version) for v in tgt.search_model_versions("name = 'demo-classifier'")]
+    assert sorted(numbers) == [1, 2, 4, 6]
     assert len(tgt.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)) == len(wanted)
 
 

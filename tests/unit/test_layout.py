@@ -183,3 +183,108 @@ def test_metrics_from_corrupt_bytes_is_staging_error() -> None:
     good = metrics_to_parquet([{"key": "k", "step": 0, "timestamp": 0, "value": 1.0}])
     with pytest.raises(StagingError):
         metrics_from_parquet(good[: len(good) // 2], "run r1")
+
+
+# ---- registered models and logged models -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [
+        ("churn", "models/churn"),
+        ("Churn_Model-v2.1~x", "models/Churn_Model-v2.1~x"),
+        ("a/b", "models/a%2Fb"),
+        ("a%b", "models/a%25b"),
+        ("a%2Fb", "models/a%252Fb"),
+        ("a b", "models/a%20b"),
+        (".", "models/%2E"),
+        ("..", "models/%2E%2E"),
+        ("...", "models/..."),
+        ("../x", "models/..%2Fx"),
+        ("é", "models/%C3%A9"),
+    ],
+)
+def test_model_folder(name: str, folder: str) -> None:
+    from migrator.layout import model_folder, model_key
+
+    assert model_folder(name) == folder
+    assert model_key(name) == f"{folder}/model.json"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [".", "..", "../..", "./.", "/", "//", "a/", "/a", "a/../..", "..\\..", "#", "a\x00b", " ", "%"],
+)
+def test_model_folder_is_one_safe_segment(name: str) -> None:
+    from migrator.layout import model_folder, version_artifact_key
+    from migrator.staging import safe_key
+
+    folder = model_folder(name)
+    segments = folder.split("/")
+    assert segments[0] == "models"
+    assert len(segments) == 2
+    assert segments[1] not in ("", ".", "..")
+    assert safe_key(folder) == folder  # storage accepts it as is
+    key = version_artifact_key(name, 2, "model/MLmodel")
+    assert key == f"{folder}/versions/2/artifacts/model/MLmodel"
+    assert not {".", "..", ""} & set(key.split("/"))
+
+
+def test_model_folder_names_map_to_distinct_folders() -> None:
+    from migrator.layout import model_folder
+
+    names = ["a/b", "a%2Fb", "a%252Fb", ".", "%2E", "..", "%2E%2E", "a b", "a+b", "a%20b", "A/B"]
+    assert len({model_folder(n) for n in names}) == len(names)
+
+
+@pytest.mark.parametrize("bad", ["", None, 3])
+def test_model_folder_refuses_no_name(bad: object) -> None:
+    from migrator.layout import model_folder, model_key
+
+    with pytest.raises(StagingError, match="invalid model name"):
+        model_folder(bad)  # type: ignore[arg-type]
+    with pytest.raises(StagingError):
+        model_key(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["../model.json", "../../x", "/etc/passwd", "a/../../b", "a//b", "", "a#b"])
+def test_version_artifact_key_refuses_traversal(path: str) -> None:
+    from migrator.layout import version_artifact_key
+
+    with pytest.raises(StagingError):
+        version_artifact_key("churn", 1, path)
+
+
+def test_version_artifact_key_number_is_an_int() -> None:
+    from migrator.layout import version_artifact_key
+
+    assert version_artifact_key("a/b", "3", "m/x.pkl") == "models/a%2Fb/versions/3/artifacts/m/x.pkl"  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        version_artifact_key("a", "../1", "x")  # type: ignore[arg-type]
+
+
+def test_logged_model_keys() -> None:
+    from migrator.layout import logged_model_artifact_key, logged_model_key
+
+    mid = "m-0123456789abcdef0123456789abcdef"
+    assert logged_model_key(mid, "logged_model.json") == f"logged_models/{mid}/logged_model.json"
+    assert logged_model_artifact_key(mid, "a/MLmodel") == f"logged_models/{mid}/artifacts/a/MLmodel"
+    for bad in ("..", "m-1/..", "", "m.1", "x" * 65):
+        with pytest.raises(StagingError, match="invalid logged model id"):
+            logged_model_key(bad, "logged_model.json")
+    with pytest.raises(StagingError):
+        logged_model_artifact_key(mid, "../../runs/r1/run.json")
+
+
+def test_validate_files() -> None:
+    from migrator.layout import validate_files
+
+    files = [{"path": "a/b.txt", "size": 1}, {"path": "é x"}]
+    assert validate_files(files, "obj") is files
+    assert validate_files([], "obj") == []
+    for bad in (None, {"path": "x"}, "x", [None], [{"path": 1}], [{"size": 1}]):
+        with pytest.raises(StagingError) as e:
+            validate_files(bad, "model version 'm' 1")
+        assert e.value.obj == "model version 'm' 1"
+    with pytest.raises(StagingError, match="artifact path refused"):
+        validate_files([{"path": "ok"}, {"path": "a/../../b"}], "obj")

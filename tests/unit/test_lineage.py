@@ -179,3 +179,63 @@ def test_is_source_tag(key: str, expected: bool) -> None:
 def test_source_run_id_tag_constant() -> None:
     assert lineage.SOURCE_RUN_ID_TAG == "mlflow_exim.run_info.run_id"
     assert lineage.PARENT_RUN_ID_TAG == "mlflow.parentRunId"
+
+
+# ---- registered models, model versions, logged models ------------------------------------
+
+
+def test_object_source_tags() -> None:
+    fields = {
+        "name": "churn",
+        "version": 3,
+        "creation_timestamp": 1670836055960,
+        "last_updated_timestamp": 0,
+        "user_id": "",
+        "current_stage": "None",
+        "source": "runs:/abc/model",
+        "run_id": None,
+        "run_link": "",
+        "status": "READY",
+        "status_message": "",
+        "model_id": None,
+        "not_named": "x",
+    }
+    tags = lineage.object_source_tags(
+        fields,
+        lineage.MODEL_VERSION_FIELDS,
+        {"mlflow.x": "1", "mlflow.source.type": "NOTEBOOK", "team": "ml", "mlflow_exim.y": "z"},
+    )
+    assert tags == {
+        "mlflow_exim.field.name": "churn",
+        "mlflow_exim.field.version": "3",
+        "mlflow_exim.field.creation_timestamp": "1670836055960",
+        "mlflow_exim.field.last_updated_timestamp": "0",  # 0 is a value
+        "mlflow_exim.field.current_stage": "None",
+        "mlflow_exim.field.source": "runs:/abc/model",
+        "mlflow_exim.field.status": "READY",
+        "mlflow_exim.mlflow_tag.x": "1",
+        "mlflow_exim.mlflow_tag.source.type": "NOTEBOOK",
+    }
+    assert all(isinstance(v, str) for v in tags.values())
+
+
+def test_field_source_tags_skip_empty_only_when_asked() -> None:
+    fields = {"a": "", "b": None, "c": 0, "d": "x"}
+    assert field_source_tags(fields, ("a", "b", "c", "d")) == {
+        "mlflow_exim.field.a": "",
+        "mlflow_exim.field.c": "0",
+        "mlflow_exim.field.d": "x",
+    }
+    assert field_source_tags(fields, ("a", "b", "c", "d"), skip_empty=True) == {
+        "mlflow_exim.field.c": "0",
+        "mlflow_exim.field.d": "x",
+    }
+
+
+def test_model_field_lists_and_markers() -> None:
+    assert set(lineage.MODEL_VERSION_FIELDS) >= {"name", "version", "source", "run_id", "model_id"}
+    assert set(lineage.REGISTERED_MODEL_FIELDS) == {"name", "creation_timestamp", "last_updated_timestamp"}
+    assert "model_id" in lineage.LOGGED_MODEL_FIELDS
+    assert lineage.SOURCE_MODEL_ID_TAG == "mlflow_exim.field.model_id"
+    assert lineage.SOURCE_VERSION_TAG == "mlflow_exim.field.version"
+    assert is_source_tag(lineage.SOURCE_MODEL_ID_TAG) and is_source_tag(lineage.SOURCE_VERSION_TAG)

@@ -333,3 +333,76 @@ def test_experiments_table_keyed_by_source_experiment_id(staging: LocalStaging) 
     assert rows["1"]["target_experiment_id"] == "9"
     assert rows["1"]["creation_time"] == 1670474737597
     assert set(rows["1"]) == set(EXPERIMENTS_SCHEMA.names)
+
+
+# ---- registered models: a composite key --------------------------------------------------
+
+
+def _version_row(name: str, version: int, state: str = "exported", **kw: object) -> dict:
+    return {"name": name, "version": version, "state": state, **kw}
+
+
+def test_model_versions_newest_row_per_name_and_version(staging: LocalStaging) -> None:
+    t = manifest.model_versions_table(staging)
+    assert t.key == ("name", "version")
+    t.append([_version_row("m", 1), _version_row("m", 2, source="runs:/r/model")])
+    t.flush()
+    t.append([_version_row("m", 1, "imported", target_version=1, aliases=["prod"])])
+    t.flush()
+    t.append([_version_row("n", 1, "failed", error="boom")])
+    table = t.compact()
+    assert table.num_rows == 3
+    assert sorted(staging.list_keys("manifests/_journal/model_versions")) == []
+    rows = manifest.model_versions_table(staging).load()
+    assert set(rows) == {("m", 1), ("m", 2), ("n", 1)}
+    assert all(isinstance(k, tuple) and isinstance(k[1], int) for k in rows)
+    assert rows[("m", 1)]["state"] == "imported"
+    assert rows[("m", 1)]["target_version"] == 1
+    assert rows[("m", 1)]["aliases"] == ["prod"]
+    assert rows[("m", 2)]["state"] == "exported"
+    assert rows[("m", 2)]["source"] == "runs:/r/model"
+    assert rows[("n", 1)]["error"] == "boom"
+    assert set(rows[("m", 1)]) == set(manifest.MODEL_VERSIONS_SCHEMA.names)
+
+
+def test_model_versions_same_version_of_two_models_are_two_rows(staging: LocalStaging) -> None:
+    t = manifest.model_versions_table(staging)
+    # newest wins within one journal file too, per (name, version) and not per name
+    t.append([_version_row("a", 1), _version_row("b", 1), _version_row("a", 1, "imported"),
+              _version_row("a", 2, "failed")])
+    t.flush()
+    rows = t.load()
+    assert {k: r["state"] for k, r in rows.items()} == {
+        ("a", 1): "imported", ("b", 1): "exported", ("a", 2): "failed"}
+
+
+def test_row_key() -> None:
+    row = {"name": "m", "version": 3, "source_run_id": "r"}
+    assert manifest.row_key(row, "source_run_id") == "r"
+    assert manifest.row_key(row, ("name", "version")) == ("m", 3)
+    assert manifest.row_key(row, ("version", "name")) == (3, "m")
+
+
+def test_model_and_logged_model_tables_round_trip(staging: LocalStaging) -> None:
+    m = manifest.models_table(staging)
+    m.append([{"name": "a/b", "state": "exported", "aliases": {"prod": "2"}, "tags": {"t": "v"},
+               "creation_timestamp": 1670836055960, "n_versions": 2},
+              {"name": "a/b", "state": "imported", "target_name": "a/b", "aliases": {"prod": "2"}}])
+    m.compact()
+    rows = manifest.models_table(staging).load()
+    assert list(rows) == ["a/b"]
+    assert rows["a/b"]["state"] == "imported"
+    assert rows["a/b"]["aliases"] == {"prod": "2"}
+    assert rows["a/b"]["creation_timestamp"] is None  # the newest row is the whole row
+    assert set(rows["a/b"]) == set(manifest.MODELS_SCHEMA.names)
+
+    lm = manifest.logged_models_table(staging)
+    files = [{"path": "MLmodel", "size": 3, "sha256": "ab"}]
+    lm.append([{"source_model_id": "m-1", "state": "exported", "metric_run_ids": ["r1", "r2"],
+                "artifact_files": files, "creation_timestamp": 1670836055960}])
+    lm.compact()
+    (row,) = manifest.logged_models_table(staging).load().values()
+    assert row["metric_run_ids"] == ["r1", "r2"]
+    assert row["artifact_files"] == files
+    assert row["creation_timestamp"] == 1670836055960
+    assert set(row) == set(manifest.LOGGED_MODELS_SCHEMA.names)
