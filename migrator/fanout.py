@@ -90,7 +90,8 @@ def run_one(stage: Stage, row: Row, opts: Options) -> Row:
             log.warning("%s (attempt %d of %d, retrying)", e, attempt, attempts)
             time.sleep(min(2**attempt, 30))
         except Exception as e:  # the one broad catch: the object fails, the migration goes on
-            log.warning("%s %s failed: %s", stage.name, row.get("source_run_id", ""), describe(e))
+            what = row.get("source_run_id") or row.get("source_model_id") or row.get("name", "")
+            log.warning("%s %s failed: %s", stage.name, what, describe(e))
             return failed_row(row, stage.name, e)
     raise AssertionError("unreachable")
 

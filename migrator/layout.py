@@ -73,12 +73,13 @@ def model_folder(name: str) -> str:
     """`models/<name>` with the name quoted into one safe path segment."""
     if not isinstance(name, str) or not name:
         raise StagingError(f"invalid model name {name!r}")
-    quoted = quote(name, safe="")
+    quoted = quote(name, safe="").replace("~", "%7E")  # `~` marks a shortened name only
     if quoted in (".", ".."):
         quoted = quoted.replace(".", "%2E")
     if len(quoted) > MAX_SEGMENT:  # a file system's name limit: keep a prefix, add a digest
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        quoted = f"{quoted[: MAX_SEGMENT - 17].rstrip('%')}~{digest}"
+        prefix = re.sub(r"%[0-9A-F]?$", "", quoted[: MAX_SEGMENT - 17])  # no half an escape
+        quoted = f"{prefix}~{digest}"
     return f"models/{quoted}"
 
 

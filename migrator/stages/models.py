@@ -55,6 +55,7 @@ from migrator.mlflow_io import (
     find_logged_model_by_tag,
     get_run_or_none,
     model_versions,
+    quoted,
     translate_errors,
 )
 from migrator.staging import Staging, open_staging
@@ -64,6 +65,7 @@ HOLDER_TAG = f"{PREFIX}.model_version"
 DEFAULT_EXPERIMENT_ID = "0"
 _MODEL_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)(/.*)?$")
 _MODEL_PATH = re.compile(r"/models/(m-[0-9a-f]+)/artifacts(/.*)?$")
+_VERSION_NUMBER = re.compile(r"[1-9][0-9]*")
 _NOT_LOGGED_MODEL_NAME = re.compile(r"[/:.%\"']")
 
 
@@ -182,6 +184,20 @@ def _stage_version_files(
         return stage(parent, base), base
 
 
+def _registered_model_of(uri: str, name: str) -> Any:
+    """The source model by search, not `get`: a server refuses to `get` a name it would not
+    accept today (an older server's `a/b`), yet lists it; such a model fails at import, where
+    the target gives its reason."""
+    found = [
+        m
+        for m in client(uri).search_registered_models(f"name = {quoted(name)}", max_results=10)
+        if m.name == name
+    ]
+    if not found:
+        raise PermanentError("not found on the source", obj=f"registered model {name!r}")
+    return found[0]
+
+
 def _source_experiment(opts: Options, v: Any) -> str | None:
     """The source experiment a staged version's holder goes to: its run's, if it still exists."""
     if v.run_id and (run := get_run_or_none(opts.source, v.run_id)) is not None:
@@ -203,7 +219,7 @@ def export_model(item: Row, opts: Options) -> Row:
     known: dict[int, Row] = {int(k): v for k, v in (item.get("known_versions") or {}).items()}
     versions_doc: list[dict[str, Any]] = []
     with translate_errors(f"registered model {name!r}", "export"):
-        rm = client(opts.source).get_registered_model(name)
+        rm = _registered_model_of(opts.source, name)
         for v in model_versions(opts.source, name):
             fields = version_fields(v)
             vdoc: dict[str, Any] = {
@@ -328,7 +344,7 @@ def read_model_doc(staging: Staging, name: str) -> dict[str, Any]:
         raise StagingError("field 'description' is not a string", obj=what)
     validate_string_map(doc.get("tags"), "tags", what)
     aliases = validate_string_map(doc.get("aliases"), "aliases", what)
-    if not all(n.isdigit() for n in aliases.values()):
+    if not all(_VERSION_NUMBER.fullmatch(n) for n in aliases.values()):
         raise StagingError("an alias does not name a version number", obj=what)
     versions = doc.get("versions")
     if not isinstance(versions, list):
@@ -348,6 +364,8 @@ def read_model_doc(staging: Staging, name: str) -> dict[str, Any]:
             "description": isinstance(v.get("description"), str),
             "experiment_id": _optional_str(v.get("experiment_id")),
             "file": _optional_str(v.get("file")),
+            "run_link": _optional_str(f.get("run_link")),
+            "current_stage": _optional_str(f.get("current_stage")),
         }
         if bad := [k for k, ok in checks.items() if not ok]:
             raise StagingError(f"version {n}: malformed field(s) {bad}", obj=what)
@@ -396,14 +414,19 @@ def _holder_name(source: str) -> str:
     return _NOT_LOGGED_MODEL_NAME.sub("_", base)[:200] or "model"
 
 
-def _holder(c: Any, opts: Options, name: str, vdoc: dict[str, Any], refs: Row, obj: str) -> Any:
-    """A logged model on the target holding a staged version's files (found or made)."""
+def _holder(
+    c: Any, opts: Options, name: str, vdoc: dict[str, Any], refs: Row, obj: str, create: bool = True
+) -> Any | None:
+    """A logged model on the target holding a staged version's files: found by its tag, or
+    (with `create`) made and filled."""
     from mlflow.entities import LoggedModelStatus
 
     n = vdoc["fields"]["version"]
     exp = refs["experiments"].get(vdoc.get("experiment_id") or "") or DEFAULT_EXPERIMENT_ID
     marker = f"{name}/{n}"
     lm = find_logged_model_by_tag(opts.target, exp, HOLDER_TAG, marker)
+    if not create:
+        return lm
     if lm is None:
         tags = {HOLDER_TAG: marker}
         if opts.import_source_tags:
@@ -418,8 +441,15 @@ def _holder(c: Any, opts: Options, name: str, vdoc: dict[str, Any], refs: Row, o
 
 
 def _target_source(
-    c: Any, opts: Options, name: str, vdoc: dict[str, Any], refs: Row, obj: str
-) -> tuple[str, str | None, str | None]:
+    c: Any, opts: Options, name: str, vdoc: dict[str, Any], refs: Row, obj: str, create: bool = True
+) -> tuple[str, str | None, str | None] | None:
+    """The version's `(source, run_id, model_id)` on the target: rewritten to the migrated run
+    or logged model, or to a logged model holding its staged files (found, or with `create`
+    made). None when there is no such holder and `create` is off.
+
+    Raises:
+        PermanentError: what the version points at was not migrated, and nothing was staged.
+    """
     f = vdoc["fields"]
 
     def artifact_root(kind: str, target_id: str) -> str:
@@ -438,7 +468,9 @@ def _target_source(
             obj=obj,
             stage="import",
         )
-    holder = _holder(c, opts, name, vdoc, refs, obj)
+    holder = _holder(c, opts, name, vdoc, refs, obj, create)
+    if holder is None:
+        return None
     file = vdoc.get("file")  # one file: the path within the holder (`models:/` takes none)
     source = f"{holder.artifact_location}/{file}" if file else f"models:/{holder.model_id}"
     return source, refs["runs"].get(f.get("run_id") or ""), holder.model_id
@@ -474,7 +506,8 @@ def _import_version(
         if existing is not None:
             ours = existing.tags.get(SOURCE_VERSION_TAG) == str(n) or known.get("target_version")
             if not ours:  # without source tags, an earlier attempt's version has no marker
-                ours = existing.source == _target_source(c, opts, name, vdoc, refs, obj)[0]
+                expected = _target_source(c, opts, name, vdoc, refs, obj, create=False)
+                ours = expected is not None and existing.source == expected[0]
             if not ours:
                 raise PermanentError(
                     f"the target model already has a version {n} that this migration did not "
@@ -484,7 +517,9 @@ def _import_version(
                 )
             mv = existing
         else:
-            source, run_id, model_id = _target_source(c, opts, name, vdoc, refs, obj)
+            target = _target_source(c, opts, name, vdoc, refs, obj)
+            assert target is not None  # with `create`, a holder is always found or made
+            source, run_id, model_id = target
             args = {
                 "source": source,
                 "run_id": run_id,

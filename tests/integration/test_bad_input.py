@@ -136,3 +136,47 @@ def test_unreadable_source_artifact_fails_that_run_only(
     rows = runs_table(LocalStaging(str(tmp_path / "staging"))).load()
     assert rows[bad]["state"] == "failed" and rows[bad]["failed_stage"] == "export"
     assert rows[good]["state"] == "tagged"
+
+
+def test_a_model_the_target_refuses_fails_alone(
+    workdir: Path, s3: Any, target_server: Any, tmp_path: Path
+) -> None:
+    """A name an older MLflow let in (`/` is refused since) fails with the target's reason;
+    the other model migrates."""
+    import sqlalchemy
+
+    from migrator import services
+
+    with services.mlflow_server("source-names", services.MYSQL, workdir) as src_svc:
+        src = MlflowClient(src_svc.url)
+        exp = src.create_experiment("named")
+        run = src.create_run(exp).info.run_id
+        src.log_text(run, "w", "model/w.txt")
+        src.create_registered_model("good")
+        src.create_model_version("good", f"runs:/{run}/model", run_id=run)
+        engine = sqlalchemy.create_engine(src_svc.backend)
+        with engine.begin() as db:  # as an older server stored it
+            db.execute(sqlalchemy.text(
+                "INSERT INTO registered_models (workspace, name, creation_time, "
+                "last_updated_time, description) VALUES ('default', 'team/bad', 1, 1, 'old')"))
+        engine.dispose()
+        assert {m.name for m in src.search_registered_models()} == {"good", "team/bad"}
+
+        target = target_server()
+        opts = Options(source=src_svc.url, target=target.url, staging=str(tmp_path / "s"),
+                       ray_address="none")
+        summary = run_command("migrate", opts, make_executor)
+        assert not summary.ok and summary.models == {"imported": 1, "failed": 1}
+        (bad,) = summary.failed
+        assert bad["name"] == "team/bad" and "cannot contain '/'" in bad["error"]
+        assert "registered model 'team/bad'" in summary.render()
+        tgt = MlflowClient(target.url)
+        assert [m.name for m in tgt.search_registered_models()] == ["good"]
+        assert tgt.get_model_version("good", "1").run_id  # remapped to the migrated run
+        rows = LocalStaging(opts.staging)
+        assert (tmp_path / "s" / "models" / "team%2Fbad" / "model.json").is_file()
+        from migrator.manifest import models_table
+
+        manifest = models_table(rows).load()
+        assert manifest["team/bad"]["state"] == "failed"
+        assert manifest["team/bad"]["failed_stage"] == "import"

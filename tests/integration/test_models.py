@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from migrator.cli import main
 from migrator.config import Options
 from migrator.fanout import make_executor
 from migrator.manifest import read_verify
@@ -207,6 +209,38 @@ def test_verify_covers_models_versions_and_logged_models(done: dict[str, Any]) -
     assert counts[("registered_model", "match")] == 2
     assert counts[("model_version", "match")] == 5
     assert counts[("logged_model", "match")] == 1
+
+
+def test_audit_looks_up_models_versions_and_logged_models(
+    done: dict[str, Any], source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    staging = done["opts"].staging
+    capsys.readouterr()
+    assert main(["audit", "--staging", staging, "--model", NAME, "--version", "6",
+                 "--format", "json"]) == 0
+    (v6,) = json.loads(capsys.readouterr().out)
+    src_v6 = versions(done["src"], NAME)[6]
+    assert (v6["version"], v6["target_version"], v6["source"]) == (6, 6, src_v6.source)
+    assert v6["run_id"] == source.seeded.models["deleted_run"] and v6["artifact_files"] == 1
+    assert v6["creation_timestamp"] == src_v6.creation_timestamp
+    assert main(["audit", "--staging", staging, "--model", NAME]) == 0
+    table = capsys.readouterr().out
+    assert table.count("target_version") == 4 and "champion" in table
+    lm_id = source.seeded.models["logged_model_id"]
+    assert main(["audit", "--staging", staging, "--source-model-id", lm_id,
+                 "--format", "json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["target_model_id"] == versions(done["tgt"], NAME)[1].source.removeprefix(
+        "models:/")
+    assert main(["audit", "--staging", staging, "--target-model-id", rec["target_model_id"],
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source_model_id"] == lm_id
+    assert main(["audit", "--staging", staging, "--summary", "--format", "json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["model_versions"] == {"imported": 5}
+    assert counts["registered_models"] == {"imported": 2}
+    assert counts["verified"]["model_version"] == 5
+    assert main(["audit", "--staging", staging, "--model", "nope"]) == 1
 
 
 def test_verify_reports_changed_models(done: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
@@ -76,6 +77,13 @@ def test_kill_9_mid_way_then_resume(source: Source, target_server: Any, ray_loca
     after = runs_table(LocalStaging(str(staging))).load()
     assert {r["state"] for r in after.values()} == {"tagged"}
     assert not list(journal.glob("*.parquet"))  # the journal was folded in
+    tgt = MlflowClient(target.url)
+    numbers = lambda c: sorted(  # noqa: E731
+        int(v.version) for v in c.search_model_versions("name='demo-classifier'"))
+    assert numbers(tgt) == numbers(src) == [1, 2, 4, 6]
+    exps = lambda c: [e.experiment_id for e in c.search_experiments()]  # noqa: E731
+    assert len(tgt.search_logged_models(experiment_ids=exps(tgt))) == len(
+        src.search_logged_models(experiment_ids=exps(src)))  # each once
 
 
 def test_import_finds_a_run_created_but_never_recorded(source: Source, target_server: Any,
@@ -101,3 +109,35 @@ def test_import_finds_a_run_created_but_never_recorded(source: Source, target_se
     assert len(runs) == 1
     assert runs[0].data.params == src_run.data.params
     assert len(tgt.get_metric_history(orphan, "loss")) == 50  # no duplicated points
+
+
+def test_models_resume_after_a_kill_between_create_and_delete(
+    source: Source, target_server: Any, s3: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The driver dies right after a version landed on a number the source left unused (it
+    was deleted there), before deleting it again: the next run deletes it and goes on, and
+    every version ends at its source number, once."""
+    target = target_server()
+    opts = Options(source=source.url, target=target.url, staging=str(tmp_path / "s"),
+                   experiments=("demo/classification",), models=("demo-classifier",),
+                   ray_address="none")
+    real = MlflowClient.delete_model_version
+
+    def killed(self: Any, name: str, version: str) -> None:
+        raise SystemExit(f"killed before deleting {name} {version}")
+
+    monkeypatch.setattr(MlflowClient, "delete_model_version", killed)
+    with pytest.raises(SystemExit):
+        run_command("migrate", opts, make_executor)
+    monkeypatch.setattr(MlflowClient, "delete_model_version", real)
+    tgt = MlflowClient(target.url)
+
+    def numbers() -> list[int]:
+        return sorted(int(v.version) for v in tgt.search_model_versions("name='demo-classifier'"))
+
+    assert numbers() == [1, 2, 3]  # v4 landed on 3, where the source has a gap
+    summary = run_command("migrate", opts, make_executor)
+    assert summary.ok, summary.render()
+    assert numbers() == [1, 2, 4, 6]
+    verified = run_command("verify", opts, make_executor).verify
+    assert verified.ok, verified.render()

@@ -260,6 +260,9 @@ def test_summary_json(staging: LocalStaging, capsys: pytest.CaptureFixture[str])
         "runs": {"tagged": 2, "imported": 1, "failed": 1, "exported": 1},
         "verified": {"experiment": 1, "run": 2},
         "artifact_bytes": 221,
+        "logged_models": {},
+        "registered_models": {},
+        "model_versions": {},
     }
 
 
@@ -295,4 +298,7 @@ def test_summary_of_empty_staging(tmp_path: Path, capsys: pytest.CaptureFixture[
         "runs": {},
         "verified": {},
         "artifact_bytes": 0,
+        "logged_models": {},
+        "registered_models": {},
+        "model_versions": {},
     }

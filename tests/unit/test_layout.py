@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -192,7 +193,7 @@ def test_metrics_from_corrupt_bytes_is_staging_error() -> None:
     ("name", "folder"),
     [
         ("churn", "models/churn"),
-        ("Churn_Model-v2.1~x", "models/Churn_Model-v2.1~x"),
+        ("Churn_Model-v2.1~x", "models/Churn_Model-v2.1%7Ex"),
         ("a/b", "models/a%2Fb"),
         ("a%b", "models/a%25b"),
         ("a%2Fb", "models/a%252Fb"),
@@ -213,7 +214,22 @@ def test_model_folder(name: str, folder: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [".", "..", "../..", "./.", "/", "//", "a/", "/a", "a/../..", "..\\..", "#", "a\x00b", " ", "%"],
+    [
+        ".",
+        "..",
+        "../..",
+        "./.",
+        "/",
+        "//",
+        "a/",
+        "/a",
+        "a/../..",
+        "..\\..",
+        "#",
+        "a\x00b",
+        " ",
+        "%",
+    ],
 )
 def test_model_folder_is_one_safe_segment(name: str) -> None:
     from migrator.layout import model_folder, version_artifact_key
@@ -247,7 +263,9 @@ def test_model_folder_refuses_no_name(bad: object) -> None:
         model_key(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("path", ["../model.json", "../../x", "/etc/passwd", "a/../../b", "a//b", "", "a#b"])
+@pytest.mark.parametrize(
+    "path", ["../model.json", "../../x", "/etc/passwd", "a/../../b", "a//b", "", "a#b"]
+)
 def test_version_artifact_key_refuses_traversal(path: str) -> None:
     from migrator.layout import version_artifact_key
 
@@ -258,7 +276,9 @@ def test_version_artifact_key_refuses_traversal(path: str) -> None:
 def test_version_artifact_key_number_is_an_int() -> None:
     from migrator.layout import version_artifact_key
 
-    assert version_artifact_key("a/b", "3", "m/x.pkl") == "models/a%2Fb/versions/3/artifacts/m/x.pkl"  # type: ignore[arg-type]
+    assert (
+        version_artifact_key("a/b", "3", "m/x.pkl") == "models/a%2Fb/versions/3/artifacts/m/x.pkl"
+    )  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         version_artifact_key("a", "../1", "x")  # type: ignore[arg-type]
 
@@ -288,3 +308,115 @@ def test_validate_files() -> None:
         assert e.value.obj == "model version 'm' 1"
     with pytest.raises(StagingError, match="artifact path refused"):
         validate_files([{"path": "ok"}, {"path": "a/../../b"}], "obj")
+
+
+# ---- long model names --------------------------------------------------------------------
+
+
+def _long_name_cases() -> list[str]:
+    return [
+        "x" * 256,
+        "x" * 201,
+        "é" * 100,  # 200 characters, 600 once quoted
+        "a/" * 80,  # every `/` quoted as %2F
+        "%" * 70,  # every `%` quoted as %25
+        "日本語モデル" * 40,
+        "m" * 183 + "~" + "0" * 16 + "tail",
+    ]
+
+
+@pytest.mark.parametrize("name", _long_name_cases())
+def test_model_folder_of_a_long_name_is_a_prefix_and_a_digest(name: str) -> None:
+    import hashlib
+    import re
+    from urllib.parse import quote
+
+    from migrator.layout import MAX_SEGMENT, model_folder, model_key
+    from migrator.staging import safe_key
+
+    assert MAX_SEGMENT == 200
+    assert len(quote(name, safe="")) > MAX_SEGMENT
+    folder = model_folder(name)
+    segments = folder.split("/")
+    assert segments[0] == "models"
+    assert len(segments) == 2  # one path segment
+    segment = segments[1]
+    assert len(segment) <= MAX_SEGMENT
+    assert len(segment.encode()) <= MAX_SEGMENT  # ASCII: bytes on disk, too
+    prefix, tilde, digest = segment.rpartition("~")
+    assert tilde == "~"
+    assert re.fullmatch(r"[0-9a-f]{16}", digest)
+    assert digest == hashlib.sha256(name.encode()).hexdigest()[:16]
+    assert quote(name, safe="").startswith(prefix)  # a prefix of the quoted name
+    assert len(prefix) >= MAX_SEGMENT - 17 - 2  # only a cut `%`-escape is dropped
+    assert safe_key(folder) == folder
+    assert model_folder(name) == folder  # the same every time
+    assert model_key(name) == f"{folder}/model.json"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("x" * 255 + "a", "x" * 255 + "b"),
+        ("é" * 100, "é" * 99 + "e"),  # differs only after the kept prefix
+        ("a" * 300, "a" * 301),
+        ("x" * 201, "x" * 202),
+    ],
+)
+def test_model_folder_long_names_differing_at_the_end_are_distinct(a: str, b: str) -> None:
+    from migrator.layout import model_folder
+
+    fa, fb = model_folder(a), model_folder(b)
+    assert fa != fb
+    assert fa.rpartition("~")[0] == fb.rpartition("~")[0]  # the same prefix: the digest decides
+
+
+@pytest.mark.parametrize(
+    "name", ["x" * 200, "é" * 33, "%" * 66, "a~" * 50, "churn", "m" * 175 + "~" + "0" * 16]
+)
+def test_model_folder_of_a_name_up_to_the_limit_is_just_quoted(name: str) -> None:
+    from urllib.parse import quote
+
+    from migrator.layout import MAX_SEGMENT, model_folder
+
+    quoted = quote(name, safe="").replace("~", "%7E")
+    assert len(quoted) <= MAX_SEGMENT
+    assert model_folder(name) == f"models/{quoted}"
+
+
+def test_a_name_that_looks_shortened_cannot_take_a_long_names_folder() -> None:
+    """Only a shortened name's folder holds a `~`: a name that spells out another name's
+    shortened folder is quoted apart."""
+    import hashlib
+
+    from migrator.layout import model_folder
+
+    long = "x" * 256
+    lookalike = "x" * 183 + "~" + hashlib.sha256(long.encode()).hexdigest()[:16]
+    assert model_folder(long) != model_folder(lookalike)
+
+
+def test_a_shortened_name_never_ends_in_half_an_escape() -> None:
+    import re
+
+    from migrator.layout import model_folder
+
+    for name in ("é" * 100, "日本語" * 100, "%" * 300):
+        prefix = model_folder(name).removeprefix("models/").rpartition("~")[0]
+        assert not re.search(r"%[0-9A-F]?$", prefix), prefix
+
+
+@pytest.mark.parametrize("name", ["é" * 100, "x" * 256, "a/" * 200, "日本語" * 100])
+def test_long_model_name_can_be_staged(tmp_path: Path, name: str) -> None:
+    from migrator.layout import MODEL_FORMAT, model_key, version_artifact_key
+    from migrator.staging import LocalStaging
+
+    staging = LocalStaging(str(tmp_path))
+    key = model_key(name)
+    staging.write_bytes(key, dump_doc(MODEL_FORMAT, {"fields": {"name": name}}))  # no OSError
+    assert load_doc(staging.read_bytes(key), MODEL_FORMAT, "m")["fields"]["name"] == name
+    assert staging.exists(key)
+    art = version_artifact_key(name, 3, "model/MLmodel")
+    staging.write_bytes(art, b"flavors: {}")
+    assert staging.read_bytes(art) == b"flavors: {}"
+    assert sorted(staging.list_keys(key.rpartition("/")[0])) == sorted([key, art])

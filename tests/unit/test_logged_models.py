@@ -9,13 +9,23 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    PERMISSION_DENIED,
+    RESOURCE_DOES_NOT_EXIST,
+)
 
 from migrator.config import Options
-from migrator.errors import StagingError
+from migrator.errors import PermanentError, StagingError, TransientError
 from migrator.lineage import LOGGED_MODEL_FIELDS, SOURCE_MODEL_ID_TAG
+from migrator.manifest import IMPORTED, TAGGED
+from migrator.stages import logged_models
 from migrator.stages.logged_models import (
     MODEL_VERSIONS_TAG,
+    import_logged_model_doc,
     logged_model_fields,
+    tag_logged_model,
     validate_logged_model_doc,
     wanted_tags,
 )
@@ -173,3 +183,176 @@ def test_logged_model_fields_status_is_a_name() -> None:
     assert set(out) == set(LOGGED_MODEL_FIELDS)
     lm.status = "FAILED"
     assert logged_model_fields(lm)["status"] == "FAILED"
+
+
+# ---- the marker tag: kept by import, dropped by the `tag` step -----------------------------
+
+TARGET_MID = "m-fedcba9876543210fedcba9876543210"
+TARGET_RUN = "11111111111111111111111111111111"
+
+
+class FakeTarget:
+    """The target's logged models, recording every call; `fail` is raised by the tag delete."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.models: dict[str, SimpleNamespace] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def create_logged_model(self, experiment_id: str, **kw: Any) -> Any:
+        self.calls.append(("create_logged_model", experiment_id))
+        lm = SimpleNamespace(
+            model_id=TARGET_MID,
+            experiment_id=experiment_id,
+            tags=dict(kw.get("tags") or {}),
+            artifact_location=f"mlflow-artifacts:/{experiment_id}/models/{TARGET_MID}/artifacts",
+            status="PENDING",
+            metrics=[],
+        )
+        self.models[TARGET_MID] = lm
+        return lm
+
+    def get_logged_model(self, model_id: str) -> Any:
+        self.calls.append(("get_logged_model", model_id))
+        return self.models[model_id]
+
+    def set_logged_model_tags(self, model_id: str, tags: dict[str, str]) -> None:
+        self.calls.append(("set_logged_model_tags", model_id))
+        self.models[model_id].tags.update(tags)
+
+    def finalize_logged_model(self, model_id: str, status: Any) -> None:
+        self.calls.append(("finalize_logged_model", model_id))
+        self.models[model_id].status = status.name
+
+    def delete_logged_model_tag(self, model_id: str, key: str) -> None:
+        self.calls.append(("delete_logged_model_tag", model_id, key))
+        if self.fail is not None:
+            raise self.fail
+        self.models[model_id].tags.pop(key, None)
+
+
+@pytest.fixture
+def target(monkeypatch: pytest.MonkeyPatch) -> FakeTarget:
+    fake = FakeTarget()
+    monkeypatch.setattr(logged_models, "client", lambda uri: fake)
+    monkeypatch.setattr(logged_models, "find_logged_model_by_tag", lambda *a: None)
+    return fake
+
+
+def _imported_row(**over: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "source_model_id": MID,
+        "source_experiment_id": "3",
+        "target_experiment_id": "7",
+        "target_model_id": TARGET_MID,
+        "name": "model",
+        "state": IMPORTED,
+        "error": None,
+        "failed_stage": None,
+    }
+    row.update(over)
+    return row
+
+
+@pytest.mark.parametrize("opts", [ON, OFF], ids=["source tags on", "source tags off"])
+def test_import_logged_model_doc_keeps_the_marker(target: FakeTarget, opts: Options) -> None:
+    item = {
+        "source_model_id": MID,
+        "target_experiment_id": "7",
+        "target_run_id": TARGET_RUN,
+        "run_id_map": {},
+    }
+    doc = _doc(metrics=[], artifacts=[])
+
+    row = import_logged_model_doc(item, opts, doc, lambda i, path, local: None)
+
+    assert row["state"] == IMPORTED
+    assert row["target_model_id"] == TARGET_MID
+    assert "run_id_map" not in row
+    lm = target.models[TARGET_MID]
+    assert lm.tags[SOURCE_MODEL_ID_TAG] == MID  # a resumed import finds the model by it
+    assert lm.status == "READY"
+    assert not [c for c in target.calls if c[0] == "delete_logged_model_tag"]
+
+
+def test_import_logged_model_doc_resumed_keeps_the_marker(target: FakeTarget) -> None:
+    # an earlier attempt made the model; the row holds its id
+    target.create_logged_model("7", tags=wanted_tags(_doc(), OFF))
+    target.calls.clear()
+    item = {"source_model_id": MID, "target_experiment_id": "7", "target_model_id": TARGET_MID}
+
+    row = import_logged_model_doc(item, OFF, _doc(metrics=[], artifacts=[]), lambda *a: None)
+
+    assert row["target_model_id"] == TARGET_MID
+    assert target.models[TARGET_MID].tags[SOURCE_MODEL_ID_TAG] == MID
+    assert [c[0] for c in target.calls] == ["get_logged_model", "finalize_logged_model"]
+
+
+def test_tag_logged_model_without_source_tags_drops_the_marker(target: FakeTarget) -> None:
+    target.create_logged_model("7", tags={SOURCE_MODEL_ID_TAG: MID, "team": "ml"})
+    target.calls.clear()
+    item = _imported_row(tags={"team": "ml"})
+
+    row = tag_logged_model(item, OFF)
+
+    assert target.calls == [("delete_logged_model_tag", TARGET_MID, SOURCE_MODEL_ID_TAG)]
+    assert target.models[TARGET_MID].tags == {"team": "ml"}
+    assert row["state"] == TAGGED
+    assert (row["error"], row["failed_stage"]) == (None, None)
+    assert {k: v for k, v in row.items() if k not in ("state", "updated_at")} == {
+        k: v for k, v in item.items() if k != "state"
+    }
+    assert item["state"] == IMPORTED  # the input row is not changed
+
+
+def test_tag_logged_model_with_source_tags_makes_no_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_client(uri: str) -> Any:
+        raise AssertionError(f"no call expected, got client({uri!r})")
+
+    monkeypatch.setattr(logged_models, "client", no_client)
+
+    row = tag_logged_model(_imported_row(), ON)
+
+    assert row["state"] == TAGGED
+    assert row["target_model_id"] == TARGET_MID
+
+
+def test_tag_logged_model_retried_after_a_failure_clears_it(target: FakeTarget) -> None:
+    target.create_logged_model("7", tags={SOURCE_MODEL_ID_TAG: MID})
+    item = _imported_row(state="failed", error="boom", failed_stage="tag")
+
+    row = tag_logged_model(item, OFF)
+
+    assert (row["state"], row["error"], row["failed_stage"]) == (TAGGED, None, None)
+    assert SOURCE_MODEL_ID_TAG not in target.models[TARGET_MID].tags
+
+
+def test_tag_logged_model_tolerates_a_tag_already_gone(target: FakeTarget) -> None:
+    # e.g. the step ran before and the manifest row was not written
+    target.create_logged_model("7", tags={})
+    target.fail = MlflowException("no such tag", error_code=RESOURCE_DOES_NOT_EXIST)
+    assert target.fail.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+    row = tag_logged_model(_imported_row(), OFF)
+
+    assert row["state"] == TAGGED
+    assert target.calls[-1] == ("delete_logged_model_tag", TARGET_MID, SOURCE_MODEL_ID_TAG)
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [(PERMISSION_DENIED, PermanentError), (INTERNAL_ERROR, TransientError)],
+    ids=["permission denied", "internal error"],
+)
+def test_tag_logged_model_other_errors_are_raised(
+    target: FakeTarget, code: int, kind: type[Exception]
+) -> None:
+    target.create_logged_model("7", tags={SOURCE_MODEL_ID_TAG: MID})
+    target.fail = MlflowException("nope", error_code=code)
+
+    with pytest.raises(kind) as e:
+        tag_logged_model(_imported_row(), OFF)
+
+    assert e.value.obj == f"logged model {MID}"  # type: ignore[attr-defined]
+    assert e.value.stage == "tag"  # type: ignore[attr-defined]
+    assert target.models[TARGET_MID].tags == {SOURCE_MODEL_ID_TAG: MID}

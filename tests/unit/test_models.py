@@ -390,6 +390,134 @@ def test_read_model_doc_of_another_model_in_its_place_is_refused(staging: LocalS
         read_model_doc(staging, NAME)
 
 
+def _drop(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """The document (model or version) without one of its keys."""
+    return {k: v for k, v in doc.items() if k != key}
+
+
+#: What read_model_doc refuses beyond the shape checks above, with its exact message.
+REFUSED: list[tuple[str, dict[str, Any], str]] = [
+    # an alias must name a version number: import sets it with `int(n)`
+    (
+        "alias 'latest'",
+        _model_doc(aliases={"prod": "latest"}),
+        "an alias does not name a version number",
+    ),
+    ("alias empty", _model_doc(aliases={"prod": ""}), "an alias does not name a version number"),
+    (
+        "alias negative",
+        _model_doc(aliases={"prod": "-1"}),
+        "an alias does not name a version number",
+    ),
+    ("alias float", _model_doc(aliases={"prod": "1.0"}), "an alias does not name a version number"),
+    (
+        "one good alias, one bad",
+        _model_doc(aliases={"a": "1", "b": "v1"}),
+        "an alias does not name a version number",
+    ),
+    # a number listed twice would be imported twice (the second onto the first)
+    (
+        "version listed twice",
+        _model_doc(versions=[_vdoc(1), _vdoc(1)]),
+        "version 1 is listed twice",
+    ),
+    (
+        "version listed twice, apart",
+        _model_doc(versions=[_vdoc(2), _vdoc(1), _vdoc(2, source=f"models:/{MID}")]),
+        "version 2 is listed twice",
+    ),
+    # the model's own description
+    (
+        "model description missing",
+        _drop(_model_doc(), "description"),
+        "field 'description' is not a string",
+    ),
+    (
+        "model description None",
+        _model_doc(description=None),
+        "field 'description' is not a string",
+    ),
+    (
+        "model description a number",
+        _model_doc(description=3),
+        "field 'description' is not a string",
+    ),
+    # a version's fields
+    (
+        "version description missing",
+        _model_doc(versions=[_drop(_vdoc(1), "description")]),
+        "version 1: malformed field(s) ['description']",
+    ),
+    (
+        "version description None",
+        _model_doc(versions=[_vdoc(1, description=None)]),
+        "version 1: malformed field(s) ['description']",
+    ),
+    (
+        "version description a list",
+        _model_doc(versions=[_vdoc(1, description=["x"])]),
+        "version 1: malformed field(s) ['description']",
+    ),
+    (
+        "version experiment_id a number",
+        _model_doc(versions=[_vdoc(1, experiment_id=3)]),
+        "version 1: malformed field(s) ['experiment_id']",
+    ),
+    (
+        "version run_id a number",
+        _model_doc(versions=[_bad_version(run_id=5)]),
+        "version 1: malformed field(s) ['run_id']",
+    ),
+    (
+        "version run_id a map",
+        _model_doc(versions=[_bad_version(run_id={"id": RUN})]),
+        "version 1: malformed field(s) ['run_id']",
+    ),
+    (
+        "version file a number",
+        _model_doc(versions=[_vdoc(1, file=1)]),
+        "version 1: malformed field(s) ['file']",
+    ),
+    (
+        "version file a list",
+        _model_doc(versions=[_vdoc(1, file=["model.txt"])]),
+        "version 1: malformed field(s) ['file']",
+    ),
+    (
+        "several version fields, the later version",
+        _model_doc(versions=[_vdoc(1), _vdoc(4, description=None, experiment_id=7, file=False)]),
+        "version 4: malformed field(s) ['description', 'experiment_id', 'file']",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"), [(b, m) for _, b, m in REFUSED], ids=[i for i, _, _ in REFUSED]
+)
+def test_read_model_doc_refuses_bad_aliases_duplicates_and_field_types(
+    staging: LocalStaging, body: dict[str, Any], message: str
+) -> None:
+    _put(staging, body)
+    with pytest.raises(StagingError) as e:
+        read_model_doc(staging, NAME)
+    assert e.value.message == message
+    assert e.value.obj == WHAT  # the model, named
+
+
+def test_read_model_doc_accepts_the_optional_fields_set_or_unset(staging: LocalStaging) -> None:
+    staged = _vdoc(2, experiment_id="3", file="model.txt", description="")
+    no_run = _bad_version(run_id=None)
+    body = _model_doc(description="", aliases={"prod": "2", "old": "1", "x": "10"})
+    body["versions"] = [no_run, staged]
+    _put(staging, body)
+    doc = read_model_doc(staging, NAME)
+    assert doc["versions"][1]["file"] == "model.txt"
+    assert doc["versions"][1]["experiment_id"] == "3"
+    # `file` and `experiment_id` may be left out altogether (`_vdoc` has no `file`)
+    _put(staging, _model_doc(versions=[_vdoc(1), _drop(_vdoc(2), "experiment_id")]))
+    assert len(read_model_doc(staging, NAME)["versions"]) == 2
+
+
 # ---- import_model against a fake registry ----------------------------------------------------
 
 
@@ -402,6 +530,8 @@ class FakeRegistry:
         self.live: dict[tuple[str, int], SimpleNamespace] = {}
         self.top: dict[str, int] = {}
         self.log: list[tuple[str, int]] = []
+        self.logged: dict[str, SimpleNamespace] = {}  # logged models, by id
+        self.uploads: list[tuple[str, list[dict[str, Any]]]] = []  # (artifact root, files)
 
     # registered models
     def create_registered_model(self, name: str, tags: Any = None, description: Any = None) -> Any:
@@ -482,12 +612,52 @@ class FakeRegistry:
     def versions(self, name: str) -> list[Any]:
         return [v for (m, n), v in sorted(self.live.items()) if m == name]
 
+    # logged models (the holders of staged versions' files)
+    def create_logged_model(
+        self, experiment_id: str, name: Any = None, tags: Any = None, **kwargs: Any
+    ) -> Any:
+        mid = f"m-{len(self.logged) + 1:032x}"
+        lm = SimpleNamespace(
+            model_id=mid,
+            experiment_id=experiment_id,
+            name=name,
+            tags=dict(tags or {}),
+            artifact_location=f"mlflow-artifacts:/{experiment_id}/models/{mid}/artifacts",
+            status="PENDING",
+        )
+        self.logged[mid] = lm
+        return lm
+
+    def get_logged_model(self, model_id: str) -> Any:
+        return self.logged[model_id]
+
+    def finalize_logged_model(self, model_id: str, status: Any) -> None:
+        self.logged[model_id].status = str(getattr(status, "name", status))
+
+    def find_logged_model(self, experiment_id: str, key: str, value: str) -> Any:
+        found = [
+            lm
+            for lm in self.logged.values()
+            if lm.experiment_id == experiment_id and lm.tags.get(key) == value
+        ]
+        return found[0] if found else None
+
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
     fake = FakeRegistry()
     monkeypatch.setattr(models, "client", lambda uri: fake)
     monkeypatch.setattr(models, "model_versions", lambda uri, name: fake.versions(name))
+    monkeypatch.setattr(
+        models,
+        "find_logged_model_by_tag",
+        lambda uri, exp, key, value: fake.find_logged_model(exp, key, value),
+    )
+    monkeypatch.setattr(
+        models,
+        "upload_artifacts",
+        lambda uri, root, files, fetch, obj: fake.uploads.append((root, files)),
+    )
     return fake
 
 
@@ -631,3 +801,214 @@ def test_import_model_without_source_tags(staging: LocalStaging, registry: FakeR
 
     assert registry.live[(NAME, 1)].tags == {"k": "1"}  # the number marker removed, too
     assert registry.models[NAME].tags == {"team": "ml", "mlflow.x": "sys"}
+
+
+# ---- without source tags: a version whose manifest row was lost --------------------------------
+
+
+OFF_TAGS = {"import_source_tags": False}
+
+
+def test_import_model_without_source_tags_twice_with_lost_rows(
+    staging: LocalStaging, registry: FakeRegistry
+) -> None:
+    # versions 1, 3 (2 deleted on the source), 4 from a logged model
+    _put(
+        staging,
+        _model_doc(
+            aliases={"prod": "3", "first": "1"},
+            versions=[_vdoc(1), _vdoc(3), _vdoc(4, source=f"models:/{MID}")],
+        ),
+    )
+    opts = _opts(staging, **OFF_TAGS)
+
+    first = models.import_model(_item(), opts)
+    assert {n: r["state"] for n, r in _by_version(first).items()} == {
+        1: IMPORTED,
+        3: IMPORTED,
+        4: IMPORTED,
+    }
+    # nothing on the target says which versions are ours: no number marker...
+    assert all(SOURCE_VERSION_TAG not in v.tags for v in registry.live.values())
+    # ...and the second attempt has no manifest rows either; the target drifted meanwhile
+    registry.live[(NAME, 1)].description = "edited on the target"
+    registry.live[(NAME, 3)].tags["k"] = "stale"
+    registry.models[NAME].aliases.clear()
+
+    second = models.import_model(_item(), opts)
+
+    rows = _by_version(second)
+    assert {n: (r["state"], r["error"], r["target_version"]) for n, r in rows.items()} == {
+        1: (IMPORTED, None, 1),
+        3: (IMPORTED, None, 3),
+        4: (IMPORTED, None, 4),
+    }
+    # every version created once, by the first attempt (2 only to keep the gap)
+    assert registry.log == [
+        ("create", 1),
+        ("create", 2),
+        ("delete", 2),
+        ("create", 3),
+        ("create", 4),
+    ]
+    assert sorted(n for _, n in registry.live) == [1, 3, 4]
+    # recognised as ours, so brought up to date
+    assert registry.live[(NAME, 1)].description == "version 1"
+    assert registry.live[(NAME, 3)].tags == {"k": "3"}  # and still no marker
+    assert registry.live[(NAME, 4)].tags == {"k": "4"}
+    assert rows[4]["target_source"] == f"models:/{TARGET_MID}"
+    assert rows[4]["target_model_id"] == TARGET_MID
+    assert registry.models[NAME].aliases == {"prod": "3", "first": "1"}
+
+    third = models.import_model(_item(), opts)  # and again: still nothing to create
+    assert all(r["state"] == IMPORTED for r in third["_versions"])
+    assert len(registry.log) == 5
+
+
+def test_import_version_without_marker_or_row_is_ours_by_its_source(
+    staging: LocalStaging, registry: FakeRegistry
+) -> None:
+    registry.create_registered_model(NAME)
+    existing = registry.create_model_version(
+        NAME, source=f"runs:/{TARGET_RUN}/model", run_id=TARGET_RUN, tags={"k": "old"}
+    )
+    registry.log.clear()
+    known = {"name": NAME, "version": 1, "state": "exported"}  # no target_version
+
+    row = models._import_version(
+        registry, _opts(staging, **OFF_TAGS), NAME, _vdoc(1), existing, REFS, known
+    )
+
+    assert row["state"] == IMPORTED
+    assert row["target_version"] == 1
+    assert row["target_source"] == f"runs:/{TARGET_RUN}/model"
+    assert row["target_run_id"] == TARGET_RUN
+    assert registry.log == []  # brought up to date, not made again
+    assert existing.tags == {"k": "1"}
+    assert existing.description == "version 1"
+
+
+def test_import_model_without_source_tags_foreign_version_still_fails(
+    staging: LocalStaging, registry: FakeRegistry
+) -> None:
+    _put(staging, _model_doc(aliases={}, versions=[_vdoc(1), _vdoc(2)]))
+    registry.create_registered_model(NAME)
+    registry.add(NAME, {"owner": "someone else"})  # source s3://x: not what we would write
+
+    result = models.import_model(_item(), _opts(staging, **OFF_TAGS))
+
+    rows = _by_version(result)
+    assert rows[1]["state"] == FAILED
+    assert "did not create" in rows[1]["error"]
+    foreign = registry.live[(NAME, 1)]
+    assert (foreign.source, foreign.tags, foreign.description) == (
+        "s3://x",
+        {"owner": "someone else"},
+        None,
+    )  # left alone
+    assert rows[2]["state"] == IMPORTED
+    assert rows[2]["target_version"] == 2
+
+
+def test_import_version_foreign_source_without_marker_fails(
+    staging: LocalStaging, registry: FakeRegistry
+) -> None:
+    registry.create_registered_model(NAME)
+    # the source a run of *another* target run would have: not ours
+    existing = registry.create_model_version(NAME, source=f"runs:/{OTHER_RUN}/model")
+    known = {"name": NAME, "version": 1}
+
+    with pytest.raises(PermanentError, match="did not create") as e:
+        models._import_version(
+            registry, _opts(staging, **OFF_TAGS), NAME, _vdoc(1), existing, REFS, known
+        )
+    assert e.value.obj == f"model version {NAME!r} 1"
+    assert existing.tags == {}
+
+
+# ---- a version staged as one file ---------------------------------------------------------------
+
+FILE_SOURCE = "s3://bucket/elsewhere/model.txt"
+FILES = [{"path": "model.txt", "size": 3}]
+
+
+def _staged_vdoc(n: int, file: str | None) -> dict[str, Any]:
+    """A version whose run was not migrated: its files were staged from its own source."""
+    if file:
+        return _vdoc(n, source=FILE_SOURCE, artifacts=FILES, file=file)
+    files = [{"path": "MLmodel", "size": 10}, {"path": "model.pkl", "size": 5}]
+    return _vdoc(n, source="s3://bucket/elsewhere/model", artifacts=files, file=None)
+
+
+def test_target_source_of_a_single_staged_file_is_a_path_in_the_holder(
+    staging: LocalStaging, registry: FakeRegistry
+) -> None:
+    opts = _opts(staging)
+    vdoc = _staged_vdoc(1, "model.txt")
+
+    source, run_id, model_id = models._target_source(registry, opts, NAME, vdoc, REFS, "obj")
+
+    [holder] = registry.logged.values()
+    assert source == f"{holder.artifact_location}/model.txt"
+    assert source == f"mlflow-artifacts:/0/models/{holder.model_id}/artifacts/model.txt"
+    assert not source.startswith("models:/")
+    assert model_id == holder.model_id
+    assert run_id == TARGET_RUN  # the version's run, migrated
+    assert holder.tags[models.HOLDER_TAG] == f"{NAME}/1"
+    assert holder.status == "READY"
+    assert registry.uploads == [(holder.artifact_location, FILES)]
+    # found again next time, and the same source results
+    again = models._target_source(registry, opts, NAME, vdoc, REFS, "obj")
+    assert again == (source, run_id, model_id)
+    assert len(registry.logged) == 1
+
+
+def test_target_source_of_a_staged_folder_is_the_holders_models_uri(
+    staging: LocalStaging, registry: FakeRegistry
+) -> None:
+    vdoc = _staged_vdoc(1, None)
+
+    source, _, model_id = models._target_source(registry, _opts(staging), NAME, vdoc, REFS, "obj")
+
+    [holder] = registry.logged.values()
+    assert source == f"models:/{holder.model_id}"
+    assert model_id == holder.model_id
+
+
+def test_import_model_single_staged_file_without_source_tags_twice(
+    staging: LocalStaging, registry: FakeRegistry
+) -> None:
+    _put(staging, _model_doc(aliases={}, versions=[_staged_vdoc(1, "model.txt")]))
+    opts = _opts(staging, **OFF_TAGS)
+
+    models.import_model(_item(), opts)
+    result = models.import_model(_item(), opts)  # the manifest row lost
+
+    [holder] = registry.logged.values()
+    mv = registry.live[(NAME, 1)]
+    assert mv.source == f"{holder.artifact_location}/model.txt"
+    assert mv.model_id == holder.model_id
+    assert registry.log == [("create", 1)]
+    row = _by_version(result)[1]
+    assert row["state"] == IMPORTED
+    assert row["target_source"] == mv.source
+    assert row["target_model_id"] == holder.model_id  # read from the artifact path, too
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("models:/m-abc", "m-abc"),
+        ("models:/m-abc/sub", "m-abc"),
+        ("mlflow-artifacts:/1/models/m-abc/artifacts/model.txt", "m-abc"),
+        ("mlflow-artifacts:/1/models/m-abc/artifacts", "m-abc"),
+        (f"s3://b/p/0/models/{TARGET_MID}/artifacts/a/b.pkl", TARGET_MID),
+        (f"runs:/{TARGET_RUN}/model", None),
+        (f"mlflow-artifacts:/1/{TARGET_RUN}/artifacts/model", None),
+        ("models:/churn/1", None),
+        ("s3://x", None),
+        ("", None),
+    ],
+)
+def test_logged_model_of(source: str, expected: str | None) -> None:
+    assert models._logged_model_of(source) == expected
