@@ -1,8 +1,10 @@
 """`migrator demo`: the whole job end to end on an embedded default.
 
 Starts a source and a target `mlflow server` (SQLite, proxied artifacts), an S3 server
-(moto) for staging, and local Ray; seeds the source; migrates; runs the same migration again
-to show that a re-run does nothing, verifies every object, and prints the figures.
+(moto) for staging, and local Ray; seeds the source (runs, registered models with version
+gaps, stages and aliases, a logged model made by `mlflow.pyfunc.log_model`); migrates; runs
+the same migration again to show that a re-run does nothing, verifies every object, and
+prints the figures.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from migrator.config import Options
 from migrator.fanout import SharedExecutor, make_executor
 from migrator.pipeline import run_command
-from migrator.seed import seed_source, source_summary
+from migrator.seed import seed_models, seed_source, source_summary
 from migrator.services import mlflow_server, s3_server
 
 BUCKET = "migrator-staging"
@@ -35,7 +37,8 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
     ):
         print(f"demo: source {src.url}  target {tgt.url}  S3 {s3.url}")
         t0 = time.monotonic()
-        seed_source(src.url, n_runs)
+        seeded = seed_source(src.url, n_runs)
+        seed_models(src.url, seeded)
         print(f"demo: seeded source in {time.monotonic() - t0:.1f} s: {source_summary(src.url)}")
         opts = Options(
             source=src.url, target=tgt.url, staging=f"s3://{BUCKET}/demo", include_deleted=True
@@ -62,7 +65,8 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
         )
         print(f"demo: target now holds {source_summary(tgt.url)}")
         print(
-            f"demo: manifests at s3://{BUCKET}/demo/manifests/ (runs.parquet, experiments.parquet)"
+            f"demo: manifests at s3://{BUCKET}/demo/manifests/ (experiments, runs, "
+            "logged_models, models, model_versions .parquet)"
         )
         if keep:
             print("demo: servers stay up until Ctrl-C")

@@ -23,7 +23,7 @@ from typing import Any
 from migrator import mlflow_io
 from migrator.config import Options
 from migrator.errors import ConfigError, MigratorError
-from migrator.fanout import Executor, Job, Stage, failed_row, jobs_of
+from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of
 from migrator.manifest import (
     EXPORTED,
     FAILED,
@@ -541,7 +541,9 @@ class Migration:
                 for rm in mlflow_io.iter_registered_models(self.opts.source)
                 if matches(self.opts.models, rm.name, rm.name)
             )
-            self.executor.run(jobs_of(EXPORT_MODEL, items, size), self.opts, on_done)
+            # In this process: mostly a few reads per model, so a re-run that finds nothing
+            # changed never starts the cluster.
+            InlineExecutor().run(jobs_of(EXPORT_MODEL, items, size), self.opts, on_done)
         if do_import:
             todo = []
             for row in self.models_in_scope():

@@ -1,5 +1,8 @@
 """`plan` and `--dry-run`: what a command would do, from the source and the manifests.
 
+Experiments with their runs by next step, and the registered models in scope with their
+versions.
+
 Reads only: the source server (or, for `import`, the manifests) and the target's experiment
 names. Nothing is written anywhere, not even the manifests' compaction.
 """
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 
 from migrator import mlflow_io
 from migrator.config import Options
-from migrator.manifest import Row, experiments_table, runs_table
+from migrator.manifest import IMPORTED, Row, experiments_table, models_table, runs_table
 from migrator.pipeline import matches, next_step, preflight
 from migrator.staging import open_staging
 
@@ -29,6 +32,9 @@ class ExperimentPlan:
 class Plan:
     command: str
     experiments: list[ExperimentPlan] = field(default_factory=list)
+    models: Counter[str] = field(default_factory=Counter)
+    """Registered models in scope by what is left to do: import, or nothing (`done`)."""
+    versions: int = 0
 
     def render(self) -> str:
         total: Counter[str] = Counter()
@@ -46,6 +52,11 @@ class Plan:
             + (", ".join(f"{v} {k}" for k, v in sorted(total.items())) or "none")
             + ")"
         )
+        if self.models:
+            lines.append(
+                f"  models: {sum(self.models.values())} registered models, {self.versions} "
+                "versions (" + ", ".join(f"{v} {k}" for k, v in sorted(self.models.items())) + ")"
+            )
         return "\n".join(lines)
 
 
@@ -55,6 +66,13 @@ def _known_runs(opts: Options) -> dict[str, Row]:
     except Exception:
         return {}
     return runs_table(staging).load()
+
+
+def _known_models(opts: Options) -> dict[str, Row]:
+    try:
+        return models_table(open_staging(opts.staging)).load()
+    except Exception:
+        return {}
 
 
 def run_plan(opts: Options, command: str) -> Plan:
@@ -85,6 +103,12 @@ def run_plan(opts: Options, command: str) -> Plan:
                 plan.experiments.append(ep)
         return plan
 
+    known_models = _known_models(opts)
+    for rm in mlflow_io.iter_registered_models(opts.source):
+        if matches(opts.models, rm.name, rm.name):
+            done = (known_models.get(rm.name) or {}).get("state") == IMPORTED
+            plan.models["done" if done else "import"] += 1
+            plan.versions += len(mlflow_io.model_versions(opts.source, rm.name))
     view = ViewType.ALL if opts.include_deleted else ViewType.ACTIVE_ONLY
     flt = f"attributes.start_time >= {opts.run_start_time}" if opts.run_start_time else ""
     for exp in mlflow_io.iter_experiments(opts.source, view):

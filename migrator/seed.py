@@ -213,4 +213,13 @@ def source_summary(uri: str) -> dict[str, Any]:
     runs = c.search_runs(
         [e.experiment_id for e in exps], run_view_type=ViewType.ALL, max_results=50000
     )
-    return {"experiments": len(exps), "runs": len(runs)}
+    models = c.search_registered_models()
+    versions = sum(len(c.search_model_versions(f"name = '{m.name}'")) for m in models)
+    logged = c.search_logged_models(experiment_ids=[e.experiment_id for e in exps])
+    return {
+        "experiments": len(exps),
+        "runs": len(runs),
+        "registered models": len(models),
+        "versions": versions,
+        "logged models": len(logged),
+    }
