@@ -189,7 +189,8 @@ def run_fingerprint(run: Any, artifacts: list[tuple[str, int]]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _or_none(call: Any, *args: Any) -> Any | None:
+def or_none(call: Any, *args: Any) -> Any | None:
+    """`call(*args)`, or None when the server says the object does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -202,12 +203,12 @@ def _or_none(call: Any, *args: Any) -> Any | None:
 
 def get_run_or_none(uri: str, run_id: str) -> Any | None:
     """The run, or None when the server says it does not exist."""
-    return _or_none(client(uri).get_run, run_id)
+    return or_none(client(uri).get_run, run_id)
 
 
 def get_experiment_or_none(uri: str, experiment_id: str) -> Any | None:
     """The experiment, or None when the server says it does not exist."""
-    return _or_none(client(uri).get_experiment, experiment_id)
+    return or_none(client(uri).get_experiment, experiment_id)
 
 
 BULK_HISTORY_MAX = 25_000  # points per call (the server's cap); 100 run ids per call

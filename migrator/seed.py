@@ -163,6 +163,22 @@ def seed_models(uri: str, seeded: Seeded) -> dict[str, Any]:
         )
         mlflow.log_metric("val_acc", 0.93, step=3, model_id=info.model_id)
     train_run = run.info.run_id
+    # An evaluation: a run that read the logged model, and a metric of the model on a dataset.
+    from mlflow.entities import Dataset, DatasetInput, LoggedModelInput
+
+    evaluation = c.create_run(exp_id, run_name="evaluate-classifier").info.run_id
+    ds = Dataset(name="iris-test", digest="t1", source_type="local", source='{"uri": "t.csv"}')
+    c.log_inputs(evaluation, [DatasetInput(ds, [])], models=[LoggedModelInput(info.model_id)])
+    c.log_metric(
+        evaluation,
+        "eval_acc",
+        0.91,
+        step=1,
+        model_id=info.model_id,
+        dataset_name=ds.name,
+        dataset_digest=ds.digest,
+    )
+    c.set_terminated(evaluation, "FINISHED")
     name = "demo-classifier"
     c.create_registered_model(name, tags={"owner": "vision"}, description="Classifies **iris**")
     c.create_model_version(
@@ -183,7 +199,7 @@ def seed_models(uri: str, seeded: Seeded) -> dict[str, Any]:
     c.create_model_version(name, f"runs:/{doomed}/model", run_id=doomed, tags={"note": "orphan"})
     c.set_terminated(doomed, "FINISHED")
     c.delete_run(doomed)
-    seeded.run_ids += [train_run, doomed]
+    seeded.run_ids += [train_run, evaluation, doomed]
     seeded.deleted_run_ids.append(doomed)
     for gap in ("3", "5"):
         c.delete_model_version(name, gap)
@@ -198,6 +214,7 @@ def seed_models(uri: str, seeded: Seeded) -> dict[str, Any]:
         "names": [name, other],
         "logged_model_id": info.model_id,
         "train_run": train_run,
+        "evaluation_run": evaluation,
         "deleted_run": doomed,
         "versions": {name: [1, 2, 4, 6], other: [1]},
     }

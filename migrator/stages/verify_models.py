@@ -12,14 +12,14 @@ from typing import Any
 from migrator.config import Options
 from migrator.lineage import is_source_tag
 from migrator.manifest import DIFFER, MATCH, MISSING_ON_SOURCE, MISSING_ON_TARGET, Row, now_ms
-from migrator.mlflow_io import client, model_versions, translate_errors
+from migrator.mlflow_io import client, model_versions, or_none, translate_errors
 from migrator.stages.logged_models import (
     MODEL_VERSIONS_TAG,
     logged_model_fields,
     wanted_tags,
 )
 from migrator.stages.models import model_tags, rewrite_source, version_fields, version_tags
-from migrator.stages.verify_runs import compare_artifacts
+from migrator.stages.verify_runs import compare_artifacts, compare_map
 
 _MAX_DETAIL = 6
 
@@ -47,30 +47,9 @@ def result(
     }
 
 
-def _compare_map(
-    name: str, want: dict[str, str], have: dict[str, str], diffs: dict[str, list[str]]
-) -> None:
-    bad = [f"missing {k!r}" for k in sorted(set(want) - set(have))]
-    bad += [f"extra {k!r}" for k in sorted(set(have) - set(want))]
-    bad += [f"{k!r} differs" for k in sorted(set(want) & set(have)) if want[k] != have[k]]
-    if bad:
-        diffs[name] = bad
-
-
 def _differs(diffs: dict[str, list[str]], field: str, want: Any, have: Any) -> None:
     if want != have:
         diffs[field] = [f"{want!r} != {have!r}"]
-
-
-def _or_none(call: Any, *args: Any) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return call(*args)
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
 
 
 def _without_marker(tags: dict[str, str], opts: Options) -> dict[str, str]:
@@ -93,10 +72,10 @@ def verify_logged_model(item: Row, opts: Options) -> Row:
     source_id = item["source_model_id"]
     target_id = item.get("target_model_id")
     with translate_errors(f"logged model {source_id}", "verify"):
-        source = _or_none(client(opts.source).get_logged_model, source_id)
+        source = or_none(client(opts.source).get_logged_model, source_id)
         if source is None:
             return result("logged_model", source_id, target_id, item.get("name"), MISSING_ON_SOURCE)
-        target = _or_none(client(opts.target).get_logged_model, target_id) if target_id else None
+        target = or_none(client(opts.target).get_logged_model, target_id) if target_id else None
         if target is None:
             return result("logged_model", source_id, target_id, source.name, MISSING_ON_TARGET)
         diffs: dict[str, list[str]] = {}
@@ -104,11 +83,11 @@ def verify_logged_model(item: Row, opts: Options) -> Row:
             _differs(diffs, f, getattr(source, f), getattr(target, f))
         _differs(diffs, "status", str(source.status), str(target.status))
         _differs(diffs, "source_run_id", item.get("target_run_id"), target.source_run_id)
-        _compare_map("params", dict(source.params), dict(target.params), diffs)
+        compare_map("params", dict(source.params), dict(target.params), diffs)
         doc = {"fields": logged_model_fields(source), "tags": dict(source.tags)}
         want = _without_marker(wanted_tags(doc, opts), opts)
         have = {k: v for k, v in target.tags.items() if k != MODEL_VERSIONS_TAG}
-        _compare_map("tags", want, have, diffs)
+        compare_map("tags", want, have, diffs)
         runs = item.get("run_id_map") or {}
 
         def points(model: Any, remap: bool) -> list[tuple[Any, ...]]:
@@ -146,10 +125,10 @@ def verify_model(item: Row, opts: Options) -> Row:
     name = item["name"]
     src, tgt = client(opts.source), client(opts.target)
     with translate_errors(f"registered model {name!r}", "verify"):
-        source = _or_none(src.get_registered_model, name)
+        source = or_none(src.get_registered_model, name)
         if source is None:
             return result("registered_model", name, name, name, MISSING_ON_SOURCE)
-        target = _or_none(tgt.get_registered_model, name)
+        target = or_none(tgt.get_registered_model, name)
         if target is None:
             return result("registered_model", name, None, name, MISSING_ON_TARGET)
         diffs: dict[str, list[str]] = {}
@@ -161,8 +140,8 @@ def verify_model(item: Row, opts: Options) -> Row:
             },
             "tags": dict(source.tags),
         }
-        _compare_map("tags", model_tags(doc, opts), dict(target.tags), diffs)
-        _compare_map(
+        compare_map("tags", model_tags(doc, opts), dict(target.tags), diffs)
+        compare_map(
             "aliases",
             {a: str(v) for a, v in (source.aliases or {}).items()},
             {a: str(v) for a, v in (target.aliases or {}).items()},
@@ -191,7 +170,7 @@ def _verify_version(opts: Options, name: str, source: Any, target: Any, row: Row
     _differs(diffs, "description", source.description or "", target.description or "")
     _differs(diffs, "current_stage", source.current_stage, target.current_stage)
     vdoc = {"fields": version_fields(source), "tags": dict(source.tags)}
-    _compare_map("tags", version_tags(vdoc, opts), dict(target.tags), diffs)
+    compare_map("tags", version_tags(vdoc, opts), dict(target.tags), diffs)
 
     def artifact_root(kind: str, target_id: str) -> str:
         if kind == "run":

@@ -78,7 +78,7 @@ def _inputs(run: Any) -> list[tuple[Any, ...]]:
     return sorted(out, key=repr)
 
 
-def _compare_map(
+def compare_map(
     name: str, want: dict[str, str], have: dict[str, str], diffs: dict[str, list[str]]
 ) -> None:
     bad = [f"missing {k!r}" for k in sorted(set(want) - set(have))]
@@ -138,7 +138,7 @@ def compare_runs(opts: Options, item: Row, source: Any, target: Any) -> dict[str
         a, b = getattr(source.info, f), getattr(target.info, f)
         if a != b:
             diffs[f] = [f"{a!r} != {b!r}"]
-    _compare_map("params", source.data.params, target.data.params, diffs)
+    compare_map("params", source.data.params, target.data.params, diffs)
 
     lineage = tags_for(item, opts)
     parent = lineage.pop(PARENT_RUN_ID_TAG, None)
@@ -146,7 +146,7 @@ def compare_runs(opts: Options, item: Row, source: Any, target: Any) -> dict[str
     want = fit(want, MAX_RUN_TAG_VALUE_LENGTH)
     want.update(lineage)
     have = {k: v for k, v in target.data.tags.items() if k != PARENT_RUN_ID_TAG}
-    _compare_map("tags", want, have, diffs)
+    compare_map("tags", want, have, diffs)
     if target.data.tags.get(PARENT_RUN_ID_TAG) != parent:
         diffs["parent"] = [f"{target.data.tags.get(PARENT_RUN_ID_TAG)!r} != {parent!r}"]
 

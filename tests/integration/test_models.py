@@ -166,11 +166,15 @@ def test_logged_model_keeps_its_attributes_metrics_links_and_loads(
     assert t.tags["mlflow_exim.field.creation_timestamp"] == str(s.creation_timestamp)
     train = by_source[source.seeded.models["train_run"]]
     assert t.source_run_id == train
-    assert [(m.key, m.value, m.step, m.run_id) for m in t.metrics] == [
-        ("val_acc", 0.93, 3, train)
-    ]
+    evaluation = by_source[source.seeded.models["evaluation_run"]]
+    got = sorted((m.key, m.value, m.step, m.run_id, m.dataset_name, m.dataset_digest)
+                 for m in t.metrics)
+    assert got == [("eval_acc", 0.91, 1, evaluation, "iris-test", "t1"),
+                   ("val_acc", 0.93, 3, train, None, None)]
     outputs = tgt.get_run(train).outputs.model_outputs
     assert [o.model_id for o in outputs] == [t.model_id]
+    inputs = tgt.get_run(evaluation).inputs.model_inputs
+    assert [i.model_id for i in inputs] == [t.model_id]
     with using(done["target"].url):
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
         assert model.predict(["a", "b"]) == ["a", "b"]
