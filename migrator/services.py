@@ -28,11 +28,20 @@ SERVER_ENV = {
 }
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port on 127.0.0.1, never one this process handed out before: a client's pooled
+    keep-alive connection to a stopped server on that port must not reach a new server (or
+    the old server's last worker, still finishing) by mistake."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
@@ -48,16 +57,24 @@ class Service:
     """For an MLflow server: where its proxied artifacts live (<exp>/<run>/artifacts/…)."""
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is not None:
+        """Stop the process group we started, leader and any worker left behind (a server's
+        worker can outlive its leader while it finishes open connections). The leader is
+        reaped only after the group is gone, so the group id cannot meanwhile name another."""
+        if self.proc.returncode is not None:  # reaped before: the group id is no longer ours
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        deadline = time.monotonic() + timeout
+        while not self._exited() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def _exited(self) -> bool:
+        """Whether the leader exited, without reaping it."""
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        return os.waitid(os.P_PID, self.proc.pid, flags) is not None
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -90,7 +107,8 @@ def _start(
     svc = Service(name, proc, url, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if svc._exited():
+            svc.stop()  # any worker it left, then reap it
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{svc.log_tail()}")
         try:
             if requests.get(url + health, timeout=2).status_code < 500:

@@ -34,6 +34,8 @@ def test_second_migrate_moves_new_runs_and_resyncs_unfinished_ones(
         (tmp_path / "empty.txt").write_text("")  # REST drops a zero size: must not look changed
         src.log_artifact(quiet, str(tmp_path / "empty.txt"))
         art_only = src.create_run(exp, run_name="running, new artifact only").info.run_id
+        src.create_registered_model("growing-model")
+        src.create_model_version("growing-model", f"runs:/{done[0]}", run_id=done[0])
 
         target = target_server()
         opts = Options(source=src_svc.url, target=target.url, staging=str(tmp_path / "s"),
@@ -51,11 +53,26 @@ def test_second_migrate_moves_new_runs_and_resyncs_unfinished_ones(
         src.log_artifact(art_only, str(tmp_path / "ckpt-2.txt"))
         new = src.create_run(exp, run_name="new").info.run_id
         src.set_terminated(new, "FINISHED", end_time=10_000)
+        # ... and the registry too: two new versions (the first deleted again), an alias, an
+        # edited description and stage on the version already migrated.
+        for rid in (done[1], new):
+            src.create_model_version("growing-model", f"runs:/{rid}", run_id=rid)
+        src.delete_model_version("growing-model", "2")
+        src.set_registered_model_alias("growing-model", "best", "3")
+        src.update_model_version("growing-model", "1", description="superseded")
+        src.transition_model_version_stage("growing-model", "1", "Archived")
 
         second = run_command("migrate", opts, make_executor)
         assert second.ok, second.render()
         assert second.found == {"new": 1, "re-synced": 2, "unchanged": 3}
         assert second.verify is not None and second.verify.ok, second.verify.render()
+        assert second.versions == {"imported": 2}
+
+    versions = {int(v.version): v for v in MlflowClient(target.url).search_model_versions(
+        "name = 'growing-model'")}
+    assert sorted(versions) == [1, 3]
+    assert (versions[1].description, versions[1].current_stage) == ("superseded", "Archived")
+    assert MlflowClient(target.url).get_registered_model("growing-model").aliases == {"best": "3"}
 
     tgt = MlflowClient(target.url)
     texp = tgt.get_experiment_by_name("growing")
