@@ -8,11 +8,13 @@ runs, and artifacts in nested folders with awkward names.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,8 +145,44 @@ def seed_models(uri: str, seeded: Seeded) -> dict[str, Any]:
             return model_input
 
     apply_client_env()
-    c = MlflowClient(uri)
+    with pointing_at(uri):  # the fluent API (start_run, log_model) takes the global URI
+        return _seed_models(MlflowClient(uri), seeded, Echo)
+
+
+@contextlib.contextmanager
+def pointing_at(uri: str, registry: bool = False) -> Iterator[None]:
+    """Point MLflow's global tracking URI (and with `registry` its registry URI) at `uri`, then
+    put back exactly what was there: MLflow keeps them in module globals and in the
+    environment (`MLFLOW_TRACKING_URI`, `MLFLOW_REGISTRY_URI`), and one left behind sends
+    every later client of this process that does not name its own to `uri`."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = (
+        tracking_utils._tracking_uri,
+        registry_utils._registry_uri,
+        {k: os.environ.get(k) for k in names},
+    )
     mlflow.set_tracking_uri(uri)
+    if registry:
+        mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri, env = before
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _seed_models(c: Any, seeded: Seeded, echo: Any) -> dict[str, Any]:
+    """`seed_models`, while the global tracking URI points at the source."""
+    import mlflow
+
     exp_id = seeded.experiment_ids["demo/classification"]
     infos = [c.get_run(r).info for r in seeded.run_ids if r not in seeded.deleted_run_ids]
     runs = [i.run_id for i in infos if i.experiment_id == exp_id and i.status == "FINISHED"]
@@ -155,7 +193,7 @@ def seed_models(uri: str, seeded: Seeded) -> dict[str, Any]:
         mlflow.log_param("lr", "0.01")
         info = mlflow.pyfunc.log_model(
             name="classifier",
-            python_model=Echo(),
+            python_model=echo(),
             params={"threshold": "0.5"},
             model_type="classifier",
             pip_requirements=["mlflow"],

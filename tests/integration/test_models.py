@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -27,6 +26,7 @@ from migrator.config import Options
 from migrator.fanout import make_executor
 from migrator.manifest import read_verify
 from migrator.pipeline import run_command
+from migrator.seed import pointing_at
 from migrator.staging import open_staging
 
 from .conftest import Source, s3_staging
@@ -62,17 +62,9 @@ def versions(c: MlflowClient, name: str) -> dict[int, Any]:
     return {int(v.version): v for v in c.search_model_versions(f"name = '{name}'")}
 
 
-@contextlib.contextmanager
-def using(server: str) -> Iterator[None]:
+def using(server: str) -> contextlib.AbstractContextManager[None]:
     """`models:/` URIs resolve against the global registry URI: point it at `server`."""
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(server)
-    mlflow.set_registry_uri(server)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    return pointing_at(server, registry=True)
 
 
 def tree_hashes(uri: str, server: str) -> dict[str, str]:
