@@ -108,6 +108,7 @@ def test_plan_and_dry_run_write_nothing(source: Source, tmp_path: Path,
     n_runs = len(src.search_runs([e.experiment_id for e in src.search_experiments(
         view_type=ViewType.ALL)], run_view_type=ViewType.ALL, max_results=10000))
     assert f"runs ({n_runs} export)" in out
+    assert "models: 2 registered models, 5 versions (2 import)" in out
     assert "demo/archived (deleted)" in out
     assert main(["migrate", "--dry-run", "--source", source.url, "--target", source.url,
                  "--staging", str(staging), "--experiments", "demo/regression"]) == 0
