@@ -15,9 +15,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from migrator import mlflow_io
@@ -41,10 +39,13 @@ from migrator.manifest import (
 from migrator.stages import experiments as exp_stage
 from migrator.stages import logged_models as lm_stage
 from migrator.stages import models as models_stage
+from migrator.stages.export_models import export_model
 from migrator.stages.export_runs import export_run, prefetch
 from migrator.stages.import_runs import import_run, migrate_run
+from migrator.stages.model_sources import source_ref
 from migrator.stages.tag_runs import tag_run, with_targets
 from migrator.staging import open_staging
+from migrator.summary import Summary, format_counts
 from migrator.verify import VERIFY, VERIFY_LOGGED, VERIFY_MODEL, verify_migration
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ EXPORT_LOGGED = Stage("export", lm_stage.export_logged_model)
 IMPORT_LOGGED = Stage("import", lm_stage.import_logged_model)
 MIGRATE_LOGGED = Stage("migrate", lm_stage.migrate_logged_model)
 TAG_LOGGED = Stage("tag", lm_stage.tag_logged_model)
-EXPORT_MODEL = Stage("export", models_stage.export_model)
+EXPORT_MODEL = Stage("export", export_model)
 IMPORT_MODEL = Stage("import", models_stage.import_model)
 PROGRESS_EVERY_S = 5.0
 _DONE = {
@@ -91,76 +92,6 @@ def next_step(row: Row | None) -> str:
     return {EXPORTED: "import", IMPORTED: "tag", TAGGED: "done"}.get(state or "", "export")
 
 
-@dataclass
-class Summary:
-    """What a command did, for the closing table and the exit code."""
-
-    command: str
-    started: float = field(default_factory=time.monotonic)
-    elapsed: float = 0.0
-    experiments: Counter[str] = field(default_factory=Counter)
-    runs: Counter[str] = field(default_factory=Counter)
-    actions: Counter[str] = field(default_factory=Counter)
-    found: Counter[str] = field(default_factory=Counter)
-    """Runs in scope by what the manifests knew: new, re-synced, resumed, unchanged."""
-    logged_models: Counter[str] = field(default_factory=Counter)
-    models: Counter[str] = field(default_factory=Counter)
-    versions: Counter[str] = field(default_factory=Counter)
-    failed: list[Row] = field(default_factory=list)
-    staging: str = ""
-    verify: Any = None
-    """The VerifyReport of `verify`, or of `migrate --verify`."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and (self.verify is None or self.verify.ok)
-
-    def render(self) -> str:
-        if self.command == "verify" and self.verify is not None:
-            return str(self.verify.render())
-        n_runs = sum(self.runs.values())
-        rate = n_runs / self.elapsed if self.elapsed > 0 else 0.0
-        lines = [
-            f"{self.command}: {sum(self.experiments.values())} experiments, {n_runs} runs "
-            f"in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
-            "  experiments: " + _counts(self.experiments),
-            "  runs:        " + _counts(self.runs),
-            "  runs found:  " + _counts(self.found),
-            "  work done:   " + _counts(self.actions),
-        ]
-        for label, counts in (
-            ("logged models:", self.logged_models),
-            ("models:       ", self.models),
-            ("versions:     ", self.versions),
-        ):
-            if counts:
-                lines.append(f"  {label} " + _counts(counts))
-        if self.failed:
-            lines.append(f"  FAILED ({len(self.failed)}):")
-            for r in self.failed[:50]:
-                what = describe_row(r)
-                lines.append(f"    {what}: {r.get('failed_stage')}: {r.get('error')}")
-            if len(self.failed) > 50:
-                lines.append(f"    … and {len(self.failed) - 50} more (see manifests)")
-        lines.append(f"  manifests:   {self.staging}/manifests/")
-        if self.verify is not None:
-            lines.append(self.verify.render())
-        return "\n".join(lines)
-
-
-def describe_row(r: Row) -> str:
-    """How a summary names the object of a manifest row."""
-    if "source_run_id" in r and "source_model_id" not in r:
-        return f"run {r['source_run_id']}"
-    if "source_model_id" in r:
-        return f"logged model {r['source_model_id']} ({r.get('name')})"
-    if "version" in r:
-        return f"model version {r.get('name')!r} {r['version']}"
-    if "source_experiment_id" in r:
-        return f"experiment {r.get('name')!r} ({r.get('source_experiment_id')})"
-    return f"registered model {r.get('name')!r}"
-
-
 def _found_as(known: Row | None, row: Row, step: str) -> str:
     """How a run in scope stood before this command: new, re-synced, unchanged or resumed."""
     if known is None:
@@ -168,10 +99,6 @@ def _found_as(known: Row | None, row: Row, step: str) -> str:
     if row.get(RESYNC):
         return "re-synced"
     return "unchanged" if step == "done" else "resumed"
-
-
-def _counts(c: Counter[str]) -> str:
-    return ", ".join(f"{v} {k}" for k, v in sorted(c.items())) or "none"
 
 
 class Migration:
@@ -385,7 +312,7 @@ class Migration:
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY_S:
             self._last_progress = now
-            log.info("progress: %s", _counts(self.summary.actions))
+            log.info("progress: %s", format_counts(self.summary.actions))
 
     # ---- logged models (MLflow 3) ---------------------------------------------------------
 
@@ -504,7 +431,7 @@ class Migration:
         models: dict[str, str] = {}
         logged = self.logged_model_ids()
         for v in versions:
-            kind, ref, _ = models_stage.source_ref(v.get("source") or "", v.get("run_id"))
+            kind, ref, _ = source_ref(v.get("source") or "", v.get("run_id"))
             for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
                 if target := self._target_run(rid):
                     runs[rid] = target  # type: ignore[index]

@@ -1,10 +1,8 @@
-"""Registered models and their versions, with the source's version numbers.
+"""Import registered models and their versions, with the source's version numbers.
 
-Export reads a model, its aliases and every version into `models/<name>/model.json`. A version
-whose files are not otherwise migrated (its run or logged model was filtered out, deleted, or
-never existed) has its files staged from its own source under `versions/<n>/artifacts/`.
+(Export is `export_models`; what a version's source points at is `model_sources`.)
 
-Import keeps the numbers: MLflow's SQL registry numbers a new version max(every version ever
+The numbers: MLflow's SQL registry numbers a new version max(every version ever
 made, deleted ones included) + 1, so creating a version either lands on the source's number or
 on a lower one the source left unused (its version was deleted). A version that lands low is
 deleted at once and the create repeated, which reproduces the source's gap. Every version is
@@ -20,21 +18,17 @@ files were staged is registered from a logged model made to hold them (tagged
 from __future__ import annotations
 
 import re
-import tempfile
 import warnings
 from typing import Any
 
-from migrator.artifacts import from_staging, stage_artifacts, upload_artifacts
+from migrator.artifacts import from_staging, upload_artifacts
 from migrator.config import Options
 from migrator.errors import MigratorError, PermanentError, StagingError
 from migrator.fanout import failed_row
 from migrator.layout import (
     MODEL_FORMAT,
-    dump_doc,
     load_doc,
-    logged_model_key,
     model_key,
-    run_key,
     validate_files,
     validate_string_map,
     version_artifact_key,
@@ -49,277 +43,21 @@ from migrator.lineage import (
     fit,
     object_source_tags,
 )
-from migrator.manifest import EXPORTED, IMPORTED, Row, now_ms
+from migrator.manifest import IMPORTED, Row, now_ms
 from migrator.mlflow_io import (
     client,
     find_logged_model_by_tag,
-    get_run_or_none,
     model_versions,
-    quoted,
     translate_errors,
 )
+from migrator.stages.model_sources import logged_model_of, rewrite_source, source_ref
 from migrator.staging import Staging, open_staging
 
 #: On a logged model made to hold a staged version's files: `<model name>/<version>`.
 HOLDER_TAG = f"{PREFIX}.model_version"
 DEFAULT_EXPERIMENT_ID = "0"
-_MODEL_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)(/.*)?$")
-_MODEL_PATH = re.compile(r"/models/(m-[0-9a-f]+)/artifacts(/.*)?$")
 _VERSION_NUMBER = re.compile(r"[1-9][0-9]*")
 _NOT_LOGGED_MODEL_NAME = re.compile(r"[/:.%\"']")
-
-
-# ---- what a version's source points at ------------------------------------------------------
-
-
-def source_ref(source: str, run_id: str | None) -> tuple[str, str, str]:
-    """What a version's files are part of: `("model", model_id, rest)` for a logged model,
-    `("run", run_id, rest)` for a run's artifacts (`rest` is the path below it, with its
-    leading `/`), or `("other", "", "")` for anything else (files that are staged)."""
-    if m := _MODEL_SOURCE.match(source):
-        return "model", m.group(1), m.group(2) or ""
-    if source.startswith("runs:/"):
-        rid, _, path = source[len("runs:/") :].partition("/")
-        return "run", rid, f"/{path}" if path else ""
-    if run_id and (i := source.find(f"/{run_id}/artifacts")) >= 0:
-        rest = source[i + len(f"/{run_id}/artifacts") :]
-        if rest == "" or rest.startswith("/"):
-            return "run", run_id, rest
-    if m := _MODEL_PATH.search(source):
-        return "model", m.group(1), m.group(2) or ""
-    return "other", "", ""
-
-
-def rewrite_source(
-    source: str, run_id: str | None, refs: Row, artifact_root: Any
-) -> tuple[str, str | None, str | None] | None:
-    """The target's `(source, run_id, model_id)` for a version, or None when what it points at
-    was not migrated.
-
-    Args:
-        refs: `runs` (source → target run id) and `models` (source → target logged model id).
-        artifact_root: `(kind, target_id) -> artifact URI` of a target run or logged model.
-    """
-    kind, ref, rest = source_ref(source, run_id)
-    target_run = refs["runs"].get(run_id or "")
-    if kind == "model" and (target := refs["models"].get(ref)):
-        if source.startswith("models:/"):
-            return f"models:/{target}{rest}", target_run, target
-        return artifact_root("model", target) + rest, target_run, target
-    if kind == "run" and (target := refs["runs"].get(ref)):
-        if source.startswith("runs:/"):
-            return f"runs:/{target}{rest}", target, None
-        return artifact_root("run", target) + rest, target, None
-    return None
-
-
-def _staged_elsewhere(staging: Staging, source: str, run_id: str | None) -> bool:
-    """Whether the version's files travel with a run or logged model of this migration."""
-    kind, ref, _ = source_ref(source, run_id)
-    if kind == "run":
-        return staging.exists(run_key(ref, "run.json"))
-    if kind == "model":
-        return staging.exists(logged_model_key(ref, "logged_model.json"))
-    return False
-
-
-# ---- export -----------------------------------------------------------------------------------
-
-
-def model_id_of(source: str) -> str | None:
-    """The logged model a `models:/m-…` source names."""
-    m = _MODEL_SOURCE.match(source)
-    return m.group(1) if m else None
-
-
-def _logged_model_of(source: str) -> str | None:
-    """The logged model whose files a (target) version source names, if any."""
-    kind, ref, _ = source_ref(source, None)
-    return ref if kind == "model" else None
-
-
-def version_fields(v: Any) -> dict[str, Any]:
-    out = {f: getattr(v, f, None) for f in MODEL_VERSION_FIELDS}
-    out["version"] = int(v.version)
-    out["model_id"] = out.get("model_id") or model_id_of(v.source or "")  # REST leaves it out
-    return out
-
-
-def model_fingerprint(doc: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    body = json.dumps({k: doc[k] for k in ("fields", "tags", "aliases")}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:32]
-
-
-def version_fingerprint(v: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    body = json.dumps({k: v[k] for k in ("fields", "tags", "description")}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:32]
-
-
-def _stage_version_files(
-    opts: Options, staging: Staging, name: str, v: Any
-) -> tuple[list[Row], str | None]:
-    """Copy a version's files from its own source (the registry resolves where they are).
-
-    Returns:
-        The staged files, and the file name when the source names one file, not a folder.
-    """
-    uri = client(opts.source).get_model_version_download_uri(name, v.version)
-    n = int(v.version)
-    with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
-
-        def stage(root: str, only: str | None = None) -> list[Row]:
-            key = lambda path: version_artifact_key(name, n, path)  # noqa: E731
-            return stage_artifacts(opts.source, root, staging, key, keep, only)
-
-        files = stage(uri)
-        if files:
-            return files, None
-        parent, _, base = uri.rstrip("/").rpartition("/")
-        return stage(parent, base), base
-
-
-def _registered_model_of(uri: str, name: str) -> Any:
-    """The source model by search, not `get`: a server refuses to `get` a name it would not
-    accept today (an older server's `a/b`), yet lists it; such a model fails at import, where
-    the target gives its reason."""
-    found = [
-        m
-        for m in client(uri).search_registered_models(f"name = {quoted(name)}", max_results=10)
-        if m.name == name
-    ]
-    if not found:
-        raise PermanentError("not found on the source", obj=f"registered model {name!r}")
-    return found[0]
-
-
-def _source_experiment(opts: Options, v: Any) -> str | None:
-    """The source experiment a staged version's holder goes to: its run's, if it still exists."""
-    if v.run_id and (run := get_run_or_none(opts.source, v.run_id)) is not None:
-        return str(run.info.experiment_id)
-    return None
-
-
-def export_model(item: Row, opts: Options) -> Row:
-    """Write model.json for one registered model, staging the files of versions that no run
-    or logged model of this migration carries.
-
-    Args:
-        item: `name`, and `known_versions` (version → manifest row) from earlier runs.
-    Returns:
-        The model's manifest row in state `exported`, its version rows under `_versions`.
-    """
-    name = item["name"]
-    staging = open_staging(opts.staging)
-    known: dict[int, Row] = {int(k): v for k, v in (item.get("known_versions") or {}).items()}
-    versions_doc: list[dict[str, Any]] = []
-    with translate_errors(f"registered model {name!r}", "export"):
-        rm = _registered_model_of(opts.source, name)
-        for v in model_versions(opts.source, name):
-            fields = version_fields(v)
-            vdoc: dict[str, Any] = {
-                "fields": fields,
-                "description": v.description or "",
-                "tags": dict(v.tags),
-                "experiment_id": None,
-                "artifacts": [],
-                "file": None,
-            }
-            vdoc["fingerprint"] = version_fingerprint(vdoc)
-            old = known.get(fields["version"])
-            if _unchanged(old, vdoc["fingerprint"]):
-                vdoc["artifacts"] = old["artifact_files"] or []  # type: ignore[index]
-                vdoc["file"] = old.get("source_file")  # type: ignore[union-attr]
-                vdoc["experiment_id"] = old.get("source_experiment_id")  # type: ignore[union-attr]
-            elif not _staged_elsewhere(staging, v.source or "", v.run_id):
-                vdoc["artifacts"], vdoc["file"] = _stage_version_files(opts, staging, name, v)
-                vdoc["experiment_id"] = _source_experiment(opts, v)
-            versions_doc.append(vdoc)
-    aliases = {str(a): str(n) for a, n in (rm.aliases or {}).items()}
-    doc: dict[str, Any] = {
-        "exported_at": now_ms(),
-        "fields": {f: getattr(rm, f, None) for f in REGISTERED_MODEL_FIELDS},
-        "description": rm.description or "",
-        "tags": dict(rm.tags),
-        "aliases": aliases,
-        "versions": versions_doc,
-    }
-    staging.write_bytes(model_key(name), dump_doc(MODEL_FORMAT, doc))
-    by_version: dict[str, list[str]] = {}
-    for alias, n in aliases.items():
-        by_version.setdefault(n, []).append(alias)
-    version_rows = []
-    for v in versions_doc:
-        n = v["fields"]["version"]
-        old = known.get(n)
-        new = _version_row(name, v, sorted(by_version.get(str(n), [])))
-        # An imported version nothing changed on keeps its row (and is not imported again).
-        keep = _unchanged(old, v["fingerprint"]) and old["aliases"] == new["aliases"]  # type: ignore[index]
-        version_rows.append(old if keep else new)
-    row = {
-        "name": name,
-        "description": doc["description"],
-        "creation_timestamp": doc["fields"]["creation_timestamp"],
-        "last_updated_timestamp": doc["fields"]["last_updated_timestamp"],
-        "tags": doc["tags"],
-        "aliases": aliases,
-        "n_versions": len(versions_doc),
-        "source_fingerprint": model_fingerprint(doc),
-        "state": EXPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
-    }
-    before = item.get("known_model")
-    if _unchanged(before, row["source_fingerprint"]):
-        row = before  # type: ignore[assignment]
-    return {**row, "_versions": version_rows}
-
-
-def _unchanged(old: Row | None, fingerprint: str) -> bool:
-    """Whether a manifest row from an earlier run still describes the source object."""
-    return (
-        old is not None
-        and old.get("source_fingerprint") == fingerprint
-        and old.get("state") in (EXPORTED, IMPORTED)
-    )
-
-
-def _version_row(name: str, v: dict[str, Any], aliases: list[str]) -> Row:
-    f = v["fields"]
-    files = v["artifacts"]
-    return {
-        "name": name,
-        "version": f["version"],
-        "source": f["source"],
-        "run_id": f["run_id"] or None,
-        "model_id": f["model_id"] or None,
-        "description": v["description"],
-        "current_stage": f["current_stage"],
-        "status": f["status"],
-        "status_message": f["status_message"],
-        "user_id": f["user_id"],
-        "run_link": f["run_link"],
-        "creation_timestamp": f["creation_timestamp"],
-        "last_updated_timestamp": f["last_updated_timestamp"],
-        "tags": v["tags"],
-        "aliases": aliases,
-        "n_artifacts": len(files),
-        "artifact_bytes": sum(a.get("size") or 0 for a in files),
-        "artifact_files": files,
-        "source_experiment_id": v["experiment_id"],
-        "source_file": v.get("file"),
-        "source_fingerprint": v["fingerprint"],
-        "state": EXPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
-    }
 
 
 # ---- import -----------------------------------------------------------------------------------
@@ -549,7 +287,7 @@ def _import_version(
         "target_version": int(mv.version),
         "target_source": mv.source,
         "target_run_id": mv.run_id or None,
-        "target_model_id": _logged_model_of(mv.source or ""),
+        "target_model_id": logged_model_of(mv.source or ""),
         "state": IMPORTED,
         "error": None,
         "failed_stage": None,

@@ -13,12 +13,14 @@ from migrator.config import Options
 from migrator.lineage import is_source_tag
 from migrator.manifest import DIFFER, MATCH, MISSING_ON_SOURCE, MISSING_ON_TARGET, Row, now_ms
 from migrator.mlflow_io import client, model_versions, or_none, translate_errors
+from migrator.stages.export_models import version_fields
 from migrator.stages.logged_models import (
     MODEL_VERSIONS_TAG,
     logged_model_fields,
     wanted_tags,
 )
-from migrator.stages.models import model_tags, rewrite_source, version_fields, version_tags
+from migrator.stages.model_sources import rewrite_source
+from migrator.stages.models import model_tags, version_tags
 from migrator.stages.verify_runs import compare_artifacts, compare_map
 
 _MAX_DETAIL = 6

@@ -16,8 +16,9 @@ from migrator.errors import PermanentError, StagingError
 from migrator.layout import MODEL_FORMAT, RUN_FORMAT, dump_doc, model_key
 from migrator.lineage import FIELD_PREFIX, SOURCE_VERSION_TAG
 from migrator.manifest import FAILED, IMPORTED
-from migrator.stages import models
-from migrator.stages.models import _create_at, read_model_doc, rewrite_source, source_ref
+from migrator.stages import model_sources, models
+from migrator.stages.model_sources import rewrite_source, source_ref
+from migrator.stages.models import _create_at, read_model_doc
 from migrator.staging import LocalStaging
 
 RUN = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -78,10 +79,10 @@ def test_source_ref_run_folder_wins_over_a_model_like_path_below_it() -> None:
 
 
 def test_model_id_of() -> None:
-    assert models.model_id_of(f"models:/{MID}") == MID
-    assert models.model_id_of(f"models:/{MID}/x") == MID
-    assert models.model_id_of(f"runs:/{RUN}/model") is None
-    assert models.model_id_of("models:/churn/1") is None
+    assert model_sources.model_id_of(f"models:/{MID}") == MID
+    assert model_sources.model_id_of(f"models:/{MID}/x") == MID
+    assert model_sources.model_id_of(f"runs:/{RUN}/model") is None
+    assert model_sources.model_id_of("models:/churn/1") is None
 
 
 # ---- rewrite_source --------------------------------------------------------------------------
@@ -1011,4 +1012,4 @@ def test_import_model_single_staged_file_without_source_tags_twice(
     ],
 )
 def test_logged_model_of(source: str, expected: str | None) -> None:
-    assert models._logged_model_of(source) == expected
+    assert model_sources.logged_model_of(source) == expected

@@ -1,0 +1,84 @@
+"""What a command did: counts by object and state, the failures by name, the figures."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrator.manifest import Row
+
+
+@dataclass
+class Summary:
+    """What a command did, for the closing table and the exit code."""
+
+    command: str
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0
+    experiments: Counter[str] = field(default_factory=Counter)
+    runs: Counter[str] = field(default_factory=Counter)
+    actions: Counter[str] = field(default_factory=Counter)
+    found: Counter[str] = field(default_factory=Counter)
+    """Runs in scope by what the manifests knew: new, re-synced, resumed, unchanged."""
+    logged_models: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)
+    versions: Counter[str] = field(default_factory=Counter)
+    failed: list[Row] = field(default_factory=list)
+    staging: str = ""
+    verify: Any = None
+    """The VerifyReport of `verify`, or of `migrate --verify`."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and (self.verify is None or self.verify.ok)
+
+    def render(self) -> str:
+        if self.command == "verify" and self.verify is not None:
+            return str(self.verify.render())
+        n_runs = sum(self.runs.values())
+        rate = n_runs / self.elapsed if self.elapsed > 0 else 0.0
+        lines = [
+            f"{self.command}: {sum(self.experiments.values())} experiments, {n_runs} runs "
+            f"in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
+            "  experiments: " + format_counts(self.experiments),
+            "  runs:        " + format_counts(self.runs),
+            "  runs found:  " + format_counts(self.found),
+            "  work done:   " + format_counts(self.actions),
+        ]
+        for label, counts in (
+            ("logged models:", self.logged_models),
+            ("models:       ", self.models),
+            ("versions:     ", self.versions),
+        ):
+            if counts:
+                lines.append(f"  {label} " + format_counts(counts))
+        if self.failed:
+            lines.append(f"  FAILED ({len(self.failed)}):")
+            for r in self.failed[:50]:
+                what = describe_row(r)
+                lines.append(f"    {what}: {r.get('failed_stage')}: {r.get('error')}")
+            if len(self.failed) > 50:
+                lines.append(f"    … and {len(self.failed) - 50} more (see manifests)")
+        lines.append(f"  manifests:   {self.staging}/manifests/")
+        if self.verify is not None:
+            lines.append(self.verify.render())
+        return "\n".join(lines)
+
+
+def describe_row(r: Row) -> str:
+    """How a summary names the object of a manifest row."""
+    if "source_run_id" in r and "source_model_id" not in r:
+        return f"run {r['source_run_id']}"
+    if "source_model_id" in r:
+        return f"logged model {r['source_model_id']} ({r.get('name')})"
+    if "version" in r:
+        return f"model version {r.get('name')!r} {r['version']}"
+    if "source_experiment_id" in r:
+        return f"experiment {r.get('name')!r} ({r.get('source_experiment_id')})"
+    return f"registered model {r.get('name')!r}"
+
+
+def format_counts(c: Counter[str]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in sorted(c.items())) or "none"
