@@ -419,11 +419,14 @@ class Migration:
                 else failed_row(v, row["failed_stage"], row["error"])
                 for v in versions or self.versions_of(row["name"])
             ]
-        self.models[row["name"]] = row
-        self.models_m.append([row])
-        for v in versions:
+        # Rows the export found unchanged are the manifest's own: nothing to write again.
+        if self.models.get(row["name"]) != row:
+            self.models[row["name"]] = row
+            self.models_m.append([row])
+        changed = [v for v in versions if self.versions.get((v["name"], v["version"])) != v]
+        for v in changed:
             self.versions[(v["name"], v["version"])] = v
-        self.versions_m.append(versions)
+        self.versions_m.append(changed)
 
     def _refs(self, versions: list[Row]) -> Row:
         """The target ids a model's versions point at (runs, logged models, experiments)."""

@@ -129,18 +129,22 @@ def export_model(item: Row, opts: Options) -> Row:
         "aliases": aliases,
         "versions": versions_doc,
     }
-    staging.write_bytes(model_key(name), dump_doc(MODEL_FORMAT, doc))
     by_version: dict[str, list[str]] = {}
     for alias, n in aliases.items():
         by_version.setdefault(n, []).append(alias)
-    version_rows = []
+    version_rows: list[Row] = []
     for v in versions_doc:
         n = v["fields"]["version"]
         old = known.get(n)
         new = _version_row(name, v, sorted(by_version.get(str(n), [])))
         # An imported version nothing changed on keeps its row (and is not imported again).
-        keep = _unchanged(old, v["fingerprint"]) and old["aliases"] == new["aliases"]  # type: ignore[index]
-        version_rows.append(old if keep else new)
+        if (
+            old is not None
+            and _unchanged(old, v["fingerprint"])
+            and old["aliases"] == new["aliases"]
+        ):
+            new = old
+        version_rows.append(new)
     row = {
         "name": name,
         "description": doc["description"],
@@ -158,6 +162,9 @@ def export_model(item: Row, opts: Options) -> Row:
     before = item.get("known_model")
     if _unchanged(before, row["source_fingerprint"]):
         row = before  # type: ignore[assignment]
+    kept = row is before and all(v is known.get(v["version"]) for v in version_rows)
+    if not kept or len(known) != len(version_rows):  # staged as it stands, unless unchanged
+        staging.write_bytes(model_key(name), dump_doc(MODEL_FORMAT, doc))
     return {**row, "_versions": version_rows}
 
 
