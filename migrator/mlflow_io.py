@@ -173,9 +173,6 @@ def artifact_sizes(tracking_uri: str, artifact_uri: str) -> list[tuple[str, int]
 def run_fingerprint(run: Any, artifacts: list[tuple[str, int]]) -> str:
     """A digest of a run's visible state (status, end time, name, tags, params, latest metric
     values, artifact paths and sizes): equal digests mean nothing changed since the export."""
-    import hashlib
-    import json
-
     body = {
         "status": run.info.status,
         "end_time": run.info.end_time,
@@ -186,6 +183,15 @@ def run_fingerprint(run: Any, artifacts: list[tuple[str, int]]) -> str:
         "metrics": {k: repr(v) for k, v in run.data.metrics.items()},
         "artifacts": sorted([p, s] for p, s in artifacts),
     }
+    return fingerprint(body)
+
+
+def fingerprint(body: Any) -> str:
+    """A digest of a JSON-able description of an object as the source showed it: a later run
+    that computes the same digest knows the object has not changed."""
+    import hashlib
+    import json
+
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -120,9 +120,10 @@ class Migration:
         self.versions_m = model_versions_table(self.staging)
         self.logged = {r["source_model_id"]: r for r in table_to_rows(self.logged_m.compact())}
         self.models = {r["name"]: r for r in table_to_rows(self.models_m.compact())}
-        self.versions: dict[tuple[str, int], Row] = {
-            (r["name"], r["version"]): r for r in table_to_rows(self.versions_m.compact())
-        }
+        #: Version rows by model name, then number (a model's versions are read together).
+        self.versions: dict[str, dict[int, Row]] = {}
+        for r in table_to_rows(self.versions_m.compact()):
+            self.versions.setdefault(r["name"], {})[r["version"]] = r
 
     # ---- experiments -------------------------------------------------------------------
 
@@ -404,9 +405,7 @@ class Migration:
         return [r for r in self.models.values() if matches(self.opts.models, r["name"], r["name"])]
 
     def versions_of(self, name: str) -> list[Row]:
-        return sorted(
-            (r for (n, _), r in self.versions.items() if n == name), key=lambda r: r["version"]
-        )
+        return [r for _, r in sorted(self.versions.get(name, {}).items())]
 
     def _record_model(self, row: Row) -> None:
         versions = row.pop("_versions", None) or []
@@ -423,16 +422,30 @@ class Migration:
         if self.models.get(row["name"]) != row:
             self.models[row["name"]] = row
             self.models_m.append([row])
-        changed = [v for v in versions if self.versions.get((v["name"], v["version"])) != v]
+        known = self.versions.setdefault(row["name"], {})
+        changed = [v for v in versions if known.get(v["version"]) != v]
         for v in changed:
-            self.versions[(v["name"], v["version"])] = v
+            known[v["version"]] = v
         self.versions_m.append(changed)
 
-    def _refs(self, versions: list[Row]) -> Row:
-        """The target ids a model's versions point at (runs, logged models, experiments)."""
+    def _model_items(self, rows: Iterable[Row]) -> Iterator[Row]:
+        """Each model row with its version rows (`_versions`) and the target ids they point at
+        (`refs`: runs, logged models, experiments), as its import and its verification take it."""
+        logged = self.logged_model_ids()
+        experiments = {
+            k: e["target_experiment_id"]
+            for k, e in self.exps.items()
+            if e.get("target_experiment_id")
+        }
+        for row in rows:
+            versions = self.versions_of(row["name"])
+            refs = {**self._refs(versions, logged), "experiments": experiments}
+            yield {**row, "_versions": versions, "refs": refs}
+
+    def _refs(self, versions: list[Row], logged: dict[str, str]) -> Row:
+        """The target runs and logged models a model's versions point at."""
         runs: dict[str, str] = {}
         models: dict[str, str] = {}
-        logged = self.logged_model_ids()
         for v in versions:
             kind, ref, _ = source_ref(v.get("source") or "", v.get("run_id"))
             for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
@@ -441,12 +454,7 @@ class Migration:
             for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
                 if mid in logged:
                     models[mid] = logged[mid]  # type: ignore[index]
-        experiments = {
-            k: e["target_experiment_id"]
-            for k, e in self.exps.items()
-            if e.get("target_experiment_id")
-        }
-        return {"runs": runs, "models": models, "experiments": experiments}
+        return {"runs": runs, "models": models}
 
     def transfer_models(self, do_export: bool, do_import: bool) -> None:
         """Registered models in scope: export each (a task per model), then import those with
@@ -459,14 +467,11 @@ class Migration:
             return []
 
         if do_export:
-            by_model: dict[str, dict[int, Row]] = {}
-            for (name, n), r in self.versions.items():
-                by_model.setdefault(name, {})[n] = r
             items = (
                 {
                     "name": rm.name,
                     "known_model": self.models.get(rm.name),
-                    "known_versions": by_model.get(rm.name, {}),
+                    "known_versions": self.versions.get(rm.name, {}),
                 }
                 for rm in mlflow_io.iter_registered_models(self.opts.source)
                 if matches(self.opts.models, rm.name, rm.name)
@@ -475,14 +480,18 @@ class Migration:
             # changed never starts the cluster.
             InlineExecutor().run(jobs_of(EXPORT_MODEL, items, size), self.opts, on_done)
         if do_import:
-            todo = []
-            for row in self.models_in_scope():
-                if row["state"] == FAILED and row.get("failed_stage") == "export":
-                    continue
-                versions = self.versions_of(row["name"])
-                if row["state"] != IMPORTED or any(v["state"] != IMPORTED for v in versions):
-                    todo.append({**row, "_versions": versions, "refs": self._refs(versions)})
-            self.executor.run(jobs_of(IMPORT_MODEL, todo, size), self.opts, on_done)
+            todo = [
+                row
+                for row in self.models_in_scope()
+                if not (row["state"] == FAILED and row.get("failed_stage") == "export")
+                and (
+                    row["state"] != IMPORTED
+                    or any(v["state"] != IMPORTED for v in self.versions_of(row["name"]))
+                )
+            ]
+            self.executor.run(
+                jobs_of(IMPORT_MODEL, self._model_items(todo), size), self.opts, on_done
+            )
 
     def verify(self) -> Any:
         """Verify every experiment and run in scope (the manifests say what moved where)."""
@@ -500,11 +509,7 @@ class Migration:
             for r in list(self.logged.values())
             if r["source_experiment_id"] in in_scope and r["state"] != FAILED
         )
-        models = (
-            {**r, "_versions": (v := self.versions_of(r["name"])), "refs": self._refs(v)}
-            for r in self.models_in_scope()
-            if r["state"] != FAILED
-        )
+        models = self._model_items(r for r in self.models_in_scope() if r["state"] != FAILED)
         work: list[tuple[Stage, Iterable[Row]]] = [
             (VERIFY, runs),
             (VERIFY_LOGGED, logged_models),
@@ -526,11 +531,8 @@ class Migration:
                 self.summary.logged_models,
                 [r for r in self.logged.values() if r["source_experiment_id"] in in_scope],
             ),
-            (self.summary.models, self.models_in_scope()),
-            (
-                self.summary.versions,
-                [v for m in self.models_in_scope() for v in self.versions_of(m["name"])],
-            ),
+            (self.summary.models, models := self.models_in_scope()),
+            (self.summary.versions, [v for m in models for v in self.versions_of(m["name"])]),
         )
         for counter, rows in scoped:
             for r in rows:

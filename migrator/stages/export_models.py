@@ -8,8 +8,6 @@ the last run are kept as they were, so they are not imported again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 from typing import Any
 
@@ -19,7 +17,14 @@ from migrator.errors import PermanentError
 from migrator.layout import MODEL_FORMAT, dump_doc, model_key, version_artifact_key
 from migrator.lineage import MODEL_VERSION_FIELDS, REGISTERED_MODEL_FIELDS
 from migrator.manifest import EXPORTED, IMPORTED, Row, now_ms
-from migrator.mlflow_io import client, get_run_or_none, model_versions, quoted, translate_errors
+from migrator.mlflow_io import (
+    client,
+    fingerprint,
+    get_run_or_none,
+    model_versions,
+    quoted,
+    translate_errors,
+)
 from migrator.stages.model_sources import model_id_of, staged_elsewhere
 from migrator.staging import Staging, open_staging
 
@@ -29,16 +34,6 @@ def version_fields(v: Any) -> dict[str, Any]:
     out["version"] = int(v.version)
     out["model_id"] = out.get("model_id") or model_id_of(v.source or "")  # REST leaves it out
     return out
-
-
-def model_fingerprint(doc: dict[str, Any]) -> str:
-    body = json.dumps({k: doc[k] for k in ("fields", "tags", "aliases")}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:32]
-
-
-def version_fingerprint(v: dict[str, Any]) -> str:
-    body = json.dumps({k: v[k] for k in ("fields", "tags", "description")}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
 def _stage_version_files(
@@ -98,8 +93,10 @@ def export_model(item: Row, opts: Options) -> Row:
     staging = open_staging(opts.staging)
     known: dict[int, Row] = {int(k): v for k, v in (item.get("known_versions") or {}).items()}
     versions_doc: list[dict[str, Any]] = []
+    version_rows: list[Row] = []
     with translate_errors(f"registered model {name!r}", "export"):
         rm = _registered_model_of(opts.source, name)
+        aliases = {str(a): str(n) for a, n in (rm.aliases or {}).items()}
         for v in model_versions(opts.source, name):
             fields = version_fields(v)
             vdoc: dict[str, Any] = {
@@ -110,17 +107,25 @@ def export_model(item: Row, opts: Options) -> Row:
                 "artifacts": [],
                 "file": None,
             }
-            vdoc["fingerprint"] = version_fingerprint(vdoc)
+            vdoc["fingerprint"] = fingerprint(
+                {k: vdoc[k] for k in ("fields", "tags", "description")}
+            )
             old = known.get(fields["version"])
-            if _unchanged(old, vdoc["fingerprint"]):
-                vdoc["artifacts"] = old["artifact_files"] or []  # type: ignore[index]
-                vdoc["file"] = old.get("source_file")  # type: ignore[union-attr]
-                vdoc["experiment_id"] = old.get("source_experiment_id")  # type: ignore[union-attr]
+            reuse = old if old is not None and _unchanged(old, vdoc["fingerprint"]) else None
+            if reuse is not None:
+                vdoc["artifacts"] = reuse["artifact_files"] or []
+                vdoc["file"] = reuse.get("source_file")
+                vdoc["experiment_id"] = reuse.get("source_experiment_id")
             elif not staged_elsewhere(staging, v.source or "", v.run_id):
                 vdoc["artifacts"], vdoc["file"] = _stage_version_files(opts, staging, name, v)
                 vdoc["experiment_id"] = _source_experiment(opts, v)
             versions_doc.append(vdoc)
-    aliases = {str(a): str(n) for a, n in (rm.aliases or {}).items()}
+            new = _version_row(
+                name, vdoc, sorted(a for a, n in aliases.items() if n == str(fields["version"]))
+            )
+            # An imported version nothing changed on keeps its row (and is not imported again).
+            keep = reuse is not None and reuse["aliases"] == new["aliases"]
+            version_rows.append(reuse if keep and reuse is not None else new)
     doc: dict[str, Any] = {
         "exported_at": now_ms(),
         "fields": {f: getattr(rm, f, None) for f in REGISTERED_MODEL_FIELDS},
@@ -129,22 +134,6 @@ def export_model(item: Row, opts: Options) -> Row:
         "aliases": aliases,
         "versions": versions_doc,
     }
-    by_version: dict[str, list[str]] = {}
-    for alias, n in aliases.items():
-        by_version.setdefault(n, []).append(alias)
-    version_rows: list[Row] = []
-    for v in versions_doc:
-        n = v["fields"]["version"]
-        old = known.get(n)
-        new = _version_row(name, v, sorted(by_version.get(str(n), [])))
-        # An imported version nothing changed on keeps its row (and is not imported again).
-        if (
-            old is not None
-            and _unchanged(old, v["fingerprint"])
-            and old["aliases"] == new["aliases"]
-        ):
-            new = old
-        version_rows.append(new)
     row = {
         "name": name,
         "description": doc["description"],
@@ -153,7 +142,7 @@ def export_model(item: Row, opts: Options) -> Row:
         "tags": doc["tags"],
         "aliases": aliases,
         "n_versions": len(versions_doc),
-        "source_fingerprint": model_fingerprint(doc),
+        "source_fingerprint": fingerprint({k: doc[k] for k in ("fields", "tags", "aliases")}),
         "state": EXPORTED,
         "error": None,
         "failed_stage": None,
@@ -168,11 +157,11 @@ def export_model(item: Row, opts: Options) -> Row:
     return {**row, "_versions": version_rows}
 
 
-def _unchanged(old: Row | None, fingerprint: str) -> bool:
+def _unchanged(old: Row | None, digest: str) -> bool:
     """Whether a manifest row from an earlier run still describes the source object."""
     return (
         old is not None
-        and old.get("source_fingerprint") == fingerprint
+        and old.get("source_fingerprint") == digest
         and old.get("state") in (EXPORTED, IMPORTED)
     )
 

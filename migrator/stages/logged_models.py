@@ -34,7 +34,7 @@ from migrator.lineage import (
     object_source_tags,
 )
 from migrator.manifest import EXPORTED, IMPORTED, TAGGED, Row, now_ms
-from migrator.mlflow_io import client, find_logged_model_by_tag, translate_errors
+from migrator.mlflow_io import client, find_logged_model_by_tag, or_none, translate_errors
 from migrator.staging import open_staging
 
 log = logging.getLogger(__name__)
@@ -255,16 +255,9 @@ def tag_logged_model(item: Row, opts: Options) -> Row:
     """The last step, once the manifest holds the target id: drop the marker a resumed import
     finds the model by, when source tags are off (no call otherwise)."""
     if not opts.import_source_tags:
-        from mlflow.exceptions import MlflowException
-
         with translate_errors(f"logged model {item['source_model_id']}", "tag"):
-            try:
-                client(opts.target).delete_logged_model_tag(
-                    item["target_model_id"], SOURCE_MODEL_ID_TAG
-                )
-            except MlflowException as e:
-                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
+            delete = client(opts.target).delete_logged_model_tag
+            or_none(delete, item["target_model_id"], SOURCE_MODEL_ID_TAG)  # gone is fine
     return {**item, "state": TAGGED, "error": None, "failed_stage": None, "updated_at": now_ms()}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from migrator.artifacts import from_staging, upload_artifacts
@@ -189,13 +190,7 @@ def _target_source(
         PermanentError: what the version points at was not migrated, and nothing was staged.
     """
     f = vdoc["fields"]
-
-    def artifact_root(kind: str, target_id: str) -> str:
-        if kind == "run":
-            return str(c.get_run(target_id).info.artifact_uri)
-        return str(c.get_logged_model(target_id).artifact_location)
-
-    rewritten = rewrite_source(f["source"], f.get("run_id"), refs, artifact_root)
+    rewritten = rewrite_source(f["source"], f.get("run_id"), refs, artifact_roots(c))
     if rewritten is not None:
         return rewritten
     if not vdoc["artifacts"]:
@@ -209,9 +204,26 @@ def _target_source(
     holder = _holder(c, opts, name, vdoc, refs, obj, create)
     if holder is None:
         return None
-    file = vdoc.get("file")  # one file: the path within the holder (`models:/` takes none)
-    source = f"{holder.artifact_location}/{file}" if file else f"models:/{holder.model_id}"
-    return source, refs["runs"].get(f.get("run_id") or ""), holder.model_id
+    run = refs["runs"].get(f.get("run_id") or "")
+    return holder_source(holder, vdoc.get("file")), run, holder.model_id
+
+
+def artifact_roots(c: Any) -> Callable[[str, str], str]:
+    """`(kind, target id) -> artifact URI` of a target run or logged model, for
+    `rewrite_source`."""
+
+    def artifact_root(kind: str, target_id: str) -> str:
+        if kind == "run":
+            return str(c.get_run(target_id).info.artifact_uri)
+        return str(c.get_logged_model(target_id).artifact_location)
+
+    return artifact_root
+
+
+def holder_source(holder: Any, file: str | None) -> str:
+    """A staged version's source on the target: its holder logged model, or, when the source
+    named one file, that file's path within the holder (`models:/` takes no path)."""
+    return f"{holder.artifact_location}/{file}" if file else f"models:/{holder.model_id}"
 
 
 def _create_at(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -> Any:
@@ -238,8 +250,7 @@ def _import_version(
     f = vdoc["fields"]
     n = f["version"]
     obj = f"model version {name!r} {n}"
-    tags = version_tags(vdoc, opts)
-    tags[SOURCE_VERSION_TAG] = str(n)
+    tags = version_tags(vdoc, opts)  # with source tags on, the marker is among them
     with translate_errors(obj, "import"):
         if existing is not None:
             ours = existing.tags.get(SOURCE_VERSION_TAG) == str(n) or known.get("target_version")
@@ -261,7 +272,7 @@ def _import_version(
             args = {
                 "source": source,
                 "run_id": run_id,
-                "tags": tags,
+                "tags": {**tags, SOURCE_VERSION_TAG: str(n)},  # found again by it if cut short
                 "run_link": f.get("run_link") or None,
                 "description": vdoc["description"] or None,
                 "model_id": model_id,

@@ -14,7 +14,7 @@ from typing import Any
 from migrator.config import Options
 from migrator.lineage import PARENT_RUN_ID_TAG, SOURCE_RUN_ID_TAG, fit, run_source_tags
 from migrator.manifest import TAGGED, Row, now_ms
-from migrator.mlflow_io import client, translate_errors
+from migrator.mlflow_io import client, or_none, translate_errors
 
 STAGE = "tag"
 
@@ -53,25 +53,34 @@ def with_targets(row: Row, runs: dict[str, Row], logged: dict[str, str] | None =
     return item
 
 
+def link_key(link: Row) -> tuple[str, str, int]:
+    """A link to a logged model as `(kind, model id, step)`; an input has no step (0)."""
+    return (
+        link["kind"],
+        link["model_id"],
+        (link.get("step") or 0) if link["kind"] == "output" else 0,
+    )
+
+
+def run_model_links(run: Any) -> list[tuple[str, str, int]]:
+    """A run's links to logged models, as `link_key` writes them (none before MLflow 3)."""
+    inputs = getattr(run.inputs, "model_inputs", None) or []
+    outputs = getattr(getattr(run, "outputs", None), "model_outputs", None) or []
+    return [("input", m.model_id, 0) for m in inputs] + [
+        ("output", m.model_id, m.step or 0) for m in outputs
+    ]
+
+
 def _link_models(c: Any, target_id: str, links: list[Row]) -> None:
     """Log the run's links to its target logged models that it does not have yet (MLflow
     adds a link per call, even an equal one)."""
     from mlflow.entities import LoggedModelInput, LoggedModelOutput
 
-    run = c.get_run(target_id)
-    have_in = {m.model_id for m in run.inputs.model_inputs or []}
-    have_out = (
-        {(m.model_id, m.step) for m in run.outputs.model_outputs or []} if run.outputs else set()
-    )
-    inputs = [
-        LoggedModelInput(link["model_id"])
-        for link in links
-        if link["kind"] == "input" and link["model_id"] not in have_in
-    ]
+    have = set(run_model_links(c.get_run(target_id)))
+    missing = [key for key in map(link_key, links) if key not in have]
+    inputs = [LoggedModelInput(model_id) for kind, model_id, _ in missing if kind == "input"]
     outputs = [
-        LoggedModelOutput(link["model_id"], link.get("step") or 0)
-        for link in links
-        if link["kind"] == "output" and (link["model_id"], link.get("step") or 0) not in have_out
+        LoggedModelOutput(model_id, step) for kind, model_id, step in missing if kind == "output"
     ]
     if inputs:
         on_active_run(c, target_id, lambda: c.log_inputs(target_id, models=inputs))
@@ -106,17 +115,6 @@ def on_active_run(c: Any, run_id: str, write: Callable[[], None]) -> None:
             c.delete_run(run_id)
 
 
-def _delete_marker(c: Any, run_id: str) -> None:
-    """Remove the resume marker (source tags off); already gone is fine."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        c.delete_tag(run_id, SOURCE_RUN_ID_TAG)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-
-
 def tag_run(item: Row, opts: Options) -> Row:
     """Link the run to its target parent, drop the resume marker when source tags are off,
     and delete the run if the source's is deleted. The source tags themselves were written
@@ -135,7 +133,8 @@ def tag_run(item: Row, opts: Options) -> Row:
         if parent:
             on_active_run(c, target_id, lambda: c.set_tag(target_id, PARENT_RUN_ID_TAG, parent))
         if not opts.import_source_tags:
-            on_active_run(c, target_id, lambda: _delete_marker(c, target_id))
+            # the resume marker; already gone is fine
+            on_active_run(c, target_id, lambda: or_none(c.delete_tag, target_id, SOURCE_RUN_ID_TAG))
         if item.get("target_model_links"):
             _link_models(c, target_id, item["target_model_links"])
         if item.get("lifecycle_stage") == "deleted":

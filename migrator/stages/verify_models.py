@@ -20,7 +20,7 @@ from migrator.stages.logged_models import (
     wanted_tags,
 )
 from migrator.stages.model_sources import rewrite_source
-from migrator.stages.models import model_tags, version_tags
+from migrator.stages.models import artifact_roots, holder_source, model_tags, version_tags
 from migrator.stages.verify_runs import compare_artifacts, compare_map
 
 _MAX_DETAIL = 6
@@ -174,21 +174,15 @@ def _verify_version(opts: Options, name: str, source: Any, target: Any, row: Row
     vdoc = {"fields": version_fields(source), "tags": dict(source.tags)}
     compare_map("tags", version_tags(vdoc, opts), dict(target.tags), diffs)
 
-    def artifact_root(kind: str, target_id: str) -> str:
-        if kind == "run":
-            return str(tgt.get_run(target_id).info.artifact_uri)
-        return str(tgt.get_logged_model(target_id).artifact_location)
-
-    expected = rewrite_source(source.source or "", source.run_id, refs, artifact_root)
+    expected = rewrite_source(source.source or "", source.run_id, refs, artifact_roots(tgt))
     if expected is None:  # registered from a logged model holding its staged files
         holder = row.get("target_model_id")
         run = refs["runs"].get(source.run_id or "")
         expected = (f"models:/{holder}", run, holder)
         if holder:
-            location = tgt.get_logged_model(holder).artifact_location
-            compare_artifacts(opts, row.get("artifact_files"), location, diffs)
-            if row.get("source_file"):  # one file: its path within the holder
-                expected = (f"{location}/{row['source_file']}", run, holder)
+            lm = tgt.get_logged_model(holder)
+            compare_artifacts(opts, row.get("artifact_files"), lm.artifact_location, diffs)
+            expected = (holder_source(lm, row.get("source_file")), run, holder)
     _differs(diffs, "source", expected[0], target.source)
     _differs(diffs, "run_id", expected[1] or "", target.run_id or "")
     return result("model_version", sid, f"{name}/{target.version}", name, MATCH, diffs)

@@ -35,7 +35,7 @@ from migrator.mlflow_io import (
     iter_artifact_files,
     translate_errors,
 )
-from migrator.stages.tag_runs import tags_for
+from migrator.stages.tag_runs import link_key, run_model_links, tags_for
 from migrator.staging import file_sha256
 
 STAGE = "verify"
@@ -117,16 +117,8 @@ def compare_artifacts(
 
 def _compare_model_links(item: Row, target: Any, diffs: dict[str, list[str]]) -> None:
     """The run's links to logged models, remapped to the target's (`target_model_links`)."""
-    want = sorted(
-        (link["kind"], link["model_id"], link.get("step") or 0 if link["kind"] == "output" else 0)
-        for link in item.get("target_model_links") or []
-    )
-    inputs = getattr(target.inputs, "model_inputs", None) or []  # none before MLflow 3
-    outputs = getattr(getattr(target, "outputs", None), "model_outputs", None) or []
-    have = sorted(
-        [("input", m.model_id, 0) for m in inputs]
-        + [("output", m.model_id, m.step or 0) for m in outputs]
-    )
+    want = sorted(map(link_key, item.get("target_model_links") or []))
+    have = sorted(run_model_links(target))
     if want != have:
         diffs["model_links"] = [f"{len(want)} links to logged models expected, {len(have)} found"]
 

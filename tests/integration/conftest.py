@@ -48,6 +48,17 @@ def ray_local(s3: services.Service) -> Iterator[None]:
     ray.shutdown()
 
 
+def folder_hashes(root: str) -> dict[str, str]:
+    """SHA-256 of every file under `root`, by path relative to it."""
+    from migrator.staging import file_sha256
+
+    return {
+        os.path.relpath(os.path.join(d, f), root): file_sha256(os.path.join(d, f))
+        for d, _, files in os.walk(root)
+        for f in files
+    }
+
+
 def s3_staging() -> str:
     return f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import tempfile
 from typing import Any
 
@@ -22,7 +21,7 @@ from migrator.manifest import RUNS_SCHEMA
 from migrator.pipeline import Summary, run_command
 from migrator.staging import open_staging
 
-from .conftest import Source, s3_staging
+from .conftest import Source, folder_hashes, s3_staging
 
 
 def all_runs(c: MlflowClient) -> list[Any]:
@@ -43,15 +42,8 @@ def same_points(a: list[tuple[int, int, float]], b: list[tuple[int, int, float]]
 
 
 def artifact_hashes(c: MlflowClient, run_id: str) -> dict[str, str]:
-    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = c.download_artifacts(run_id, "", tmp)
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                p = os.path.join(dirpath, f)
-                with open(p, "rb") as fh:
-                    out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
+        return folder_hashes(c.download_artifacts(run_id, "", tmp))
 
 
 @pytest.fixture(scope="module")

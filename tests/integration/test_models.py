@@ -10,7 +10,6 @@ version's own source.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -29,7 +28,7 @@ from migrator.pipeline import run_command
 from migrator.seed import pointing_at
 from migrator.staging import open_staging
 
-from .conftest import Source, s3_staging
+from .conftest import Source, folder_hashes, s3_staging
 
 NAME = "demo-classifier"
 OTHER = "team.forecast model"
@@ -68,15 +67,8 @@ def using(server: str) -> contextlib.AbstractContextManager[None]:
 
 
 def tree_hashes(uri: str, server: str) -> dict[str, str]:
-    out = {}
     with tempfile.TemporaryDirectory() as tmp, using(server):
-        root = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                p = os.path.join(dirpath, f)
-                with open(p, "rb") as fh:
-                    out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
+        return folder_hashes(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
 
 
 def test_first_run_migrates_every_model_and_version(done: dict[str, Any]) -> None:
