@@ -37,10 +37,11 @@ _SCHEMES = (
     "databricks",
 )
 
-# Quieter, quicker-failing clients than MLflow's defaults (7 retries, 120 s timeout), unless the
-# user set them; the migrator retries transient failures itself.
+# Quicker-failing clients than MLflow's defaults (7 retries, 120 s timeout), unless the user set
+# them. Retries apply to idempotent requests only (`migrator.transport`): 5 retries at backoff
+# factor 1 (1, 2, 4, 8, 16 s, plus jitter) ride out a server that is away for ~30 s.
 CLIENT_ENV_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
@@ -50,8 +51,12 @@ CLIENT_ENV_DEFAULTS = {
 
 
 def apply_client_env() -> None:
+    """Client settings and the create-aware retry policy, once per process before any call."""
+    from migrator import transport
+
     for k, v in CLIENT_ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    transport.install()
 
 
 @functools.lru_cache(maxsize=8)
@@ -266,21 +271,32 @@ def search_runs_by_id(uri: str, experiment_ids: Sequence[str], run_ids: Sequence
     )
 
 
-def find_run_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> Any | None:
-    """The target run created earlier for a source run, found by its lineage tag, if any.
-
-    Looks at deleted runs too; if several exist (an outside duplicate), the oldest wins.
-    """
+def find_runs_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> list[Any]:
+    """Every target run of an experiment (deleted ones too) that carries this source run id
+    as its lineage tag: normally none or one; more are duplicates for `once.adopt`."""
     from mlflow.entities import ViewType
 
     runs = client(uri).search_runs(
         experiment_ids=[experiment_id],
-        filter_string=f"tags.`{SOURCE_RUN_ID_TAG}` = '{source_run_id}'",
+        filter_string=f"tags.`{SOURCE_RUN_ID_TAG}` = {quoted(source_run_id)}",
         run_view_type=ViewType.ALL,
-        max_results=10,
-        order_by=["attributes.start_time ASC"],
+        max_results=100,
     )
-    return runs[0] if runs else None
+    return [r for r in runs if r.data.tags.get(SOURCE_RUN_ID_TAG) == source_run_id]
+
+
+def discard_run(uri: str, run: Any, kept_id: str) -> None:
+    """Turn a duplicate target run into a deleted one that no longer carries its lineage tag
+    (tagged `mlflow_exim.duplicate_of` = the run kept instead)."""
+    from migrator.once import DUPLICATE_OF_TAG
+
+    c = client(uri)
+    run_id = run.info.run_id
+    if run.info.lifecycle_stage != "active":
+        c.restore_run(run_id)  # MLflow refuses tag changes on a deleted run
+    c.set_tag(run_id, DUPLICATE_OF_TAG, kept_id)
+    or_none(c.delete_tag, run_id, SOURCE_RUN_ID_TAG)
+    c.delete_run(run_id)
 
 
 def has_logged_models(uri: str, experiment_id: str) -> bool:
@@ -311,10 +327,26 @@ def quoted(value: str) -> str:
     return f'"{value}"' if "'" in value else f"'{value}'"
 
 
+def find_logged_models_by_tag(uri: str, experiment_id: str, key: str, value: str) -> list[Any]:
+    """Every logged model of an experiment that carries this tag value (exact, checked)."""
+    found = iter_logged_models(uri, [experiment_id], f"tags.`{key}` = {quoted(value)}")
+    return [m for m in found if m.tags.get(key) == value]
+
+
 def find_logged_model_by_tag(uri: str, experiment_id: str, key: str, value: str) -> Any | None:
-    """The logged model of an experiment that carries this tag (an earlier attempt's), if any."""
-    found = list(iter_logged_models(uri, [experiment_id], f"tags.`{key}` = {quoted(value)}"))
-    return min(found, key=lambda m: m.creation_timestamp) if found else None
+    """The oldest logged model of an experiment that carries this tag, if any."""
+    found = find_logged_models_by_tag(uri, experiment_id, key, value)
+    return min(found, key=lambda m: (m.creation_timestamp, m.model_id)) if found else None
+
+
+def discard_logged_model(uri: str, lm: Any, key: str, kept_id: str) -> None:
+    """Turn a duplicate target logged model into a deleted one without its lineage tag."""
+    from migrator.once import DUPLICATE_OF_TAG
+
+    c = client(uri)
+    c.set_logged_model_tags(lm.model_id, {DUPLICATE_OF_TAG: kept_id})
+    or_none(c.delete_logged_model_tag, lm.model_id, key)
+    c.delete_logged_model(lm.model_id)
 
 
 def iter_registered_models(uri: str) -> Iterator[Any]:
@@ -330,9 +362,14 @@ def iter_registered_models(uri: str) -> Iterator[Any]:
 
 def model_versions(uri: str, name: str) -> list[Any]:
     """Every (not deleted) version of a registered model, lowest number first."""
+    return versions_of_model(client(uri), name)
+
+
+def versions_of_model(c: Any, name: str) -> list[Any]:
+    """`model_versions` through a given client."""
     token, out = None, list[Any]()
     while True:
-        page = client(uri).search_model_versions(
+        page = c.search_model_versions(
             f"name = {quoted(name)}", max_results=10_000, page_token=token
         )
         out.extend(v for v in page if v.name == name)
@@ -392,6 +429,7 @@ def tag_key_loggable(key: str) -> bool:
 
 def artifact_repo(tracking_uri: str, artifact_uri: str) -> Any:
     """The artifact repository behind a run's artifact URI (no extra `get_run` calls)."""
+    apply_client_env()
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)

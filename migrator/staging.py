@@ -9,18 +9,39 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
+import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from migrator.errors import ConfigError, StagingError
+from migrator.errors import ConfigError, MigratorError, PermanentError, StagingError, TransientError
+
+log = logging.getLogger(__name__)
 
 _FORBIDDEN_CHARS = ("#", "\\", "\x00")
 _MULTIPART_FROM = 8 << 20  # boto3's own multipart threshold
+#: Attempts of one S3 request by the migrator, on top of boto3's own retries (which skip some
+#: transient answers, e.g. a bare 429).
+S3_ATTEMPTS = 4
+_S3_MISSING = {"404", "NoSuchKey", "NotFound"}
+_S3_TRANSIENT = {
+    "429",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+}
+T = TypeVar("T")
 
 
 def file_sha256(path: str) -> str:
@@ -125,8 +146,30 @@ def s3_endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
 
 
+def s3_error(e: Exception, key: str) -> MigratorError:
+    """An S3 failure as the migrator's error: a missing object is a `StagingError`, throttling,
+    5xx and lost connections are transient, anything else refused (403, …) is permanent."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):  # BotoCoreError: no answer (after boto3's retries)
+        return TransientError(f"S3 request failed: {type(e).__name__}: {e}", obj=key)
+    err = e.response.get("Error", {})
+    code = str(err.get("Code") or "")
+    status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in _S3_MISSING or status == 404:
+        return StagingError(f"missing staging object {key!r}", obj=key)
+    text = f"S3 answered {status} {code}: {err.get('Message') or ''}".strip()
+    if code in _S3_TRANSIENT or status == 429 or status >= 500:
+        return TransientError(text, obj=key)
+    return PermanentError(text, obj=key)
+
+
 class S3Staging:
-    """An `s3://bucket/prefix`; large objects go up in parallel multipart uploads."""
+    """An `s3://bucket/prefix`; large objects go up in parallel multipart uploads.
+
+    Every request goes through `_call`: errors are mapped by `s3_error`, and transient ones
+    retried with backoff and jitter (each retry logged) after boto3's own retries.
+    """
 
     def __init__(self, uri: str) -> None:
         import boto3
@@ -162,59 +205,90 @@ class S3Staging:
         key = safe_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _call(self, key: str, request: Callable[[], T]) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for attempt in range(1, S3_ATTEMPTS + 1):
+            try:
+                return request()
+            except (ClientError, BotoCoreError) as e:
+                err = s3_error(e, key)
+                if not isinstance(err, TransientError) or attempt == S3_ATTEMPTS:
+                    raise err from None
+                delay = min(2.0**attempt, 20.0) * (0.5 + random.random())
+                log.warning("S3 %s (attempt %d of %d, retrying)", err, attempt, S3_ATTEMPTS)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
     def read_bytes(self, key: str) -> bytes:
-        try:
-            body: bytes = self._client.get_object(Bucket=self.bucket, Key=self._key(key))[
-                "Body"
-            ].read()
-            return body
-        except self._client.exceptions.NoSuchKey:
-            raise StagingError(f"missing staging object {key!r}") from None
+        def get() -> bytes:
+            obj = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data: bytes = obj["Body"].read()
+            return data
+
+        return self._call(key, get)
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._call(
+            key, lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        )
 
     def upload_file(self, local_path: str, key: str) -> None:
         """Small files in one PUT; large ones through boto3's parallel multipart transfer
         (whose thread pool costs more CPU than a small file's whole upload)."""
-        if os.path.getsize(local_path) < _MULTIPART_FROM:
-            with open(local_path, "rb") as f:
-                self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f)
-        else:
-            self._client.upload_file(local_path, self.bucket, self._key(key))
+
+        def put() -> None:
+            if os.path.getsize(local_path) < _MULTIPART_FROM:
+                with open(local_path, "rb") as f:
+                    self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f)
+            else:
+                self._client.upload_file(local_path, self.bucket, self._key(key))
+
+        self._call(key, put)
 
     def download_file(self, key: str, local_path: str) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
+        def get() -> None:
             obj = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
             with open(local_path, "wb") as f:
                 for chunk in obj["Body"].iter_chunks(1 << 20):
                     f.write(chunk)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                raise StagingError(f"missing staging object {key!r}") from None
-            raise
+
+        self._call(key, get)
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+        """Whether the object is there. Only a real "not found" is absence: a refusal or a
+        server error raises (it must never make a run look new)."""
 
-        try:
+        def head() -> bool:
             self._client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except ClientError:
+
+        try:
+            return self._call(key, head)
+        except StagingError:
             return False
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         full = self._key(prefix) + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
-        paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+            if token:
+                args["ContinuationToken"] = token
+            page: dict[str, Any] = self._call(prefix, functools.partial(self._list, args))
             for obj in page.get("Contents", []):
                 yield obj["Key"][strip:]
+            token = page.get("NextContinuationToken")
+            if not token:
+                return
+
+    def _list(self, args: dict[str, Any]) -> dict[str, Any]:
+        page: dict[str, Any] = self._client.list_objects_v2(**args)
+        return page
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self._call(key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
 
 @functools.lru_cache(maxsize=8)

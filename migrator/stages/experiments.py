@@ -21,6 +21,7 @@ from migrator.lineage import (
 )
 from migrator.manifest import EXPORTED, IMPORTED, TAGGED, Row, now_ms
 from migrator.mlflow_io import client, translate_errors
+from migrator.once import Lineage, create_once
 from migrator.staging import Staging
 
 DEFAULT_EXPERIMENT_ID = "0"
@@ -61,6 +62,23 @@ def read_experiment_doc(staging: Staging, experiment_id: str) -> dict[str, Any]:
     return doc
 
 
+def experiment_lineage(c: Any, name: str, source_id: str) -> Lineage:
+    """A target experiment is found by its name (unique on a server, deleted ones too)."""
+
+    def find() -> list[Any]:
+        found = c.get_experiment_by_name(name)
+        return [found] if found is not None and found.name == name else []
+
+    return Lineage(
+        kind="experiment",
+        obj=f"experiment {name!r} ({source_id})",
+        find=find,
+        create=lambda: c.get_experiment(c.create_experiment(name)),
+        order=lambda e: e.experiment_id,
+        target_id=lambda e: str(e.experiment_id),
+    )
+
+
 def import_experiment(row: Row, opts: Options, staging: Staging) -> Row:
     """Find or create the target experiment, set its tags; returns the row in state `imported`."""
     source_id = row["source_experiment_id"]
@@ -71,11 +89,8 @@ def import_experiment(row: Row, opts: Options, staging: Staging) -> Row:
         if source_id == DEFAULT_EXPERIMENT_ID:
             target = c.get_experiment(DEFAULT_EXPERIMENT_ID)
         else:
-            target = c.get_experiment_by_name(fields["name"])
-        if target is None:
-            target_id = c.create_experiment(fields["name"])
-            target = c.get_experiment(target_id)
-        elif target.lifecycle_stage != "active":
+            target = create_once(experiment_lineage(c, fields["name"], source_id), look_first=True)
+        if target.lifecycle_stage != "active":
             c.restore_experiment(target.experiment_id)  # runs can only go into an active one
         wanted = dict(tags)
         if opts.import_source_tags:

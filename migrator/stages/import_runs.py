@@ -1,9 +1,10 @@
 """Import one staged run into the target: create (or find) it, then its data and artifacts.
 
 Creation is the only step that is not naturally idempotent, so the created run carries its
-source run id as a tag from the first call, and a second attempt finds it instead of creating
-another. Everything after creation is safe to repeat: params with equal values are accepted,
-equal metric points are de-duplicated by the server, artifacts are overwritten.
+source run id as a tag from the first call, and creation goes through `once.create_once`: sent
+once, and after an ambiguous failure or an earlier attempt's intent, looked up and adopted.
+Everything after creation is safe to repeat: params with equal values are accepted, equal
+metric points are de-duplicated by the server, artifacts are overwritten.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from migrator.lineage import (
 from migrator.manifest import IMPORTED, Row, now_ms
 from migrator.mlflow_io import (
     client,
-    find_run_by_source_id,
+    discard_run,
+    find_runs_by_source_id,
     log_batch_chunked,
     tag_key_loggable,
     translate_errors,
 )
+from migrator.once import Lineage, create_once
 from migrator.staging import Staging, open_staging
 
 STAGE = "import"
@@ -93,31 +96,45 @@ def intent_key(opts: Options, source_run_id: str) -> str:
     return f"manifests/_journal/intents/{target}/{source_run_id}"
 
 
+def run_lineage(opts: Options, target_exp: str, source_run_id: str, create: Any) -> Lineage:
+    """How a source run's target run is found (its lineage tag), made and discarded."""
+    return Lineage(
+        kind="run",
+        obj=f"run {source_run_id}",
+        find=lambda: find_runs_by_source_id(opts.target, target_exp, source_run_id),
+        create=create,
+        order=lambda r: r.info.run_id,
+        target_id=lambda r: str(r.info.run_id),
+        discard=lambda r, kept: discard_run(opts.target, r, kept),
+        stage=STAGE,
+    )
+
+
 def _find_or_create(opts: Options, staging: Staging, item: Row, doc: dict[str, Any]) -> Any:
     c = client(opts.target)
     info = doc["info"]
     target_exp = item["target_experiment_id"]
     if item.get("target_run_id"):
         run = c.get_run(item["target_run_id"])
-        if run.info.lifecycle_stage != "active":
-            c.restore_run(run.info.run_id)  # left deleted by an interrupted tag stage
-        return run
-    intent = intent_key(opts, info["run_id"])
-    if staging.exists(intent):
-        found = find_run_by_source_id(opts.target, target_exp, info["run_id"])
-        if found is not None:
-            if found.info.lifecycle_stage != "active":
-                c.restore_run(found.info.run_id)
-            return found
     else:
-        staging.write_bytes(intent, b"")
-    return c._tracking_client.store.create_run(
-        experiment_id=target_exp,
-        user_id=info.get("user_id") or "unknown",
-        start_time=info["start_time"],
-        tags=[RunTag(k, v) for k, v in _creation_tags(doc, opts).items()],
-        run_name=info.get("run_name"),
-    )
+        intent = intent_key(opts, info["run_id"])
+        earlier = staging.exists(intent)
+        if not earlier:
+            staging.write_bytes(intent, b"")
+
+        def create() -> Any:
+            return c._tracking_client.store.create_run(
+                experiment_id=target_exp,
+                user_id=info.get("user_id") or "unknown",
+                start_time=info["start_time"],
+                tags=[RunTag(k, v) for k, v in _creation_tags(doc, opts).items()],
+                run_name=info.get("run_name"),
+            )
+
+        run = create_once(run_lineage(opts, target_exp, info["run_id"], create), look_first=earlier)
+    if run.info.lifecycle_stage != "active":
+        c.restore_run(run.info.run_id)  # left deleted by an interrupted tag stage
+    return run
 
 
 def _prepare_data(doc: dict[str, Any], table: Any) -> tuple[list[Any], list[Any]]:

@@ -34,7 +34,14 @@ from migrator.lineage import (
     object_source_tags,
 )
 from migrator.manifest import EXPORTED, IMPORTED, TAGGED, Row, now_ms
-from migrator.mlflow_io import client, find_logged_model_by_tag, or_none, translate_errors
+from migrator.mlflow_io import (
+    client,
+    discard_logged_model,
+    find_logged_models_by_tag,
+    or_none,
+    translate_errors,
+)
+from migrator.once import Lineage, create_once
 from migrator.staging import open_staging
 
 log = logging.getLogger(__name__)
@@ -161,23 +168,44 @@ def wanted_tags(doc: dict[str, Any], opts: Options) -> dict[str, str]:
     return fit(tags)
 
 
+def logged_model_lineage(
+    opts: Options, experiment_id: str, key: str, value: str, create: Any, obj: str
+) -> Lineage:
+    """How a target logged model marked `key = value` is found, made and discarded (a
+    migrated logged model by its source id; a version's holder by its version)."""
+    return Lineage(
+        kind="logged model",
+        obj=obj,
+        find=lambda: find_logged_models_by_tag(opts.target, experiment_id, key, value),
+        create=create,
+        order=lambda m: (m.creation_timestamp, m.model_id),
+        target_id=lambda m: str(m.model_id),
+        discard=lambda m, kept: discard_logged_model(opts.target, m, key, kept),
+    )
+
+
 def _find_or_create(opts: Options, item: Row, doc: dict[str, Any]) -> Any:
     c = client(opts.target)
     if item.get("target_model_id"):
         return c.get_logged_model(item["target_model_id"])
     source_id = doc["fields"]["model_id"]
     exp = item["target_experiment_id"]
-    found = find_logged_model_by_tag(opts.target, exp, SOURCE_MODEL_ID_TAG, source_id)
-    if found is not None:
-        return found
-    return c.create_logged_model(
-        experiment_id=exp,
-        name=doc["fields"]["name"],
-        source_run_id=item.get("target_run_id"),
-        tags=wanted_tags(doc, opts),
-        params=doc["params"],
-        model_type=doc["fields"].get("model_type"),
+
+    def create() -> Any:
+        return c.create_logged_model(
+            experiment_id=exp,
+            name=doc["fields"]["name"],
+            source_run_id=item.get("target_run_id"),
+            tags=wanted_tags(doc, opts),
+            params=doc["params"],
+            model_type=doc["fields"].get("model_type"),
+        )
+
+    spec = logged_model_lineage(
+        opts, exp, SOURCE_MODEL_ID_TAG, source_id, create, f"logged model {source_id}"
     )
+    # Logged models are few per experiment: always look first (a kill leaves no intent).
+    return create_once(spec, look_first=True)
 
 
 def _log_metrics(opts: Options, lm: Any, doc: dict[str, Any], run_ids: dict[str, str]) -> int:

@@ -49,8 +49,12 @@ from migrator.mlflow_io import (
     client,
     find_logged_model_by_tag,
     model_versions,
+    or_none,
     translate_errors,
+    versions_of_model,
 )
+from migrator.once import Lineage, create_once
+from migrator.stages.logged_models import logged_model_lineage
 from migrator.stages.model_sources import logged_model_of, rewrite_source, source_ref
 from migrator.staging import Staging, open_staging
 
@@ -130,16 +134,19 @@ def version_tags(vdoc: dict[str, Any], opts: Options) -> dict[str, str]:
 def _registered_model(c: Any, doc: dict[str, Any], opts: Options) -> Any:
     """The target model by name: created, or found (an earlier attempt's, or the target's own)
     and brought up to date."""
-    from mlflow.exceptions import MlflowException
-
     name = doc["fields"]["name"]
     tags = model_tags(doc, opts)
-    try:
-        return c.create_registered_model(name, tags=tags, description=doc["description"] or None)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    rm = c.get_registered_model(name)
+    spec = Lineage(
+        kind="registered model",
+        obj=f"registered model {name!r}",
+        find=lambda: [rm for rm in [or_none(c.get_registered_model, name)] if rm is not None],
+        create=lambda: c.create_registered_model(
+            name, tags=tags, description=doc["description"] or None
+        ),
+        order=lambda rm: rm.name,
+        target_id=lambda rm: str(rm.name),
+    )
+    rm = create_once(spec, look_first=False)
     if (rm.description or "") != doc["description"]:
         c.update_registered_model(name, description=doc["description"])
     for k, v in tags.items():
@@ -163,14 +170,19 @@ def _holder(
     n = vdoc["fields"]["version"]
     exp = refs["experiments"].get(vdoc.get("experiment_id") or "") or DEFAULT_EXPERIMENT_ID
     marker = f"{name}/{n}"
-    lm = find_logged_model_by_tag(opts.target, exp, HOLDER_TAG, marker)
     if not create:
-        return lm
-    if lm is None:
-        tags = {HOLDER_TAG: marker}
-        if opts.import_source_tags:
-            tags[FIELD_PREFIX + "source"] = vdoc["fields"]["source"]
-        lm = c.create_logged_model(exp, name=_holder_name(vdoc["fields"]["source"]), tags=fit(tags))
+        return find_logged_model_by_tag(opts.target, exp, HOLDER_TAG, marker)
+    tags = {HOLDER_TAG: marker}
+    if opts.import_source_tags:
+        tags[FIELD_PREFIX + "source"] = vdoc["fields"]["source"]
+
+    def make() -> Any:
+        holder_name = _holder_name(vdoc["fields"]["source"])
+        return c.create_logged_model(exp, name=holder_name, tags=fit(tags))
+
+    lm = create_once(
+        logged_model_lineage(opts, exp, HOLDER_TAG, marker, make, obj), look_first=True
+    )
     staging = open_staging(opts.staging)
     fetch = from_staging(staging, lambda path: version_artifact_key(name, n, path))
     upload_artifacts(opts.target, lm.artifact_location, vdoc["artifacts"], fetch, obj)
@@ -226,15 +238,36 @@ def holder_source(holder: Any, file: str | None) -> str:
     return f"{holder.artifact_location}/{file}" if file else f"models:/{holder.model_id}"
 
 
+def version_lineage(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -> Lineage:
+    """How the target version of source version `n` is found (its source-number tag, at any
+    number), made (one create) and discarded (deleted: numbers are never reused)."""
+
+    def find() -> list[Any]:
+        marked = str(n)
+        return [v for v in versions_of_model(c, name) if v.tags.get(SOURCE_VERSION_TAG) == marked]
+
+    return Lineage(
+        kind="model version",
+        obj=obj,
+        find=find,
+        create=lambda: c.create_model_version(name, await_creation_for=0, **args),
+        order=lambda v: (int(v.version) != n, int(v.version)),
+        target_id=lambda v: str(v.version),
+        discard=lambda v, _kept: or_none(c.delete_model_version, name, str(v.version)),
+    )
+
+
 def _create_at(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -> Any:
     """Create the version so that it gets number `n`: a lower number is a version the source
-    deleted, so it is deleted again and the create repeated."""
+    deleted, so it is deleted again and the create repeated. An ambiguous create is looked
+    up by its source-number tag (`once.create_once`), wherever it landed."""
+    spec = version_lineage(c, name, n, args, obj)
     while True:
-        mv = c.create_model_version(name, await_creation_for=0, **args)
+        mv = create_once(spec, look_first=False)
         got = int(mv.version)
         if got == n:
             return mv
-        c.delete_model_version(name, str(got))
+        or_none(c.delete_model_version, name, str(got))  # a re-sent delete finds it gone
         if got > n:
             raise PermanentError(
                 f"the target model already used version numbers up to {got - 1}, so version "
@@ -340,7 +373,7 @@ def import_model(item: Row, opts: Options) -> Row:
         for n, v in list(existing.items()):
             marker = v.tags.get(SOURCE_VERSION_TAG)
             if marker is not None and marker != str(n):  # left at a wrong number by a kill
-                c.delete_model_version(name, str(n))
+                or_none(c.delete_model_version, name, str(n))
                 del existing[n]
     blocked = ""
     for vdoc in sorted(doc["versions"], key=lambda v: v["fields"]["version"]):

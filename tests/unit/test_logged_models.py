@@ -203,6 +203,7 @@ class FakeTarget:
         self.calls.append(("create_logged_model", experiment_id))
         lm = SimpleNamespace(
             model_id=TARGET_MID,
+            creation_timestamp=0,
             experiment_id=experiment_id,
             tags=dict(kw.get("tags") or {}),
             artifact_location=f"mlflow-artifacts:/{experiment_id}/models/{TARGET_MID}/artifacts",
@@ -235,7 +236,7 @@ class FakeTarget:
 def target(monkeypatch: pytest.MonkeyPatch) -> FakeTarget:
     fake = FakeTarget()
     monkeypatch.setattr(logged_models, "client", lambda uri: fake)
-    monkeypatch.setattr(logged_models, "find_logged_model_by_tag", lambda *a: None)
+    monkeypatch.setattr(logged_models, "find_logged_models_by_tag", lambda *a: [])
     return fake
 
 

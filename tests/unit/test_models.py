@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST
+from mlflow.store.entities.paged_list import PagedList
 
 from migrator.config import Options
 from migrator.errors import PermanentError, StagingError
 from migrator.layout import MODEL_FORMAT, RUN_FORMAT, dump_doc, model_key
 from migrator.lineage import FIELD_PREFIX, SOURCE_VERSION_TAG
 from migrator.manifest import FAILED, IMPORTED
-from migrator.stages import model_sources, models
+from migrator.stages import logged_models, model_sources, models
 from migrator.stages.model_sources import rewrite_source, source_ref
 from migrator.stages.models import _create_at, read_model_doc
 from migrator.staging import LocalStaging
@@ -188,6 +189,9 @@ class ScriptedRegistry:
 
     def delete_model_version(self, name: str, version: str) -> None:
         self.deleted.append((name, version))
+
+    def search_model_versions(self, *args: Any, **kwargs: Any) -> Any:
+        return PagedList([], None)  # nothing marked: every create goes out
 
 
 ARGS = {"source": f"runs:/{TARGET_RUN}/model", "run_id": TARGET_RUN, "tags": {"a": "1"}}
@@ -613,6 +617,9 @@ class FakeRegistry:
     def versions(self, name: str) -> list[Any]:
         return [v for (m, n), v in sorted(self.live.items()) if m == name]
 
+    def search_model_versions(self, flt: str, **kwargs: Any) -> Any:
+        return PagedList([v for (m, n), v in sorted(self.live.items()) if flt.endswith(f"'{m}'")], None)
+
     # logged models (the holders of staged versions' files)
     def create_logged_model(
         self, experiment_id: str, name: Any = None, tags: Any = None, **kwargs: Any
@@ -620,6 +627,7 @@ class FakeRegistry:
         mid = f"m-{len(self.logged) + 1:032x}"
         lm = SimpleNamespace(
             model_id=mid,
+            creation_timestamp=len(self.logged),
             experiment_id=experiment_id,
             name=name,
             tags=dict(tags or {}),
@@ -635,12 +643,15 @@ class FakeRegistry:
     def finalize_logged_model(self, model_id: str, status: Any) -> None:
         self.logged[model_id].status = str(getattr(status, "name", status))
 
-    def find_logged_model(self, experiment_id: str, key: str, value: str) -> Any:
-        found = [
+    def find_logged_models(self, experiment_id: str, key: str, value: str) -> list[Any]:
+        return [
             lm
             for lm in self.logged.values()
             if lm.experiment_id == experiment_id and lm.tags.get(key) == value
         ]
+
+    def find_logged_model(self, experiment_id: str, key: str, value: str) -> Any:
+        found = self.find_logged_models(experiment_id, key, value)
         return found[0] if found else None
 
 
@@ -653,6 +664,11 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
         models,
         "find_logged_model_by_tag",
         lambda uri, exp, key, value: fake.find_logged_model(exp, key, value),
+    )
+    monkeypatch.setattr(
+        logged_models,
+        "find_logged_models_by_tag",
+        lambda uri, exp, key, value: fake.find_logged_models(exp, key, value),
     )
     monkeypatch.setattr(
         models,

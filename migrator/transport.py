@@ -1,0 +1,109 @@
+"""Which HTTP requests to an MLflow server may be sent again, and how.
+
+MLflow's HTTP session retries every method, POST included, on 5xx, read errors and dropped
+connections. For a `create` that is wrong: a 503 or a reset that arrives after the server
+committed the object makes urllib3 send the request again, and the server makes a second
+object (seen as duplicate runs under a faulty proxy). So this module gives MLflow's session a
+retry policy that knows which endpoints create:
+
+- a request that **creates** (`runs/create`, `experiments/create`, a logged model, a model
+  version, …) is re-sent only when it certainly never reached the server (the connection
+  could not be opened) or the server refused it unprocessed (429). Any other failure is
+  ambiguous and goes back to the caller, who looks the object up by its lineage key before
+  creating again (`migrator.once`);
+- every other request (reads, `log_batch`, tags, deletes, artifact PUTs: all idempotent) is
+  retried with exponential backoff and jitter on 408/429/5xx, read errors and dropped
+  connections, honouring `Retry-After` (capped), up to MLflow's
+  `MLFLOW_HTTP_REQUEST_MAX_RETRIES`; each retry is logged.
+
+4xx answers other than 408/429 are final (MLflow's own status list). Installed once per
+process by `install()`, before the first session is made.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from typing import Any
+from urllib.parse import urlparse
+
+from urllib3.exceptions import MaxRetryError
+from urllib3.util.retry import Retry
+
+log = logging.getLogger(__name__)
+
+#: Paths (after the API version) whose POST makes a new object: never re-sent blindly.
+_CREATES = re.compile(
+    r"/(?:ajax-)?api/[0-9.]+/mlflow/(?:"
+    r"runs/create|experiments/create|logged-models|model-versions/create"
+    r"|registered-models/create|runs/log-inputs|runs/outputs|traces|prompts/create"
+    r"|datasets/create|scorers/register|webhooks|traces/[^/]+/assessments|issues"
+    r"|label-schemas/create|review-queues/create"
+    r")/?$"
+)
+#: The longest a `Retry-After` is waited for, in seconds (a server may ask for an hour).
+RETRY_AFTER_CAP_S = 30.0
+#: Statuses a server sends before doing anything: safe to send a create again after them.
+_REFUSED_UNPROCESSED = {429}
+
+
+def creates(method: str | None, url: str | None) -> bool:
+    """Whether this request makes a new object, so that sending it twice may make two."""
+    if (method or "").upper() != "POST" or not url:
+        return False
+    return bool(_CREATES.search(urlparse(url).path))
+
+
+class CreateAwareRetry(Retry):
+    """urllib3's Retry, except that creates are re-sent only when that is certainly safe, and
+    every retry is logged."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> CreateAwareRetry:
+        status = getattr(response, "status", None)
+        if creates(method, url) and not _never_reached(self, error, status):
+            reason = error or Exception(f"HTTP {status} to a create (not re-sent)")
+            raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        cause = f"HTTP {status}" if status else type(error).__name__ if error else "?"
+        log.warning(
+            "retrying %s %s after %s (%s retries left)",
+            method,
+            urlparse(url or "").path,
+            cause,
+            new.total,
+        )
+        return new
+
+    def get_retry_after(self, response: Any) -> float | None:
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, RETRY_AFTER_CAP_S)
+
+
+def _never_reached(retry: Retry, error: Exception | None, status: int | None) -> bool:
+    """The request never reached the server (no connection), or the server refused it
+    before doing anything (429)."""
+    if error is not None:
+        return retry._is_connection_error(error)
+    return status in _REFUSED_UNPROCESSED
+
+
+@functools.lru_cache(maxsize=1)
+def install() -> None:
+    """Make MLflow's HTTP sessions in this process use `CreateAwareRetry`.
+
+    MLflow builds its sessions (cached) from `urllib3.util.Retry` by name in
+    `mlflow.utils.request_utils`; that name is pointed at the subclass and the cache dropped.
+    """
+    from mlflow.utils import request_utils
+
+    request_utils.Retry = CreateAwareRetry  # type: ignore[misc]
+    request_utils._cached_get_request_session.cache_clear()
