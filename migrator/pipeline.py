@@ -12,13 +12,12 @@ target id) → registered models and versions (need the runs and logged models t
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from migrator import mlflow_io
+from migrator import mlflow_io, scope
 from migrator.config import Options
 from migrator.errors import ConfigError, MigratorError
 from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of
@@ -36,6 +35,8 @@ from migrator.manifest import (
     runs_table,
     table_to_rows,
 )
+from migrator.reconcile import reconcile
+from migrator.scope import matches
 from migrator.stages import experiments as exp_stage
 from migrator.stages import logged_models as lm_stage
 from migrator.stages import models as models_stage
@@ -71,13 +72,6 @@ _DONE = {
 #: Run statuses that mean "not finished": such runs are exported again by the next `migrate`.
 UNFINISHED = ("RUNNING", "SCHEDULED")
 RESYNC = "_resync"
-
-
-def matches(patterns: tuple[str, ...], experiment_id: str, name: str) -> bool:
-    """True when no filter is set, or a pattern equals the id or name, or globs the name."""
-    if not patterns:
-        return True
-    return any(p in (experiment_id, name) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def next_step(row: Row | None) -> str:
@@ -129,13 +123,8 @@ class Migration:
 
     def export_experiments(self) -> list[Row]:
         """Stage every source experiment in scope; returns their rows."""
-        from mlflow.entities import ViewType
-
-        view = ViewType.ALL if self.opts.include_deleted else ViewType.ACTIVE_ONLY
         rows = []
-        for exp in mlflow_io.iter_experiments(self.opts.source, view):
-            if not matches(self.opts.experiments, exp.experiment_id, exp.name):
-                continue
+        for exp in scope.source_experiments(self.opts):
             try:
                 row = exp_stage.export_experiment(exp, self.staging)
                 old = self.exps.get(exp.experiment_id)
@@ -192,18 +181,10 @@ class Migration:
 
     def source_runs(self, exp_rows: list[Row]) -> Iterator[Row]:
         """Every source run in scope, paged, as a manifest row (the known one, or a new one)."""
-        from mlflow.entities import ViewType
-
-        view = ViewType.ALL if self.opts.include_deleted else ViewType.ACTIVE_ONLY
-        flt = ""
-        if self.opts.run_start_time is not None:
-            flt = f"attributes.start_time >= {int(self.opts.run_start_time)}"
         for exp in exp_rows:
             if exp.get("state") == FAILED:
                 continue
-            for run in mlflow_io.iter_runs(
-                self.opts.source, [exp["source_experiment_id"]], view, flt
-            ):
+            for run in scope.source_runs(self.opts, exp["source_experiment_id"]):
                 known = self.runs.get(run.info.run_id)
                 row = (
                     dict(known)
@@ -473,8 +454,7 @@ class Migration:
                     "known_model": self.models.get(rm.name),
                     "known_versions": self.versions.get(rm.name, {}),
                 }
-                for rm in mlflow_io.iter_registered_models(self.opts.source)
-                if matches(self.opts.models, rm.name, rm.name)
+                for rm in scope.source_models(self.opts)
             )
             # In this process: mostly a few reads per model, so a re-run that finds nothing
             # changed never starts the cluster.
@@ -515,7 +495,11 @@ class Migration:
             (VERIFY_LOGGED, logged_models),
             (VERIFY_MODEL, models),
         ]
-        return verify_migration(self.opts, self.executor, self.staging, exp_rows, work)
+
+        def other_sides() -> list[Row]:
+            return reconcile(self.opts, self.exps, self.runs, self.logged, self.models)
+
+        return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
 
     def close(self, exp_rows: list[Row]) -> Summary:
         """Write the manifests and count the final state of every run in scope."""

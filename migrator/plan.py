@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from migrator import mlflow_io
+from migrator import mlflow_io, scope
 from migrator.config import Options
 from migrator.manifest import IMPORTED, Row, experiments_table, models_table, runs_table
-from migrator.pipeline import matches, next_step, preflight
+from migrator.pipeline import next_step, preflight
+from migrator.scope import matches
 from migrator.staging import open_staging
 
 
@@ -77,8 +78,6 @@ def _known_models(opts: Options) -> dict[str, Row]:
 
 def run_plan(opts: Options, command: str) -> Plan:
     """Enumerate what `command` would do with these options; writes nothing."""
-    from mlflow.entities import ViewType
-
     plan = Plan(command)
     from_source = command in ("migrate", "export", "plan")
     preflight(
@@ -104,18 +103,13 @@ def run_plan(opts: Options, command: str) -> Plan:
         return plan
 
     known_models = _known_models(opts)
-    for rm in mlflow_io.iter_registered_models(opts.source):
-        if matches(opts.models, rm.name, rm.name):
-            done = (known_models.get(rm.name) or {}).get("state") == IMPORTED
-            plan.models["done" if done else "import"] += 1
-            plan.versions += len(mlflow_io.model_versions(opts.source, rm.name))
-    view = ViewType.ALL if opts.include_deleted else ViewType.ACTIVE_ONLY
-    flt = f"attributes.start_time >= {opts.run_start_time}" if opts.run_start_time else ""
-    for exp in mlflow_io.iter_experiments(opts.source, view):
-        if not matches(opts.experiments, exp.experiment_id, exp.name):
-            continue
+    for rm in scope.source_models(opts):
+        done = (known_models.get(rm.name) or {}).get("state") == IMPORTED
+        plan.models["done" if done else "import"] += 1
+        plan.versions += len(mlflow_io.model_versions(opts.source, rm.name))
+    for exp in scope.source_experiments(opts):
         ep = ExperimentPlan(exp.experiment_id, exp.name, exp.lifecycle_stage, on_target(exp.name))
-        for run in mlflow_io.iter_runs(opts.source, [exp.experiment_id], view, flt):
+        for run in scope.source_runs(opts, exp.experiment_id):
             ep.runs[next_step(known.get(run.info.run_id))] += 1
         plan.experiments.append(ep)
     return plan

@@ -259,8 +259,10 @@ class S3Staging:
         """Whether the object is there. Only a real "not found" is absence: a refusal or a
         server error raises (it must never make a run look new)."""
 
+        full = self._key(key)  # an unsafe key raises here, never reads as absent
+
         def head() -> bool:
-            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self._client.head_object(Bucket=self.bucket, Key=full)
             return True
 
         try:

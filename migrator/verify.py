@@ -2,7 +2,9 @@
 
 Like `rclone check`: each object (experiment, run, logged model, registered model, model
 version) ends in one of `match`, `differ` (with the fields that differ), `missing_on_target`,
-`missing_on_source` or `error`. Runs, logged models and registered models are verified in
+`missing_on_source` or `error`; and from the other sides (`migrator.reconcile`), target objects
+that carry a migrated source id but are not the manifest's (`duplicate`) and source objects in
+scope that never moved (`not_migrated`). Runs, logged models and registered models are verified in
 parallel through the same fan-out as the migration; experiments (few) inline. The rows replace
 `manifests/verify.parquet`.
 """
@@ -11,13 +13,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from migrator.config import Options
 from migrator.errors import MigratorError
 from migrator.fanout import Executor, Job, Stage, describe, jobs_of
 from migrator.manifest import ERROR, MATCH, Row, now_ms, write_verify
+from migrator.reconcile import DUPLICATE, NOT_MIGRATED
 from migrator.stages.experiments import verify_experiment
 from migrator.stages.verify_models import verify_logged_model, verify_model
 from migrator.stages.verify_runs import verify_row, verify_run
@@ -27,7 +30,16 @@ VERIFY = Stage("verify", verify_run)
 VERIFY_LOGGED = Stage("verify", verify_logged_model)
 VERIFY_MODEL = Stage("verify", verify_model)
 KINDS = ("experiment", "run", "logged_model", "registered_model", "model_version")
-OUTCOMES = (MATCH, "differ", "missing_on_target", "missing_on_source", ERROR)
+OUTCOMES = (
+    MATCH,
+    "differ",
+    "missing_on_target",
+    "missing_on_source",
+    DUPLICATE,
+    NOT_MIGRATED,
+    ERROR,
+)
+_W = 18  # column width of the table
 _SHOWN = 50
 
 
@@ -50,13 +62,13 @@ class VerifyReport:
         counts = self.counts()
         lines = [
             f"verify: {len(self.rows)} objects in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
-            "  " + f"{'':17}" + "".join(f"{o:>19}" for o in OUTCOMES),
+            "  " + f"{'':17}" + "".join(f"{o:>{_W}}" for o in OUTCOMES),
         ]
         for kind in KINDS:
             if kind not in ("experiment", "run") and not any(k == kind for k, _ in counts):
                 continue
             lines.append(
-                "  " + f"{kind:17}" + "".join(f"{counts[(kind, o)]:>19}" for o in OUTCOMES)
+                "  " + f"{kind:17}" + "".join(f"{counts[(kind, o)]:>{_W}}" for o in OUTCOMES)
             )
         bad = [r for r in self.rows if r["outcome"] != MATCH]
         for r in bad[:_SHOWN]:
@@ -75,11 +87,25 @@ def verify_migration(
     staging: Staging,
     exp_rows: list[Row],
     work: list[tuple[Stage, Iterable[Row]]],
+    other_sides: Callable[[], list[Row]] = list,
 ) -> VerifyReport:
     """Verify the experiments in `exp_rows` (inline) and the objects in `work` (each a verify
-    stage and its items, through the fan-out); a model's version rows come back with it."""
+    stage and its items, through the fan-out); a model's version rows come back with it.
+    `other_sides` gives the rows only the servers can show (duplicates, never moved)."""
     started = time.monotonic()
     rows: list[Row] = []
+    try:
+        rows.extend(other_sides())
+    except MigratorError as err:
+        rows.append(
+            {
+                "object_type": err.obj or "server",
+                "source_id": "",
+                "outcome": ERROR,
+                "error": f"looking for duplicates and unmigrated objects: {describe(err)}",
+                "verified_at": now_ms(),
+            }
+        )
     for e in exp_rows:
         try:
             rows.append(verify_experiment(e, opts))

@@ -1,10 +1,11 @@
-"""The driver's pure decisions (migrator.pipeline.matches / next_step)."""
+"""The driver's pure decisions (migrator.scope.matches / next_step)."""
 
 from __future__ import annotations
 
 import pytest
 
-from migrator.pipeline import matches, next_step
+from migrator.pipeline import next_step
+from migrator.scope import matches
 
 
 @pytest.mark.parametrize(

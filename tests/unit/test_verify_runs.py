@@ -14,6 +14,7 @@ from migrator import verify as verify_mod
 from migrator.config import Options
 from migrator.errors import PermanentError, TransientError
 from migrator.manifest import DIFFER, ERROR, MATCH, MISSING_ON_SOURCE, MISSING_ON_TARGET
+from migrator.reconcile import DUPLICATE, NOT_MIGRATED
 from migrator.stages import verify_runs
 from migrator.stages.verify_runs import compare_runs, verify_row, verify_run
 from migrator.verify import OUTCOMES, VerifyReport
@@ -727,6 +728,8 @@ def test_report_render_counts_per_type_and_outcome() -> None:
         DIFFER: 0,
         MISSING_ON_TARGET: 1,
         MISSING_ON_SOURCE: 0,
+        DUPLICATE: 0,
+        NOT_MIGRATED: 0,
         ERROR: 0,
     }
     assert _count_line(text, "run") == {
@@ -734,6 +737,8 @@ def test_report_render_counts_per_type_and_outcome() -> None:
         DIFFER: 2,
         MISSING_ON_TARGET: 0,
         MISSING_ON_SOURCE: 1,
+        DUPLICATE: 0,
+        NOT_MIGRATED: 0,
         ERROR: 1,
     }
     assert "    experiment 3 (name-3): missing_on_target" in text.splitlines()

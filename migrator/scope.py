@@ -1,0 +1,53 @@
+"""What is in scope on the source: the one place that applies `--experiments`, `--models`,
+`--include-deleted` and `--run-start-time`. The migration, `plan` and `verify` (which reports
+source objects that never moved) all enumerate through here, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from typing import Any
+
+from migrator import mlflow_io
+from migrator.config import Options
+
+
+def matches(patterns: tuple[str, ...], object_id: str, name: str) -> bool:
+    """True when no filter is set, or a pattern equals the id or name, or globs the name."""
+    if not patterns:
+        return True
+    return any(p in (object_id, name) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def view_type(opts: Options) -> int:
+    """MLflow's view type for experiments and runs: deleted ones only with --include-deleted."""
+    from mlflow.entities import ViewType
+
+    return int(ViewType.ALL if opts.include_deleted else ViewType.ACTIVE_ONLY)
+
+
+def run_filter(opts: Options) -> str:
+    """The search filter for runs (`--run-start-time`), or none."""
+    if opts.run_start_time is None:
+        return ""
+    return f"attributes.start_time >= {int(opts.run_start_time)}"
+
+
+def source_experiments(opts: Options) -> Iterator[Any]:
+    """Every source experiment in scope, paged."""
+    for exp in mlflow_io.iter_experiments(opts.source, view_type(opts)):
+        if matches(opts.experiments, exp.experiment_id, exp.name):
+            yield exp
+
+
+def source_runs(opts: Options, experiment_id: str) -> Iterator[Any]:
+    """Every run in scope of one source experiment, oldest first, paged."""
+    yield from mlflow_io.iter_runs(opts.source, [experiment_id], view_type(opts), run_filter(opts))
+
+
+def source_models(opts: Options) -> Iterator[Any]:
+    """Every registered model in scope on the source, paged."""
+    for rm in mlflow_io.iter_registered_models(opts.source):
+        if matches(opts.models, rm.name, rm.name):
+            yield rm
