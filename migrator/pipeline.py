@@ -21,6 +21,7 @@ from migrator import mlflow_io, scope
 from migrator.config import Options
 from migrator.errors import ConfigError, MigratorError
 from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of
+from migrator.faults import crash_point
 from migrator.manifest import (
     EXPORTED,
     FAILED,
@@ -202,6 +203,7 @@ class Migration:
                     and known.get("source_fingerprint") != self._fingerprint(run)
                 ):
                     row[RESYNC] = True  # unfinished at the last export, changed since
+                crash_point("runs-found")
                 yield row
 
     def _fingerprint(self, run: Any) -> str:
@@ -255,6 +257,7 @@ class Migration:
 
     def tag_all(self, exp_rows: list[Row]) -> None:
         """Apply source tags and parent links to every imported run in scope."""
+        crash_point("before-tags")
         in_scope = {e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED}
         size = max(1, self.opts.batch_size) * 4
         missing_parents = 0
@@ -284,6 +287,7 @@ class Migration:
 
     def _record_runs(self, stage: str, rows: list[Row]) -> None:
         for r in rows:
+            crash_point("run-tagged" if stage == "tag" else "run-done")
             r.pop(RESYNC, None)
             self.runs[r["source_run_id"]] = r
             if r["state"] == FAILED:
@@ -389,6 +393,7 @@ class Migration:
         return [r for _, r in sorted(self.versions.get(name, {}).items())]
 
     def _record_model(self, row: Row) -> None:
+        crash_point("model-done")
         versions = row.pop("_versions", None) or []
         for k in ("known_model", "known_versions", "refs"):
             row.pop(k, None)
