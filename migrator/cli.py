@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from migrator.config import Options
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import ConfigError, Interrupted, MigratorError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3
 DEFAULTS = Options()
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -152,6 +152,8 @@ def setup_logging(verbose: bool) -> None:
     )
     for noisy in ("mlflow", "urllib3", "botocore", "boto3", "s3transfer", "alembic", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Its retries are logged once, by migrator.transport.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"migrator: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except Interrupted as e:
+        print(f"migrator: interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MigratorError as e:
         print(f"migrator: failed: {e}", file=sys.stderr)
         return EXIT_FAILED

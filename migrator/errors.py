@@ -3,6 +3,7 @@
 ```
 MigratorError                  base; carries `obj` (e.g. "run 3f2a…") and `stage`
 ├── ConfigError                bad option, bad URI, unreachable server: fail before any work
+├── Interrupted                stopped part way (a server went away): re-run to resume
 ├── TransientError             worth retrying (connection reset, 429, 5xx)
 ├── PermanentError             retrying will not help; the object is marked failed
 │   └── StagingError           a staging object is missing, corrupt or unsafe
@@ -34,6 +35,11 @@ class MigratorError(Exception):
 
 class ConfigError(MigratorError):
     """Bad input caught before any work starts (options, URIs, reachability)."""
+
+
+class Interrupted(MigratorError):
+    """The command stopped before its end (a server stopped answering). What was done is
+    recorded in the manifests; the same command resumes."""
 
 
 class TransientError(MigratorError):

@@ -113,6 +113,26 @@ def check_tracking_uri(uri: str, role: str) -> None:
         raise ConfigError(f"{role} tracking URI {uri} is not usable: {e.message}") from None
 
 
+def answers(uri: str, tries: int = 3, pause_s: float = 3.0) -> bool:
+    """Whether a tracking server answers `/health` (one of `tries`, `pause_s` apart); a
+    database URI always counts as answering."""
+    import time
+
+    import requests
+
+    if urlparse(uri).scheme not in ("http", "https"):
+        return True
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(pause_s)
+        try:
+            if requests.get(uri.rstrip("/") + "/health", timeout=5).status_code < 500:
+                return True
+        except requests.RequestException:
+            pass
+    return False
+
+
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}
 # Two writers racing to insert the same row (e.g. one dataset logged by two runs at once):
 # the server answers BAD_REQUEST, but the next attempt finds the row there and succeeds.

@@ -19,8 +19,8 @@ from typing import Any
 
 from migrator import mlflow_io, scope
 from migrator.config import Options
-from migrator.errors import ConfigError, MigratorError
-from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of
+from migrator.errors import ConfigError, Interrupted, TransientError
+from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of, run_one
 from migrator.faults import crash_point
 from migrator.manifest import (
     EXPORTED,
@@ -62,6 +62,7 @@ IMPORT_LOGGED = Stage("import", lm_stage.import_logged_model)
 MIGRATE_LOGGED = Stage("migrate", lm_stage.migrate_logged_model)
 TAG_LOGGED = Stage("tag", lm_stage.tag_logged_model)
 EXPORT_MODEL = Stage("export", export_model)
+FINISH_EXPERIMENT = Stage("finish", exp_stage.finish_experiment)
 IMPORT_MODEL = Stage("import", models_stage.import_model)
 PROGRESS_EVERY_S = 5.0
 _DONE = {
@@ -87,6 +88,28 @@ def next_step(row: Row | None) -> str:
     return {EXPORTED: "import", IMPORTED: "tag", TAGGED: "done"}.get(state or "", "export")
 
 
+def still_moving(row: Row | None, scope_complete: bool) -> bool:
+    """Whether an object this migration points at has no target yet but may get one on a
+    re-run: not done, or failed on an error that may pass (transient, a lost task); or not
+    known at all while some experiment in scope failed (it may sit there). What waits for it
+    (a child's parent link, a version's source) waits; what points at an object that failed
+    for good, or lies outside the scope, does without."""
+    if row is None:
+        return not scope_complete
+    if row.get("target_run_id") or row.get("target_model_id"):
+        return False
+    if row.get("state") != FAILED:
+        return True
+    return str(row.get("error") or "").startswith(("TransientError", "task lost"))
+
+
+def _waits(parent: str) -> str:
+    return (
+        f"waits for its parent run {parent}, which has not migrated yet (it failed): the next "
+        "run links it"
+    )
+
+
 def _found_as(known: Row | None, row: Row, step: str) -> str:
     """How a run in scope stood before this command: new, re-synced, unchanged or resumed."""
     if known is None:
@@ -94,6 +117,35 @@ def _found_as(known: Row | None, row: Row, step: str) -> str:
     if row.get(RESYNC):
         return "re-synced"
     return "unchanged" if step == "done" else "resumed"
+
+
+class ServerWatch:
+    """Ends the command when a server goes away for good, instead of failing every object in
+    turn: after an object fails on a transient error (its retries spent), each server is asked
+    whether it still answers (at most every `every_s`)."""
+
+    def __init__(self, servers: dict[str, str], every_s: float = 10.0) -> None:
+        self.servers = {role: uri for role, uri in servers.items() if uri}
+        self.every_s = every_s
+        self._last = 0.0
+
+    def check(self, rows: Iterable[Row]) -> None:
+        """Raises:
+        Interrupted: a row failed transiently and a server no longer answers."""
+        transient = any(
+            r.get("state") == FAILED and str(r.get("error") or "").startswith("TransientError")
+            for r in rows
+        )
+        if not transient or time.monotonic() - self._last < self.every_s:
+            return
+        for role, uri in self.servers.items():
+            if not mlflow_io.answers(uri):
+                raise Interrupted(
+                    f"the {role} server {uri} stopped answering. What was done is recorded in "
+                    "the manifests (objects it failed are retried): run the same command again "
+                    "to resume"
+                )
+        self._last = time.monotonic()
 
 
 class Migration:
@@ -106,6 +158,17 @@ class Migration:
         self.runs_m: ManifestTable = runs_table(self.staging, opts.manifest_flush_rows)
         self.exps_m: ManifestTable = experiments_table(self.staging)
         self.summary = Summary(command, staging=self.staging.uri)
+        #: Every experiment in scope is in (none failed): an object the manifests do not know
+        #: is then outside the scope, not merely not reached yet (`still_moving`).
+        self.scope_complete = True
+        uses_source = command in ("migrate", "export", "verify")
+        uses_target = command in ("migrate", "import", "verify")
+        self.watch = ServerWatch(
+            {
+                "source": opts.source if uses_source else "",
+                "target": opts.target if uses_target else "",
+            }
+        )
         self._last_progress = time.monotonic()
         # Fold what a killed driver left in the journal before deciding anything.
         self.runs = {r["source_run_id"]: r for r in table_to_rows(self.runs_m.compact())}
@@ -123,19 +186,24 @@ class Migration:
     # ---- experiments -------------------------------------------------------------------
 
     def export_experiments(self) -> list[Row]:
-        """Stage every source experiment in scope; returns their rows."""
+        """Stage every source experiment in scope; returns their rows. Experiments are few:
+        in this process, one at a time, with the fan-out's retries (`run_one`)."""
         rows = []
         for exp in scope.source_experiments(self.opts):
-            try:
-                row = exp_stage.export_experiment(exp, self.staging)
-                old = self.exps.get(exp.experiment_id)
-                if old and old.get("target_experiment_id"):
-                    row["target_experiment_id"] = old["target_experiment_id"]
-            except MigratorError as e:
-                row = failed_row(
-                    {"source_experiment_id": exp.experiment_id, "name": exp.name}, "export", e
-                )
-            rows.append(self._record_experiment(row))
+
+            def export(row: Row, opts: Options, exp: Any = exp) -> Row:
+                out = exp_stage.export_experiment(exp, self.staging)
+                if row.get("target_experiment_id"):
+                    out["target_experiment_id"] = row["target_experiment_id"]
+                return out
+
+            known = self.exps.get(exp.experiment_id) or {}
+            row = {
+                "source_experiment_id": exp.experiment_id,
+                "name": exp.name,
+                "target_experiment_id": known.get("target_experiment_id"),
+            }
+            rows.append(self._record_experiment(run_one(Stage("export", export), row, self.opts)))
         return rows
 
     def staged_experiments(self) -> list[Row]:
@@ -147,30 +215,23 @@ class Migration:
         ]
 
     def import_experiments(self, rows: list[Row]) -> list[Row]:
+        stage = Stage(
+            "import", lambda row, opts: exp_stage.import_experiment(row, opts, self.staging)
+        )
         out = []
         for row in rows:
             if row.get("state") == FAILED and row.get("failed_stage") == "export":
                 out.append(row)
                 continue
-            try:
-                row = exp_stage.import_experiment(row, self.opts, self.staging)
-            except MigratorError as e:
-                row = failed_row(row, "import", e)
-            out.append(self._record_experiment(row))
+            out.append(self._record_experiment(run_one(stage, row, self.opts)))
         return out
 
     def finish_experiments(self, rows: list[Row]) -> None:
         for row in rows:
-            if row.get("state") == FAILED:
+            if row.get("state") != FAILED:
+                row = self._record_experiment(run_one(FINISH_EXPERIMENT, row, self.opts))
+            if row["state"] == FAILED:
                 self.summary.failed.append(row)
-                self.summary.experiments[FAILED] += 1
-                continue
-            try:
-                row = exp_stage.finish_experiment(row, self.opts)
-            except MigratorError as e:
-                row = failed_row(row, "finish", e)
-                self.summary.failed.append(row)
-            self._record_experiment(row)
             self.summary.experiments[row["state"]] += 1
 
     def _record_experiment(self, row: Row) -> Row:
@@ -268,7 +329,13 @@ class Migration:
             for row in list(self.runs.values()):
                 if row["source_experiment_id"] in in_scope and next_step(row) == "tag":
                     item = with_targets(row, self.runs, logged)
-                    if row.get("source_parent_run_id") and not item.get("target_parent_run_id"):
+                    parent = row.get("source_parent_run_id")
+                    if parent and not item.get("target_parent_run_id"):
+                        if still_moving(
+                            self.runs.get(parent), self.scope_complete
+                        ):  # link it later
+                            self._record_runs("tag", [failed_row(row, "tag", _waits(parent))])
+                            continue
                         missing_parents += 1
                     yield item
 
@@ -295,6 +362,7 @@ class Migration:
             else:
                 self.summary.actions.update(_DONE[stage])
         self.runs_m.append(rows)
+        self.watch.check(rows)
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY_S:
             self._last_progress = now
@@ -365,6 +433,7 @@ class Migration:
                 r.pop("run_id_map", None)
                 self.logged[r["source_model_id"]] = r
             self.logged_m.append(results)
+            self.watch.check(results)
             return []
 
         size = max(1, self.opts.batch_size)
@@ -429,18 +498,25 @@ class Migration:
             yield {**row, "_versions": versions, "refs": refs}
 
     def _refs(self, versions: list[Row], logged: dict[str, str]) -> Row:
-        """The target runs and logged models a model's versions point at."""
+        """The target runs and logged models a model's versions point at, and (`pending`) the
+        ones still moving (`still_moving`): a version waits for those rather than being
+        registered from a copy of its files."""
         runs: dict[str, str] = {}
         models: dict[str, str] = {}
+        pending: set[str] = set()
         for v in versions:
             kind, ref, _ = source_ref(v.get("source") or "", v.get("run_id"))
             for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
                 if target := self._target_run(rid):
                     runs[rid] = target  # type: ignore[index]
+                elif still_moving(self.runs.get(rid), self.scope_complete):  # type: ignore[arg-type]
+                    pending.add(rid)  # type: ignore[arg-type]
             for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
                 if mid in logged:
                     models[mid] = logged[mid]  # type: ignore[index]
-        return {"runs": runs, "models": models}
+                elif still_moving(self.logged.get(mid), self.scope_complete):  # type: ignore[arg-type]
+                    pending.add(mid)  # type: ignore[arg-type]
+        return {"runs": runs, "models": models, "pending": sorted(pending)}
 
     def transfer_models(self, do_export: bool, do_import: bool) -> None:
         """Registered models in scope: export each (a task per model), then import those with
@@ -450,6 +526,7 @@ class Migration:
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             for r in results:
                 self._record_model(r)
+            self.watch.check(results)
             return []
 
         if do_export:
@@ -506,6 +583,11 @@ class Migration:
 
         return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
 
+    def flush(self) -> None:
+        """Write every buffered manifest row to the journal (before the command ends early)."""
+        for table in (self.runs_m, self.exps_m, self.logged_m, self.models_m, self.versions_m):
+            table.flush()
+
     def close(self, exp_rows: list[Row]) -> Summary:
         """Write the manifests and count the final state of every run in scope."""
         for table in (self.runs_m, self.exps_m, self.logged_m, self.models_m, self.versions_m):
@@ -547,39 +629,65 @@ def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True
 
 
 def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
-    """`migrate`, `export`, `import` or `verify` end to end; returns the summary."""
-    do_export = command in ("migrate", "export")
-    do_import = command in ("migrate", "import")
+    """`migrate`, `export`, `import` or `verify` end to end; returns the summary.
+
+    Raises:
+        ConfigError: bad options, or a server or the staging store unusable at the start.
+        Interrupted: a server stopped answering part way (the driver's own calls, after
+            their retries, or `ServerWatch`); what was done is recorded.
+        PermanentError: a server refused one of the driver's own calls.
+    """
     preflight(
-        opts, source=do_export or command == "verify", target=do_import or command == "verify"
+        opts,
+        source=command in ("migrate", "export", "verify"),
+        target=command in ("migrate", "import", "verify"),
     )
     executor: Executor = executor_factory(opts)
+    m: Migration | None = None
     try:
         m = Migration(opts, executor, command)
-        if command == "verify":
-            m.summary.verify = m.verify()
-            return m.summary
-        exp_rows = m.export_experiments() if do_export else m.staged_experiments()
-        if do_import:
-            exp_rows = m.import_experiments(exp_rows)
-        runs = m.source_runs(exp_rows) if do_export else m.staged_runs(exp_rows)
-        m.transfer(runs, do_export, do_import)
-        if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
-            m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
-        m.transfer_logged_models(exp_rows, do_export, do_import)
-        if do_import:
-            m.tag_all(exp_rows)
-        m.transfer_models(do_export, do_import)
-        if do_import:
-            m.finish_experiments(exp_rows)
-        else:
-            for e in exp_rows:
-                m.summary.experiments[e["state"]] += 1
-                if e["state"] == FAILED:
-                    m.summary.failed.append(e)
-        summary = m.close(exp_rows)
-        if opts.verify and command == "migrate":
-            summary.verify = m.verify()
-        return summary
+        with mlflow_io.translate_errors("server", "driver"):
+            return _run_stages(m, command)
+    except TransientError as e:  # the driver's own reads: spent their retries
+        raise Interrupted(
+            f"{e}. What was done is recorded in the manifests: run the same command again to resume"
+        ) from e
+    except BaseException:
+        if m is not None:  # a command that ends early keeps what it recorded
+            m.flush()
+        raise
     finally:
         executor.close()
+
+
+def _run_stages(m: Migration, command: str) -> Summary:
+    """The stages of a command, in order (see the module docstring)."""
+    opts = m.opts
+    do_export = command in ("migrate", "export")
+    do_import = command in ("migrate", "import")
+    if command == "verify":
+        m.summary.verify = m.verify()
+        return m.summary
+    exp_rows = m.export_experiments() if do_export else m.staged_experiments()
+    if do_import:
+        exp_rows = m.import_experiments(exp_rows)
+    m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
+    runs = m.source_runs(exp_rows) if do_export else m.staged_runs(exp_rows)
+    m.transfer(runs, do_export, do_import)
+    if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
+        m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
+    m.transfer_logged_models(exp_rows, do_export, do_import)
+    if do_import:
+        m.tag_all(exp_rows)
+    m.transfer_models(do_export, do_import)
+    if do_import:
+        m.finish_experiments(exp_rows)
+    else:
+        for e in exp_rows:
+            m.summary.experiments[e["state"]] += 1
+            if e["state"] == FAILED:
+                m.summary.failed.append(e)
+    summary = m.close(exp_rows)
+    if opts.verify and command == "migrate":
+        summary.verify = m.verify()
+    return summary

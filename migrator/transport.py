@@ -74,7 +74,7 @@ class CreateAwareRetry(Retry):
             raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         new = super().increment(method, url, response, error, _pool, _stacktrace)
         cause = f"HTTP {status}" if status else type(error).__name__ if error else "?"
-        log.warning(
+        log.info(
             "retrying %s %s after %s (%s retries left)",
             method,
             urlparse(url or "").path,

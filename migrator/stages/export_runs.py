@@ -85,11 +85,11 @@ def model_links(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's links to logged models, from its document, as the runs manifest holds them."""
     links = [
         {"model_id": m["model_id"], "kind": "input", "step": None}
-        for m in doc["inputs"].get("model_inputs", [])
+        for m in (doc.get("inputs") or {}).get("model_inputs", [])
     ]
     links += [
         {"model_id": m["model_id"], "kind": "output", "step": m.get("step")}
-        for m in doc["outputs"].get("model_outputs", [])
+        for m in (doc.get("outputs") or {}).get("model_outputs", [])
     ]
     return links
 
@@ -164,6 +164,32 @@ def export_run(item: Row, opts: Options) -> Row:
         return export_run_keeping(item, opts, keep)[0]
 
 
+def row_fields(doc: dict[str, Any]) -> Row:
+    """The manifest fields a staged run document (checked by `validate_run_doc`) gives, all
+    but the fingerprint and state:
+    the export writes them, and an import from staging writes them again, so a row is whole
+    whichever stage wrote it last."""
+    info, tags, artifacts = doc["info"], doc["tags"], doc["artifacts"]
+    return {
+        "source_experiment_id": info.get("experiment_id"),
+        "run_name": info.get("run_name"),
+        "user_id": info.get("user_id"),
+        "status": info.get("status"),
+        "lifecycle_stage": info.get("lifecycle_stage"),
+        "start_time": info.get("start_time"),
+        "end_time": info.get("end_time"),
+        "artifact_uri": info.get("artifact_uri"),
+        "source_parent_run_id": tags.get(PARENT_RUN_ID_TAG),
+        "mlflow_tags": {k: v for k, v in tags.items() if k.startswith(SYSTEM_TAG_PREFIX)},
+        "n_params": len(doc["params"]),
+        "n_metric_points": (doc.get("metrics") or {}).get("points"),
+        "n_artifacts": len(artifacts),
+        "artifact_bytes": sum(a["size"] for a in artifacts),
+        "artifact_files": artifacts,
+        "model_links": model_links(doc),
+    }
+
+
 def export_run_keeping(
     item: Row, opts: Options, keep: str
 ) -> tuple[Row, dict[str, Any], list[dict[str, Any]]]:
@@ -204,22 +230,7 @@ def export_run_keeping(
     staging.write_bytes(run_key(run_id, "run.json"), dump_doc(RUN_FORMAT, doc))
     row = {
         **item,
-        "source_experiment_id": info["experiment_id"],
-        "run_name": info["run_name"],
-        "user_id": info["user_id"],
-        "status": info["status"],
-        "lifecycle_stage": info["lifecycle_stage"],
-        "start_time": info["start_time"],
-        "end_time": info["end_time"],
-        "artifact_uri": info["artifact_uri"],
-        "source_parent_run_id": tags.get(PARENT_RUN_ID_TAG),
-        "mlflow_tags": {k: v for k, v in tags.items() if k.startswith(SYSTEM_TAG_PREFIX)},
-        "n_params": len(params),
-        "n_metric_points": len(points),
-        "n_artifacts": len(artifacts),
-        "artifact_bytes": sum(a["size"] for a in artifacts),
-        "artifact_files": artifacts,
-        "model_links": model_links(doc),
+        **row_fields(doc),
         "source_fingerprint": run_fingerprint(run, [(a["path"], a["size"]) for a in artifacts]),
         "state": EXPORTED,
         "error": None,

@@ -44,6 +44,7 @@ from migrator.mlflow_io import (
     translate_errors,
 )
 from migrator.once import Lineage, create_once
+from migrator.stages.export_runs import row_fields
 from migrator.staging import Staging, open_staging
 
 STAGE = "import"
@@ -228,6 +229,8 @@ def import_document(
         _finish(opts, target_id, doc)
     return {
         **item,
+        **row_fields(doc),  # whole even when an earlier task's row was lost with its failure
+        "n_metric_points": len(points),
         "target_run_id": target_id,
         "state": IMPORTED,
         "error": None,

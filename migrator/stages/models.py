@@ -257,6 +257,22 @@ def version_lineage(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -
     )
 
 
+def _check_not_waiting(vdoc: dict[str, Any], refs: Row, obj: str) -> None:
+    """Raises:
+    PermanentError: the run or logged model the version points at is part of this migration
+        but has not moved yet (it failed); the next run registers the version."""
+    f = vdoc["fields"]
+    _, ref, _ = source_ref(f["source"], f.get("run_id"))
+    waiting = [x for x in (f.get("run_id"), ref) if x and x in (refs.get("pending") or ())]
+    if waiting:
+        raise PermanentError(
+            f"waits for {waiting[0]}, which this migration has not moved yet (it failed): "
+            "the next run registers the version",
+            obj=obj,
+            stage="import",
+        )
+
+
 def _create_at(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -> Any:
     """Create the version so that it gets number `n`: a lower number is a version the source
     deleted, so it is deleted again and the create repeated. An ambiguous create is looked
@@ -299,6 +315,7 @@ def _import_version(
                 )
             mv = existing
         else:
+            _check_not_waiting(vdoc, refs, obj)
             target = _target_source(c, opts, name, vdoc, refs, obj)
             assert target is not None  # with `create`, a holder is always found or made
             source, run_id, model_id = target
