@@ -74,6 +74,15 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
     )
     p.add_argument("--dry-run", action="store_true", help="show what would move; write nothing")
     p.add_argument(
+        "--server-grace",
+        dest="server_grace_s",
+        type=float,
+        default=DEFAULTS.server_grace_s,
+        metavar="SECONDS",
+        help="how long a server may stop answering before the command stops with exit 3 "
+        f"(default {DEFAULTS.server_grace_s:.0f})",
+    )
+    p.add_argument(
         "--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once"
     )
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="runs per task")

@@ -41,6 +41,9 @@ class Options:
     """Runs per task: small runs are batched so each task is worth its overhead."""
     max_attempts: int = 3
     """Attempts per object for transient errors (connection resets, 5xx)."""
+    server_grace_s: float = 60.0
+    """How long a server may stop answering (after an object failed on it) before the command
+    stops (`Interrupted`, exit 3) instead of failing every object in turn."""
     manifest_flush_rows: int = 500
     """Status rows buffered by the driver before a journal file is written."""
 

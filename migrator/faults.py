@@ -76,6 +76,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._open: set[socket.socket] = set()
         self.port = 0
 
     @property
@@ -110,6 +111,17 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy._lock:
+                    proxy._open.add(self.connection)
+
+            def finish(self) -> None:
+                with proxy._lock:
+                    proxy._open.discard(self.connection)
+                with contextlib.suppress(OSError):
+                    super().finish()
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass
@@ -197,8 +209,14 @@ class FaultProxy:
             self._server = None
 
     def down(self) -> None:
-        """Stop listening: connections are refused until `up()` (same port)."""
+        """Go away as a crashed server does: open connections are cut (requests in flight
+        get no answer) and new ones refused until `up()` (same port)."""
         self.stop()
+        with self._lock:
+            cut, self._open = list(self._open), set()
+        for conn in cut:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def up(self) -> None:
         """Listen again on the same port."""

@@ -113,24 +113,25 @@ def check_tracking_uri(uri: str, role: str) -> None:
         raise ConfigError(f"{role} tracking URI {uri} is not usable: {e.message}") from None
 
 
-def answers(uri: str, tries: int = 3, pause_s: float = 3.0) -> bool:
-    """Whether a tracking server answers `/health` (one of `tries`, `pause_s` apart); a
-    database URI always counts as answering."""
+def answers(uri: str, grace_s: float = 60.0, pause_s: float = 5.0) -> bool:
+    """Whether a tracking server answers `/health` within `grace_s` (asked every `pause_s`);
+    a database URI always counts as answering."""
     import time
 
     import requests
 
     if urlparse(uri).scheme not in ("http", "https"):
         return True
-    for attempt in range(tries):
-        if attempt:
-            time.sleep(pause_s)
+    deadline = time.monotonic() + grace_s
+    while True:
         try:
             if requests.get(uri.rstrip("/") + "/health", timeout=5).status_code < 500:
                 return True
         except requests.RequestException:
             pass
-    return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause_s)
 
 
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}

@@ -124,8 +124,9 @@ class ServerWatch:
     turn: after an object fails on a transient error (its retries spent), each server is asked
     whether it still answers (at most every `every_s`)."""
 
-    def __init__(self, servers: dict[str, str], every_s: float = 10.0) -> None:
+    def __init__(self, servers: dict[str, str], grace_s: float, every_s: float = 10.0) -> None:
         self.servers = {role: uri for role, uri in servers.items() if uri}
+        self.grace_s = grace_s
         self.every_s = every_s
         self._last = 0.0
 
@@ -139,9 +140,10 @@ class ServerWatch:
         if not transient or time.monotonic() - self._last < self.every_s:
             return
         for role, uri in self.servers.items():
-            if not mlflow_io.answers(uri):
+            if not mlflow_io.answers(uri, self.grace_s):
                 raise Interrupted(
-                    f"the {role} server {uri} stopped answering. What was done is recorded in "
+                    f"the {role} server {uri} stopped answering (for {self.grace_s:.0f} s). "
+                    "What was done is recorded in "
                     "the manifests (objects it failed are retried): run the same command again "
                     "to resume"
                 )
@@ -167,7 +169,8 @@ class Migration:
             {
                 "source": opts.source if uses_source else "",
                 "target": opts.target if uses_target else "",
-            }
+            },
+            opts.server_grace_s,
         )
         self._last_progress = time.monotonic()
         # Fold what a killed driver left in the journal before deciding anything.

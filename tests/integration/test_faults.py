@@ -50,6 +50,12 @@ def light_experiments(source: Source) -> tuple[str, ...]:
     return tuple(source.seeded.experiment_ids.values())
 
 
+@pytest.fixture(autouse=True)
+def production_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's client retries as the migrator sets them (the suite lowers them elsewhere)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+
+
 @pytest.fixture()
 def s3_through(s3: Service, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     """The S3 store behind a fault proxy, for this process's staging clients."""
@@ -159,9 +165,14 @@ def test_a_target_away_for_20_seconds_then_back_is_ridden_out(
             manifest_flush_rows=1,
         )
         result: dict[str, Any] = {}
-        worker = threading.Thread(
-            target=lambda: result.update(s=run_command("migrate", opts, make_executor))
-        )
+
+        def migrate() -> None:
+            try:
+                result["s"] = run_command("migrate", opts, make_executor)
+            except Exception as e:  # shown by the assertion below
+                result["error"] = e
+
+        worker = threading.Thread(target=migrate)
         worker.start()
         _wait_for_runs(tmp_path / "staging", 2)
         tp.down()
@@ -169,7 +180,7 @@ def test_a_target_away_for_20_seconds_then_back_is_ridden_out(
         tp.up()
         worker.join(600)
         assert not worker.is_alive()
-        assert "s" in result, "the migration raised"
+        assert "s" in result, f"the migration raised: {result.get('error')!r}"
         assert result["s"].ok, result["s"].render()
     direct = opts.replace(target=target.url)
     assert_exactly_once(direct, source, target.url)
@@ -186,7 +197,7 @@ def test_a_target_gone_for_good_stops_with_one_line_and_a_rerun_resumes(
             sys.executable, "-m", "migrator", "migrate", "--source", source.url,
             "--target", tp.url, "--staging", str(staging), "--include-deleted",
             "--experiments", ",".join(light_experiments(source)), "--ray-address", "none",
-            "--batch-size", "1", "--concurrency", "2",
+            "--batch-size", "1", "--concurrency", "2", "--server-grace", "5",
         ]  # fmt: skip
         env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
