@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from migrator.config import Options
+from migrator.credentials import redact
 from migrator.errors import ConfigError, Interrupted, MigratorError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3
@@ -81,6 +82,15 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
         metavar="SECONDS",
         help="how long a server may stop answering before the command stops with exit 3 "
         f"(default {DEFAULTS.server_grace_s:.0f})",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        dest="lease_ttl_s",
+        type=float,
+        default=DEFAULTS.lease_ttl_s,
+        metavar="SECONDS",
+        help="a driver holding the staging store whose heartbeat is this old is taken to be "
+        f"gone (default {DEFAULTS.lease_ttl_s:.0f})",
     )
     p.add_argument(
         "--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once"
@@ -159,6 +169,10 @@ def setup_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    from migrator.credentials import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     for noisy in ("mlflow", "urllib3", "botocore", "boto3", "s3transfer", "alembic", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Its retries are logged once, by migrator.transport.
@@ -196,16 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from migrator.pipeline import run_command
 
         summary = run_command(args.command, opts, make_executor)
-        print(summary.render())
+        print(redact(summary.render()))
         return EXIT_OK if summary.ok else EXIT_FAILED
     except ConfigError as e:
-        print(f"migrator: error: {e}", file=sys.stderr)
+        print(f"migrator: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_CONFIG
     except Interrupted as e:
-        print(f"migrator: interrupted: {e}", file=sys.stderr)
+        print(f"migrator: interrupted: {redact(str(e))}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MigratorError as e:
-        print(f"migrator: failed: {e}", file=sys.stderr)
+        print(f"migrator: failed: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -44,6 +44,9 @@ class Options:
     server_grace_s: float = 60.0
     """How long a server may stop answering (after an object failed on it) before the command
     stops (`Interrupted`, exit 3) instead of failing every object in turn."""
+    lease_ttl_s: float = 60.0
+    """A driver whose lease on the staging store has had no heartbeat for this long is taken
+    to be gone, and its lease is taken over (`migrator.lease`)."""
     manifest_flush_rows: int = 500
     """Status rows buffered by the driver before a journal file is written."""
 

@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from migrator import credentials
 from migrator.config import Options
 from migrator.errors import MigratorError, TransientError
 from migrator.manifest import FAILED, Row, now_ms
@@ -64,15 +65,16 @@ def jobs_of(stage: Stage, rows: Iterable[Row], size: int) -> Iterator[Job]:
 
 
 def describe(e: BaseException) -> str:
+    """An error as one line for a manifest row or the summary, without credentials."""
     if isinstance(e, MigratorError):
-        return f"{type(e).__name__}: {e.message}"
-    return f"{type(e).__name__}: {e}"
+        return credentials.redact(f"{type(e).__name__}: {e.message}")
+    return credentials.redact(f"{type(e).__name__}: {e}")
 
 
 def failed_row(row: Row, stage: str, error: BaseException | str) -> Row:
     """The row marked failed; the stage is the one the error names (a task that does several
     stages), else the task's."""
-    msg = error if isinstance(error, str) else describe(error)
+    msg = credentials.redact(error) if isinstance(error, str) else describe(error)
     if isinstance(error, MigratorError) and error.stage:
         stage = error.stage
     return {**row, "state": FAILED, "error": msg, "failed_stage": stage, "updated_at": now_ms()}
@@ -98,6 +100,7 @@ def run_one(stage: Stage, row: Row, opts: Options) -> Row:
 
 def run_job(job: Job, opts: Options) -> list[Row]:
     """Run a job: its `prepare` (if any), then each row in turn. Never raises."""
+    credentials.bind(opts.source, opts.target)
     if job.stage.prepare is not None:
         try:
             job.stage.prepare(job.rows, opts)
@@ -166,17 +169,26 @@ class InlineExecutor:
         pass
 
 
-_FORWARDED_ENV = ("MLFLOW_", "AWS_", "BOTO_")
+_FORWARDED_ENV = ("MLFLOW_", "AWS_", "BOTO_", "MIGRATOR_")
 
 
 def forwarded_env() -> dict[str, str]:
-    """Settings the workers need (S3 endpoint and credentials, MLflow client settings)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
+    """Settings the workers need (S3 endpoint, MLflow client settings), for Ray's
+    `runtime_env`: never a secret (the dashboard shows it); those go by `secret_env`."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(_FORWARDED_ENV) and not credentials.is_secret(k)
+    }
 
 
 class StageWorker:
     """A Ray actor per CPU: one process (MLflow imported once, HTTP sessions kept) running
-    `max_concurrency` jobs at once in threads, each job fed as soon as a thread frees up."""
+    `max_concurrency` jobs at once in threads, each job fed as soon as a thread frees up.
+    It takes the driver's secrets (S3 keys, tokens) as a Ray object, not from `runtime_env`."""
+
+    def __init__(self, secrets: dict[str, str] | None = None) -> None:
+        credentials.apply(secrets or {})
 
     def run(self, job: Job, opts: Options) -> list[Row]:
         return run_job(job, opts)
@@ -222,7 +234,8 @@ class RayExecutor:
         worker = ray.remote(StageWorker).options(
             num_cpus=1, max_concurrency=threads, max_restarts=3, max_task_retries=3
         )
-        self._actors = [worker.remote() for _ in range(slots)]
+        secrets = ray.put(credentials.secret_env())
+        self._actors = [worker.remote(secrets) for _ in range(slots)]
         self._capacity = slots * threads
         self._ray = ray
         return ray

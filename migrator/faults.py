@@ -20,6 +20,7 @@ import contextlib
 import http.client
 import logging
 import random
+import re
 import socket
 import threading
 from collections import Counter
@@ -51,13 +52,14 @@ class FaultPlan:
         default_factory=lambda: {"503_before": 0.03, "503_after": 0.03, "drop": 0.02, "429": 0.02}
     )
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Other rates for requests whose path contains a key (e.g. `"/create"`): the first match."""
+    """Other rates for requests whose path a key (a regular expression, e.g. `"/create$"`)
+    matches: the first match."""
     max_faults: int = 1_000
     seed: int = 1
     skip_paths: tuple[str, ...] = ("/health",)
 
     def rates_for(self, path: str) -> dict[str, float]:
-        return next((r for part, r in self.overrides.items() if part in path), self.rates)
+        return next((r for pat, r in self.overrides.items() if re.search(pat, path)), self.rates)
 
 
 class FaultProxy:

@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from migrator import mlflow_io, scope
+from migrator import credentials, mlflow_io, scope
 from migrator.config import Options
 from migrator.errors import ConfigError, Interrupted, TransientError
 from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of, run_one
 from migrator.faults import crash_point
+from migrator.lease import Lease
 from migrator.manifest import (
     EXPORTED,
     FAILED,
@@ -163,6 +164,7 @@ class Migration:
         #: Every experiment in scope is in (none failed): an object the manifests do not know
         #: is then outside the scope, not merely not reached yet (`still_moving`).
         self.scope_complete = True
+        self.lease: Lease | None = None
         uses_source = command in ("migrate", "export", "verify")
         uses_target = command in ("migrate", "import", "verify")
         self.watch = ServerWatch(
@@ -365,7 +367,7 @@ class Migration:
             else:
                 self.summary.actions.update(_DONE[stage])
         self.runs_m.append(rows)
-        self.watch.check(rows)
+        self._checkpoint(rows)
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY_S:
             self._last_progress = now
@@ -436,7 +438,7 @@ class Migration:
                 r.pop("run_id_map", None)
                 self.logged[r["source_model_id"]] = r
             self.logged_m.append(results)
-            self.watch.check(results)
+            self._checkpoint(results)
             return []
 
         size = max(1, self.opts.batch_size)
@@ -529,7 +531,7 @@ class Migration:
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             for r in results:
                 self._record_model(r)
-            self.watch.check(results)
+            self._checkpoint(results)
             return []
 
         if do_export:
@@ -586,6 +588,12 @@ class Migration:
 
         return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
 
+    def _checkpoint(self, rows: list[Row]) -> None:
+        """After each batch of results: stop when a server went away or the lease was lost."""
+        self.watch.check(rows)
+        if self.lease is not None:
+            self.lease.check()
+
     def flush(self) -> None:
         """Write every buffered manifest row to the journal (before the command ends early)."""
         for table in (self.runs_m, self.exps_m, self.logged_m, self.models_m, self.versions_m):
@@ -619,6 +627,7 @@ class Migration:
 
 def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True) -> None:
     """Fail fast, before any work: URIs well-formed, servers answering, staging usable."""
+    credentials.bind(opts.source, opts.target)
     if source:
         if not opts.source:
             raise ConfigError("--source is required")
@@ -635,9 +644,10 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
     """`migrate`, `export`, `import` or `verify` end to end; returns the summary.
 
     Raises:
-        ConfigError: bad options, or a server or the staging store unusable at the start.
+        ConfigError: bad options, a server or the staging store unusable at the start, or
+            another driver holding the staging store's lease.
         Interrupted: a server stopped answering part way (the driver's own calls, after
-            their retries, or `ServerWatch`); what was done is recorded.
+            their retries, or `ServerWatch`), or the lease was lost; what was done is recorded.
         PermanentError: a server refused one of the driver's own calls.
     """
     preflight(
@@ -645,22 +655,29 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
         source=command in ("migrate", "export", "verify"),
         target=command in ("migrate", "import", "verify"),
     )
-    executor: Executor = executor_factory(opts)
+    lease = Lease(open_staging(opts.staging), command, opts.lease_ttl_s)
+    lease.acquire()
     m: Migration | None = None
     try:
-        m = Migration(opts, executor, command)
-        with mlflow_io.translate_errors("server", "driver"):
-            return _run_stages(m, command)
-    except TransientError as e:  # the driver's own reads: spent their retries
-        raise Interrupted(
-            f"{e}. What was done is recorded in the manifests: run the same command again to resume"
-        ) from e
-    except BaseException:
-        if m is not None:  # a command that ends early keeps what it recorded
-            m.flush()
-        raise
+        executor: Executor = executor_factory(opts)
+        try:
+            m = Migration(opts, executor, command)
+            m.lease = lease
+            with mlflow_io.translate_errors("server", "driver"):
+                return _run_stages(m, command)
+        except TransientError as e:  # the driver's own calls: spent their retries
+            raise Interrupted(
+                f"{e}. What was done is recorded in the manifests: run the same command "
+                "again to resume"
+            ) from e
+        except BaseException:
+            if m is not None:  # a command that ends early keeps what it recorded
+                m.flush()
+            raise
+        finally:
+            executor.close()
     finally:
-        executor.close()
+        lease.release()
 
 
 def _run_stages(m: Migration, command: str) -> Summary:

@@ -85,6 +85,8 @@ class Staging(Protocol):
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
+    def put_if(self, key: str, data: bytes, etag: str | None) -> str | None: ...
 
 
 class LocalStaging:
@@ -139,6 +141,29 @@ class LocalStaging:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its version tag (a digest of its bytes), or None when absent."""
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, etag: str | None) -> str | None:
+        """Write only if the object is absent (`etag` None) or still at version `etag`, as one
+        step under a lock file; returns the new version tag, or None when the condition failed."""
+        import fcntl
+
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.read_versioned(key)
+            if (current[1] if current else None) != etag:
+                return None
+            self.write_bytes(key, data)
+            return hashlib.sha256(data).hexdigest()
 
 
 def s3_endpoint_url() -> str | None:
@@ -284,6 +309,38 @@ class S3Staging:
             token = page.get("NextContinuationToken")
             if not token:
                 return
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its ETag, or None when absent."""
+
+        def get() -> tuple[bytes, str]:
+            obj = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return obj["Body"].read(), str(obj["ETag"])
+
+        try:
+            return self._call(key, get)
+        except StagingError:
+            return None
+
+    def put_if(self, key: str, data: bytes, etag: str | None) -> str | None:
+        """S3's conditional write: only if absent (`If-None-Match: *`) or still at `etag`
+        (`If-Match`); returns the new ETag, or None when the condition failed (412)."""
+        from botocore.exceptions import ClientError
+
+        cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+
+        def put() -> str | None:
+            try:
+                out = self._client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, **cond
+                )
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                    return None
+                raise
+            return str(out["ETag"])
+
+        return self._call(key, put)
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
         page: dict[str, Any] = self._client.list_objects_v2(**args)

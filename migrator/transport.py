@@ -17,7 +17,8 @@ retry policy that knows which endpoints create:
   `MLFLOW_HTTP_REQUEST_MAX_RETRIES`; each retry is logged.
 
 4xx answers other than 408/429 are final (MLflow's own status list). Installed once per
-process by `install()`, before the first session is made.
+process by `install()`, before the first session is made, together with the adapter that sets
+each side's credentials (`migrator.credentials`).
 """
 
 from __future__ import annotations
@@ -98,12 +99,26 @@ def _never_reached(retry: Retry, error: Exception | None, status: int | None) ->
 
 @functools.lru_cache(maxsize=1)
 def install() -> None:
-    """Make MLflow's HTTP sessions in this process use `CreateAwareRetry`.
+    """Make MLflow's HTTP sessions in this process use `CreateAwareRetry`, and set each
+    request's credentials for its side (`migrator.credentials.authorize`).
 
-    MLflow builds its sessions (cached) from `urllib3.util.Retry` by name in
-    `mlflow.utils.request_utils`; that name is pointed at the subclass and the cache dropped.
+    MLflow builds its sessions (cached) from `urllib3.util.Retry` and its keep-alive adapter
+    by name in `mlflow.utils.request_utils`; those names are pointed at subclasses and the
+    cache dropped.
     """
     from mlflow.utils import request_utils
 
+    from migrator.credentials import authorize
+
+    base: Any = request_utils.TCPKeepAliveHTTPAdapter
+
+    class SideAwareAdapter(base):  # type: ignore[misc, valid-type]
+        """MLflow's adapter, setting the credentials of the server a request goes to."""
+
+        def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            authorize(request)
+            return super().send(request, *args, **kwargs)
+
     request_utils.Retry = CreateAwareRetry  # type: ignore[misc]
+    request_utils.TCPKeepAliveHTTPAdapter = SideAwareAdapter  # type: ignore[misc]
     request_utils._cached_get_request_session.cache_clear()

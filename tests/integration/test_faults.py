@@ -40,7 +40,7 @@ OTHER_FAULTS = {"503_before": 0.03, "503_after": 0.03, "drop": 0.02, "429": 0.02
 def plan(seed: int) -> FaultPlan:
     return FaultPlan(
         rates=OTHER_FAULTS,
-        overrides={"/create": CREATE_FAULTS, "/logged-models": CREATE_FAULTS},
+        overrides={"/create$": CREATE_FAULTS, "/logged-models$": CREATE_FAULTS},
         seed=seed,
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from migrator import fanout
+from migrator import credentials, fanout
 from migrator.config import Options
 from migrator.errors import PermanentError, StagingError, TransientError
 from migrator.fanout import InlineExecutor, Job, Stage, describe, failed_row, run_one
@@ -222,13 +222,25 @@ def test_only_the_fanout_module_imports_ray() -> None:
     assert importers == ["fanout.py"]
 
 
-def test_forwarded_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t")
+def test_forwarded_env_leaves_secrets_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's runtime_env shows in the dashboard: settings go there, secrets never."""
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+    monkeypatch.setenv("MIGRATOR_TARGET_TRACKING_PASSWORD", "pw")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
     monkeypatch.setenv("BOTO_CONFIG", "/x")
     monkeypatch.setenv("UNRELATED_VAR", "no")
     env = fanout.forwarded_env()
-    assert env["MLFLOW_TRACKING_TOKEN"] == "t"
     assert env["AWS_ENDPOINT_URL"] == "http://s3"
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     assert env["BOTO_CONFIG"] == "/x"
     assert "UNRELATED_VAR" not in env
+    for secret in ("MLFLOW_TRACKING_TOKEN", "MIGRATOR_TARGET_TRACKING_PASSWORD",
+                   "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
+        assert secret not in env
+    secrets = credentials.secret_env()
+    assert secrets["AWS_SECRET_ACCESS_KEY"] == "s3cret"
+    assert secrets["MIGRATOR_TARGET_TRACKING_PASSWORD"] == "pw"
+    assert "AWS_ENDPOINT_URL" not in secrets
