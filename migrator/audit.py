@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from migrator.layout import check_staging_format
 from migrator.manifest import (
     MATCH,
     Row,
@@ -142,6 +143,7 @@ def run_audit(
 ) -> int:
     """Print the answer; returns the exit code (1 when the object is not in the manifests)."""
     staging = open_staging(staging_uri)
+    check_staging_format(staging, write=False)
 
     def not_found(what: str) -> int:
         print(f"migrator: no {what} in {staging.uri}/manifests/", file=sys.stderr)

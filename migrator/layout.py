@@ -125,6 +125,42 @@ def validate_string_map(value: Any, field: str, what: str) -> dict[str, str]:
     return value
 
 
+STAGING_FORMAT = "mlflow-migrator/staging"
+STAGING_FORMAT_KEY = "manifests/_format.json"
+
+
+def check_staging_format(staging: Any, *, write: bool) -> None:
+    """Refuse a staging store written by a newer mlflow-migrator (its layout or manifests may
+    mean something this one does not know); with `write`, mark a new store with ours.
+
+    Raises:
+        ConfigError: naming the store's format version and the newest this one reads.
+    """
+    from migrator.errors import ConfigError
+
+    if not staging.exists(STAGING_FORMAT_KEY):
+        if write:
+            staging.write_bytes(STAGING_FORMAT_KEY, dump_doc(STAGING_FORMAT, {}))
+        return
+    try:
+        doc = json.loads(staging.read_bytes(STAGING_FORMAT_KEY))
+        version = doc["version"] if doc.get("format") == STAGING_FORMAT else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        version = None
+    if type(version) is not int or version < 1:
+        raise ConfigError(
+            f"{STAGING_FORMAT_KEY} is not readable: not a staging store of "
+            "mlflow-migrator, or damaged",
+            obj=staging.uri,
+        )
+    if version > FORMAT_VERSION:
+        raise ConfigError(
+            f"written by a newer mlflow-migrator (staging format version {version}; this one "
+            f"reads up to {FORMAT_VERSION}): upgrade mlflow-migrator to use it",
+            obj=staging.uri,
+        )
+
+
 def dump_doc(kind: str, body: dict[str, Any]) -> bytes:
     return json.dumps({"format": kind, "version": FORMAT_VERSION, **body}, indent=1).encode()
 

@@ -91,7 +91,12 @@ def check_tracking_uri(uri: str, role: str) -> None:
     Raises:
         ConfigError: the URI is malformed, of an unknown scheme, or the server does not answer.
     """
-    scheme = urlparse(uri).scheme
+    parsed = urlparse(uri)
+    scheme = parsed.scheme
+    if scheme == "sqlite" and role == "source" and parsed.path not in ("", "/:memory:"):
+        path = parsed.path[1:]  # SQLAlchemy: sqlite:///rel.db, sqlite:////abs/path.db
+        if not os.path.isfile(path):  # MLflow would make a new, empty database there
+            raise ConfigError(f"source database {path} does not exist (from {uri})")
     if scheme not in _SCHEMES:
         raise ConfigError(
             f"{role} tracking URI {uri!r} has unsupported scheme {scheme!r} "
@@ -299,7 +304,7 @@ def find_runs_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> 
 
     runs = client(uri).search_runs(
         experiment_ids=[experiment_id],
-        filter_string=f"tags.`{SOURCE_RUN_ID_TAG}` = {quoted(source_run_id)}",
+        filter_string=matching(f"tags.`{SOURCE_RUN_ID_TAG}`", source_run_id),
         run_view_type=ViewType.ALL,
         max_results=100,
     )
@@ -343,14 +348,25 @@ def iter_logged_models(
             return
 
 
-def quoted(value: str) -> str:
-    """A string literal for MLflow's search filters."""
-    return f'"{value}"' if "'" in value else f"'{value}'"
+_UNQUOTABLE = re.compile(r"['\\]")
+
+
+def matching(field: str, value: str) -> str:
+    """A search-filter clause that selects `value` of `field` (`name`, ``tags.`k` ``).
+
+    MLflow's filter strings have no escapes: a literal is the text between its quotes. So a
+    value with a single quote or a backslash is searched with `LIKE`, each such character
+    standing as `_` (any one character): the clause then selects a few more objects, never
+    fewer, and every caller checks the exact value of what it gets back.
+    """
+    if not _UNQUOTABLE.search(value):
+        return f"{field} = '{value}'"
+    return f"{field} LIKE '{_UNQUOTABLE.sub('_', value)}'"
 
 
 def find_logged_models_by_tag(uri: str, experiment_id: str, key: str, value: str) -> list[Any]:
     """Every logged model of an experiment that carries this tag value (exact, checked)."""
-    found = iter_logged_models(uri, [experiment_id], f"tags.`{key}` = {quoted(value)}")
+    found = iter_logged_models(uri, [experiment_id], matching(f"tags.`{key}`", value))
     return [m for m in found if m.tags.get(key) == value]
 
 
@@ -390,9 +406,7 @@ def versions_of_model(c: Any, name: str) -> list[Any]:
     """`model_versions` through a given client."""
     token, out = None, list[Any]()
     while True:
-        page = c.search_model_versions(
-            f"name = {quoted(name)}", max_results=10_000, page_token=token
-        )
+        page = c.search_model_versions(matching("name", name), max_results=10_000, page_token=token)
         out.extend(v for v in page if v.name == name)
         token = page.token
         if not token:

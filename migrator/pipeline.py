@@ -22,6 +22,7 @@ from migrator.config import Options
 from migrator.errors import ConfigError, Interrupted, TransientError
 from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of, run_one
 from migrator.faults import crash_point
+from migrator.layout import check_staging_format
 from migrator.lease import Lease
 from migrator.manifest import (
     EXPORTED,
@@ -637,7 +638,7 @@ def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True
             raise ConfigError("--target is required")
         mlflow_io.check_tracking_uri(opts.target, "target")
     if staging:
-        open_staging(opts.staging)
+        check_staging_format(open_staging(opts.staging), write=False)
 
 
 def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
@@ -657,6 +658,11 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
     )
     lease = Lease(open_staging(opts.staging), command, opts.lease_ttl_s)
     lease.acquire()
+    try:
+        check_staging_format(lease.staging, write=True)
+    except BaseException:
+        lease.release()
+        raise
     m: Migration | None = None
     try:
         executor: Executor = executor_factory(opts)

@@ -133,8 +133,15 @@ def start_s3(workdir: Path) -> Service:
     )
 
 
-def start_mlflow(name: str, backend_uri: str, workdir: Path) -> Service:
-    """`mlflow server` with proxied artifacts in a folder of its own, one worker, no job runner."""
+def start_mlflow(
+    name: str,
+    backend_uri: str,
+    workdir: Path,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Service:
+    """`mlflow server` with proxied artifacts in a folder of its own, one worker, no job runner
+    (`extra_args`, `env`: e.g. `--app-name basic-auth` and its settings)."""
     port = free_port()
     artifacts = workdir / f"{name}-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -153,8 +160,11 @@ def start_mlflow(name: str, backend_uri: str, workdir: Path) -> Service:
         str(port),
         "--workers",
         "1",
+        *extra_args,
     ]
-    svc = _start(name, cmd, f"http://127.0.0.1:{port}", "/health", workdir, SERVER_ENV)
+    svc = _start(
+        name, cmd, f"http://127.0.0.1:{port}", "/health", workdir, {**SERVER_ENV, **(env or {})}
+    )
     svc.artifacts_dir = artifacts
     return svc
 
@@ -219,10 +229,16 @@ def backend_uri(kind: str, workdir: Path, name: str) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_server(name: str, kind: str, workdir: Path) -> Iterator[Service]:
+def mlflow_server(
+    name: str,
+    kind: str,
+    workdir: Path,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[Service]:
     """A fresh MLflow server on a fresh database; both gone afterwards."""
     uri = backend_uri(kind, workdir, name)
-    svc = start_mlflow(name, uri, workdir)
+    svc = start_mlflow(name, uri, workdir, extra_args, env)
     svc.backend = uri
     try:
         yield svc
@@ -258,3 +274,36 @@ def s3_server(workdir: Path, bucket: str = "migrator-staging") -> Iterator[Servi
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def basic_auth_server(
+    name: str, kind: str, workdir: Path, admin_password: str, users: dict[str, str]
+) -> Iterator[Service]:
+    """An MLflow server with its basic-auth app (its own ini and auth database), every user
+    in `users` (name → password, at least 12 characters) allowed to do anything."""
+    import requests
+
+    ini = workdir / f"{name}-auth.ini"
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = MANAGE\n"
+        f"database_uri = sqlite:///{workdir / (name + '-auth.db')}\n"
+        "admin_username = admin\n"
+        f"admin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+    }
+    with mlflow_server(name, kind, workdir, ("--app-name", "basic-auth"), env) as svc:
+        for user, password in users.items():
+            resp = requests.post(
+                svc.url + "/api/2.0/mlflow/users/create",
+                json={"username": user, "password": password},
+                auth=("admin", admin_password),
+                timeout=30,
+            )
+            resp.raise_for_status()
+        yield svc

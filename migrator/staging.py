@@ -136,7 +136,7 @@ class LocalStaging:
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in sorted(files):
-                if not name.startswith(".tmp-"):
+                if not name.startswith((".tmp-", ".lock")):
                     yield Path(dirpath, name).relative_to(self.root).as_posix()
 
     def delete(self, key: str) -> None:

@@ -21,8 +21,8 @@ from migrator.mlflow_io import (
     client,
     fingerprint,
     get_run_or_none,
+    matching,
     model_versions,
-    quoted,
     translate_errors,
 )
 from migrator.stages.model_sources import model_id_of, staged_elsewhere
@@ -65,7 +65,7 @@ def _registered_model_of(uri: str, name: str) -> Any:
     the target gives its reason."""
     found = [
         m
-        for m in client(uri).search_registered_models(f"name = {quoted(name)}", max_results=10)
+        for m in client(uri).search_registered_models(matching("name", name), max_results=1000)
         if m.name == name
     ]
     if not found:

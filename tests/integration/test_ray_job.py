@@ -27,6 +27,9 @@ from migrator.staging import LocalStaging
 from .conftest import Source
 
 REPO = Path(__file__).resolve().parents[2]
+#: A credential in the cluster's environment (the test servers ignore it): it must reach the
+#: workers, and never Ray's job or actor metadata (the dashboard shows runtime_env).
+RAY_SECRET = "ray-secret-token-0f9e8d7c6b5a"
 BIN = Path(sys.executable).parent
 
 
@@ -46,7 +49,7 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
     cmd += [f"--{k}={v}" for k, v in ports.items()]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port()),
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+           "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_TOKEN": RAY_SECRET}
     log = open(tmp_path / "ray-head.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
@@ -97,3 +100,14 @@ def test_ray_job_submit_runs_the_migration(source: Source, target_server: Any,
     assert len(tgt.search_runs([texp.experiment_id])) == n
     rows = runs_table(LocalStaging(str(staging))).load()
     assert len(rows) == n and {r["state"] for r in rows.values()} == {"tagged"}
+
+    # The secret reached the workers' environment only by a Ray object: not in the job's
+    # or any actor's or task's metadata, nor in the job's output.
+    metadata = {
+        path: requests.get(ray_cluster + path, timeout=30).text
+        for path in ("/api/jobs/", "/api/v0/actors?detail=true&limit=1000",
+                     "/api/v0/tasks?detail=true&limit=1000")
+    }
+    assert "StageWorker" in metadata["/api/v0/actors?detail=true&limit=1000"]
+    for path, text in {**metadata, "job output": done.stdout + done.stderr}.items():
+        assert RAY_SECRET not in text, f"the secret shows in {path}"
