@@ -34,6 +34,19 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def _add_seconds(p: argparse.ArgumentParser, flag: str, field: str, text: str) -> None:
+    """An option in seconds, defaulting to its `Options` field."""
+    default = getattr(DEFAULTS, field)
+    p.add_argument(
+        flag,
+        dest=field,
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help=f"{text} (default {default:.0f})",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, staging: bool) -> None:
     if source:
         p.add_argument("--source", required=True, help="source tracking URI")
@@ -74,23 +87,17 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
         help="Ray cluster address (default: a local Ray; 'none' runs inline)",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would move; write nothing")
-    p.add_argument(
+    _add_seconds(
+        p,
         "--server-grace",
-        dest="server_grace_s",
-        type=float,
-        default=DEFAULTS.server_grace_s,
-        metavar="SECONDS",
-        help="how long a server may stop answering before the command stops with exit 3 "
-        f"(default {DEFAULTS.server_grace_s:.0f})",
+        "server_grace_s",
+        "how long a server may stop answering before the command stops with exit 3",
     )
-    p.add_argument(
+    _add_seconds(
+        p,
         "--lease-ttl",
-        dest="lease_ttl_s",
-        type=float,
-        default=DEFAULTS.lease_ttl_s,
-        metavar="SECONDS",
-        help="a driver holding the staging store whose heartbeat is this old is taken to be "
-        f"gone (default {DEFAULTS.lease_ttl_s:.0f})",
+        "lease_ttl_s",
+        "a driver holding the staging store whose heartbeat is this old is taken to be gone",
     )
     p.add_argument(
         "--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once"

@@ -156,14 +156,18 @@ class InlineExecutor:
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
         threads = max(1, opts.concurrency)
         with ThreadPoolExecutor(threads, thread_name_prefix="stage") as pool:
-            _drive(
-                jobs,
-                on_done,
-                2 * threads,
-                submit=lambda job: pool.submit(run_job, job, opts),
-                wait_one=lambda fs: list(wait(fs, return_when=FIRST_COMPLETED).done),
-                result=lambda f: f.result(),
-            )
+            try:
+                _drive(
+                    jobs,
+                    on_done,
+                    2 * threads,
+                    submit=lambda job: pool.submit(run_job, job, opts),
+                    wait_one=lambda fs: list(wait(fs, return_when=FIRST_COMPLETED).done),
+                    result=lambda f: f.result(),
+                )
+            except BaseException:  # the command stops: start nothing more (running jobs end)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     def close(self) -> None:
         pass
@@ -207,6 +211,7 @@ class RayExecutor:
         self._ray: Any = None
         self._started = False
         self._actors: list[Any] = []
+        self._secrets: Any = None
 
     def _connect(self) -> Any:
         """Join or start Ray on first use, so a run with nothing to do never pays for it."""
@@ -234,8 +239,9 @@ class RayExecutor:
         worker = ray.remote(StageWorker).options(
             num_cpus=1, max_concurrency=threads, max_restarts=3, max_task_retries=3
         )
-        secrets = ray.put(credentials.secret_env())
-        self._actors = [worker.remote(secrets) for _ in range(slots)]
+        # Held for the executor's life: a restarted actor is built again from it.
+        self._secrets = ray.put(credentials.secret_env())
+        self._actors = [worker.remote(self._secrets) for _ in range(slots)]
         self._capacity = slots * threads
         self._ray = ray
         return ray
@@ -277,6 +283,7 @@ class RayExecutor:
             for actor in self._actors:
                 self._ray.kill(actor)
         self._actors = []
+        self._secrets = None
         if self._started:
             self._ray.shutdown()
             self._started = False

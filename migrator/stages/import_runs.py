@@ -9,7 +9,6 @@ metric points are de-duplicated by the server, artifacts are overwritten.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from typing import Any
 
@@ -89,12 +88,14 @@ def _changed_tags(
     return [RunTag(k, v) for k, v in changed.items()]
 
 
-def intent_key(opts: Options, source_run_id: str) -> str:
-    """Written to staging just before a run is created on this target: an attempt that finds
-    it knows an earlier one may have created the run, and looks it up by its lineage tag.
-    Without it there is nothing to look up, which spares the target a search per run."""
-    target = hashlib.sha256(opts.target.encode()).hexdigest()[:12]
-    return f"manifests/_journal/intents/{target}/{source_run_id}"
+def intent_key(source_run_id: str) -> str:
+    """Written to staging just before a run is created: an attempt that finds it knows an
+    earlier one may have created the run, and looks it up by its lineage tag. Without it
+    there is nothing to look up, which spares the target a search per run.
+
+    It names no target: the same target reached by another URL (a proxy, another host name)
+    must still find its intents, or an ambiguous create would be made twice."""
+    return f"manifests/_journal/intents/{source_run_id}"
 
 
 def run_lineage(opts: Options, target_exp: str, source_run_id: str, create: Any) -> Lineage:
@@ -118,7 +119,7 @@ def _find_or_create(opts: Options, staging: Staging, item: Row, doc: dict[str, A
     if item.get("target_run_id"):
         run = c.get_run(item["target_run_id"])
     else:
-        intent = intent_key(opts, info["run_id"])
+        intent = intent_key(info["run_id"])
         earlier = staging.exists(intent)
         if not earlier:
             staging.write_bytes(intent, b"")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +119,26 @@ def source(workdir: Path) -> Iterator[Source]:
         seed_models(svc.url, seeded)
         extra = _add_hard_cases(svc.url, workdir)
         yield Source(svc, seeded, extra)
+
+
+class Background:
+    """A call run in a thread of its own; `join` hands back its result or raises its error."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._outcome["result"] = call()
+            except BaseException as e:  # handed to the main thread by join
+                self._outcome["error"] = e
+
+        self.thread = threading.Thread(target=run, name="background", daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 600) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"still running after {timeout:.0f} s"
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["result"]

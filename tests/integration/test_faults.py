@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from migrator.pipeline import run_command
 from migrator.services import Service
 from migrator.staging import open_staging
 
-from .conftest import Source, s3_staging
+from .conftest import Background, Source, s3_staging
 from .test_resume import source_tag_counts
 
 #: Creates are where a re-sent request makes a duplicate: they get far more faults.
@@ -164,24 +163,13 @@ def test_a_target_away_for_20_seconds_then_back_is_ridden_out(
             batch_size=1,
             manifest_flush_rows=1,
         )
-        result: dict[str, Any] = {}
-
-        def migrate() -> None:
-            try:
-                result["s"] = run_command("migrate", opts, make_executor)
-            except Exception as e:  # shown by the assertion below
-                result["error"] = e
-
-        worker = threading.Thread(target=migrate)
-        worker.start()
+        migration = Background(lambda: run_command("migrate", opts, make_executor))
         _wait_for_runs(tmp_path / "staging", 2)
         tp.down()
         time.sleep(20)
         tp.up()
-        worker.join(600)
-        assert not worker.is_alive()
-        assert "s" in result, f"the migration raised: {result.get('error')!r}"
-        assert result["s"].ok, result["s"].render()
+        summary = migration.join(600)
+        assert summary.ok, summary.render()
     direct = opts.replace(target=target.url)
     assert_exactly_once(direct, source, target.url)
     assert run_command("verify", direct, make_executor).verify.ok

@@ -33,7 +33,7 @@ from migrator.pipeline import run_command
 from migrator.staging import LocalStaging
 from migrator.summary import Summary
 
-from .conftest import Source
+from .conftest import Background, Source
 from .test_resume import source_tag_counts
 
 RUN_STAGES = ("export", "import", "migrate")
@@ -206,16 +206,8 @@ def test_a_ray_worker_killed_mid_task_does_not_break_the_job(
         watched.append(w)
         return w
 
-    outcome: dict[str, Any] = {}
-
-    def migrate() -> None:
-        try:
-            outcome["summary"] = run_command("migrate", opts, factory)
-        except BaseException as e:  # handed to the main thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=migrate, name="migrate", daemon=True)
-    thread.start()
+    background = Background(lambda: run_command("migrate", opts, factory))
+    thread = background.thread
     deadline = time.monotonic() + 300
     while not watched and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -234,11 +226,7 @@ def test_a_ray_worker_killed_mid_task_does_not_break_the_job(
     results_at_kill = w.results
     killed.send_signal(signal.SIGKILL)
     killed.wait(30)
-    thread.join(600)
-    assert not thread.is_alive(), "the migration did not finish after the worker was killed"
-    if "error" in outcome:
-        raise outcome["error"]
-    summary: Summary = outcome["summary"]
+    summary: Summary = background.join(600)
     n_runs = len(source_run_ids(source, names))
     assert results_at_kill < n_runs, "the kill came after the last run"
     assert w.results > results_at_kill, "nothing came back after the kill"

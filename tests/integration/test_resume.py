@@ -99,7 +99,7 @@ def test_import_finds_a_run_created_but_never_recorded(source: Source, target_se
     src_run = MlflowClient(source.url).get_run(run_id)
     # What create_run had sent before the driver died: the source's tags and the marker.
     tags = {k: v for k, v in src_run.data.tags.items() if k != "mlflow.parentRunId"}
-    staging.write_bytes(intent_key(opts, run_id), b"")  # written just before create_run
+    staging.write_bytes(intent_key(run_id), b"")  # written just before create_run
     orphan = tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: run_id}).info.run_id
 
     first = import_run({**row, "target_experiment_id": exp_id}, opts)
