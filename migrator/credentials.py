@@ -10,9 +10,9 @@ every request to one of them: tracking, registry and proxied artifacts alike.
 
 **Secrets.** Variables whose names say they are secret (`…TOKEN`, `…PASSWORD`, `…SECRET…`,
 AWS keys) never go into Ray's `runtime_env` (which the dashboard shows): the driver ships
-them to its workers as a Ray object (`secret_env`, `apply`). `redact` removes `user:password@`
-from URLs, presigned-URL signatures and every known secret value from a message; the CLI's log
-handler and every error row go through it.
+them to its workers as the actors' constructor argument (`secret_env`, `apply`). `redact`
+removes `user:password@` from URLs, presigned-URL signatures and every known secret value from
+a message; the CLI's log handler and every error row go through it.
 """
 
 from __future__ import annotations

@@ -189,7 +189,8 @@ def forwarded_env() -> dict[str, str]:
 class StageWorker:
     """A Ray actor per CPU: one process (MLflow imported once, HTTP sessions kept) running
     `max_concurrency` jobs at once in threads, each job fed as soon as a thread frees up.
-    It takes the driver's secrets (S3 keys, tokens) as a Ray object, not from `runtime_env`."""
+    It takes the driver's secrets (S3 keys, tokens) as its constructor argument, not from
+    `runtime_env`."""
 
     def __init__(self, secrets: dict[str, str] | None = None) -> None:
         credentials.apply(secrets or {})
@@ -211,7 +212,6 @@ class RayExecutor:
         self._ray: Any = None
         self._started = False
         self._actors: list[Any] = []
-        self._secrets: Any = None
 
     def _connect(self) -> Any:
         """Join or start Ray on first use, so a run with nothing to do never pays for it."""
@@ -239,9 +239,11 @@ class RayExecutor:
         worker = ray.remote(StageWorker).options(
             num_cpus=1, max_concurrency=threads, max_restarts=3, max_task_retries=3
         )
-        # Held for the executor's life: a restarted actor is built again from it.
-        self._secrets = ray.put(credentials.secret_env())
-        self._actors = [worker.remote(self._secrets) for _ in range(slots)]
+        # Inline in the actor's creation spec (small): not in runtime_env, which the dashboard
+        # shows, and not in the object store, from which a restarted actor could not be
+        # rebuilt once the ref went out of scope.
+        secrets = credentials.secret_env()
+        self._actors = [worker.remote(secrets) for _ in range(slots)]
         self._capacity = slots * threads
         self._ray = ray
         return ray
@@ -283,7 +285,6 @@ class RayExecutor:
             for actor in self._actors:
                 self._ray.kill(actor)
         self._actors = []
-        self._secrets = None
         if self._started:
             self._ray.shutdown()
             self._started = False
