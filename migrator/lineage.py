@@ -27,6 +27,8 @@ SYSTEM_TAG_PREFIX = "mlflow."
 #: re-run finds it even when the driver died before recording it.
 SOURCE_RUN_ID_TAG = f"{RUN_INFO_PREFIX}run_id"
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+#: Set on a discarded duplicate (`migrator.once`), naming the target object kept instead.
+DUPLICATE_OF_TAG = f"{PREFIX}.duplicate_of"
 
 #: RunInfo fields, in MLflow's order (the deprecated alias run_uuid is left out).
 RUN_INFO_FIELDS = (

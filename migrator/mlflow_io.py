@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from migrator.errors import ConfigError, PermanentError, TransientError
 from migrator.lineage import (
+    DUPLICATE_OF_TAG,
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_TAGS_PER_BATCH,
     SOURCE_RUN_ID_TAG,
@@ -314,8 +315,6 @@ def find_runs_by_source_id(uri: str, experiment_id: str, source_run_id: str) -> 
 def discard_run(uri: str, run: Any, kept_id: str) -> None:
     """Turn a duplicate target run into a deleted one that no longer carries its lineage tag
     (tagged `mlflow_exim.duplicate_of` = the run kept instead)."""
-    from migrator.once import DUPLICATE_OF_TAG
-
     c = client(uri)
     run_id = run.info.run_id
     if run.info.lifecycle_stage != "active":
@@ -373,13 +372,16 @@ def find_logged_models_by_tag(uri: str, experiment_id: str, key: str, value: str
 def find_logged_model_by_tag(uri: str, experiment_id: str, key: str, value: str) -> Any | None:
     """The oldest logged model of an experiment that carries this tag, if any."""
     found = find_logged_models_by_tag(uri, experiment_id, key, value)
-    return min(found, key=lambda m: (m.creation_timestamp, m.model_id)) if found else None
+    return min(found, key=oldest_first) if found else None
+
+
+def oldest_first(lm: Any) -> tuple[Any, str]:
+    """Sort key of logged models: the oldest first, then by id (every caller agrees)."""
+    return (lm.creation_timestamp, str(lm.model_id))
 
 
 def discard_logged_model(uri: str, lm: Any, key: str, kept_id: str) -> None:
     """Turn a duplicate target logged model into a deleted one without its lineage tag."""
-    from migrator.once import DUPLICATE_OF_TAG
-
     c = client(uri)
     c.set_logged_model_tags(lm.model_id, {DUPLICATE_OF_TAG: kept_id})
     or_none(c.delete_logged_model_tag, lm.model_id, key)

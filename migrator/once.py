@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrator.errors import MigratorError, PermanentError, TransientError
-from migrator.lineage import PREFIX
+from migrator.lineage import DUPLICATE_OF_TAG
 
 log = logging.getLogger(__name__)
 
-#: Set on a discarded copy, naming the target object that was kept instead.
-DUPLICATE_OF_TAG = f"{PREFIX}.duplicate_of"
+__all__ = ["DUPLICATE_OF_TAG", "Lineage", "adopt", "create_once"]
 #: MLflow error codes after which a create may have landed.
 _AMBIGUOUS_CODES = {
     "RESOURCE_ALREADY_EXISTS",

@@ -17,9 +17,8 @@ from typing import Any
 
 from migrator import mlflow_io, scope
 from migrator.config import Options
-from migrator.lineage import SOURCE_MODEL_ID_TAG, SOURCE_RUN_ID_TAG
+from migrator.lineage import DUPLICATE_OF_TAG, SOURCE_MODEL_ID_TAG, SOURCE_RUN_ID_TAG
 from migrator.manifest import Row, now_ms
-from migrator.once import DUPLICATE_OF_TAG
 
 DUPLICATE, NOT_MIGRATED = "duplicate", "not_migrated"
 

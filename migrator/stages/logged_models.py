@@ -38,6 +38,7 @@ from migrator.mlflow_io import (
     client,
     discard_logged_model,
     find_logged_models_by_tag,
+    oldest_first,
     or_none,
     translate_errors,
 )
@@ -178,7 +179,7 @@ def logged_model_lineage(
         obj=obj,
         find=lambda: find_logged_models_by_tag(opts.target, experiment_id, key, value),
         create=create,
-        order=lambda m: (m.creation_timestamp, m.model_id),
+        order=oldest_first,
         target_id=lambda m: str(m.model_id),
         discard=lambda m, kept: discard_logged_model(opts.target, m, key, kept),
     )
