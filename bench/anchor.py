@@ -14,41 +14,20 @@ and added up (wall time) or maxed (peak RSS).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from migrator import services
 
 from measure import Measurement, combine, run_measured
 
 PACKAGE = "databricks-mlflow-export-import"
-DEFAULT_CACHE = Path(
-    os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "mlflow-migrator-bench"
-)
 
 
-def ensure_venv(cache: Path = DEFAULT_CACHE, spec: str = PACKAGE) -> Path:
-    """The anchor's venv (created and filled on first use); returns its bin folder."""
-    venv = cache / "exim-venv"
-    marker = venv / ".installed"
-    bin_dir = venv / "bin"
-    if marker.exists() and marker.read_text() == spec and (bin_dir / "export-all").exists():
-        return bin_dir
-    if venv.exists():
-        shutil.rmtree(venv)
-    cache.mkdir(parents=True, exist_ok=True)
-    log = cache / "exim-install.log"
-    print(f"bench: installing {spec} into {venv} (once; log {log})", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    with open(log, "wb") as out:
-        done = subprocess.run(
-            [str(bin_dir / "python"), "-m", "pip", "install", spec], stdout=out, stderr=out
-        )
-    if done.returncode:
-        raise RuntimeError(f"pip install {spec} failed; see {log}")
-    marker.write_text(spec)
-    return bin_dir
+def ensure_venv() -> Path:
+    """The anchor's venv (made on first use, then kept); returns its bin folder."""
+    return services.venv("exim-venv", (PACKAGE,))
 
 
 def versions(bin_dir: Path) -> dict[str, str]:

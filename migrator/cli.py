@@ -12,6 +12,7 @@ from migrator.config import Options
 from migrator.credentials import redact
 from migrator.errors import ConfigError, Interrupted, MigratorError
 
+log = logging.getLogger("migrator")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3
 DEFAULTS = Options()
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -227,6 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except MigratorError as e:
         print(f"migrator: failed: {redact(str(e))}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:  # a bug, or an answer nobody foresaw: one line, never a traceback
+        log.debug("unexpected error", exc_info=True)
+        print(
+            f"migrator: failed: unexpected {type(e).__name__}: {redact(str(e))} "
+            "(-v shows the traceback; what was done is recorded, the same command resumes)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

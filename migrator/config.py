@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from migrator.capabilities import ServerCapabilities
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +53,9 @@ class Options:
     to be gone, and its lease is taken over (`migrator.lease`)."""
     manifest_flush_rows: int = 500
     """Status rows buffered by the driver before a journal file is written."""
+    capabilities: tuple[ServerCapabilities, ...] = ()
+    """What the source and target offer, probed once by the driver's preflight
+    (`migrator.capabilities`) and carried to every worker with the options; not a flag."""
 
     def replace(self, **changes: object) -> Options:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

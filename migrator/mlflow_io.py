@@ -86,6 +86,11 @@ def _skip_databricks_headers() -> None:
     providers[:] = [p for p in providers if not isinstance(p, DatabricksRequestHeaderProvider)]
 
 
+def host_creds(uri: str) -> Any:
+    """MLflow's host credentials of a REST tracking server, for endpoints its client lacks."""
+    return client(uri)._tracking_client.store.get_host_creds()
+
+
 def check_tracking_uri(uri: str, role: str) -> None:
     """Fail fast, with one clear line, on a bad or unreachable tracking URI.
 
@@ -254,24 +259,27 @@ BULK_HISTORY_RUNS = 100
 
 
 def metric_history_bulk(uri: str, run_ids: Sequence[str], key: str) -> dict[str, list[Any]] | None:
-    """One key's full history for many runs in one call (the UI's bulk endpoint).
+    """One key's full history for many runs in one call (the UI's bulk endpoint; ask
+    `capabilities.BULK_METRIC_HISTORY` first).
 
-    Returns None where the bulk endpoint does not apply (not a REST server) or when the
-    answer may be cut at the server's cap: the caller then reads run by run.
+    Returns None when the answer may be cut at the server's cap (or more runs are asked for
+    than one call takes): the caller then reads run by run.
+
+    Raises:
+        TransientError: the server did not answer the call.
     """
-    if urlparse(uri).scheme not in ("http", "https") or len(run_ids) > BULK_HISTORY_RUNS:
+    if len(run_ids) > BULK_HISTORY_RUNS:
         return None
     from mlflow.entities import Metric
     from mlflow.utils.rest_utils import http_request
 
-    creds = client(uri)._tracking_client.store.get_host_creds()
     params = [("run_id", r) for r in run_ids]
     params += [("metric_key", key), ("max_results", str(BULK_HISTORY_MAX))]
     resp = http_request(
-        creds, "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET", params=params
+        host_creds(uri), "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET", params=params
     )
     if resp.status_code != 200:
-        return None
+        raise TransientError(f"bulk metric history answered HTTP {resp.status_code}", obj=key)
     found = resp.json().get("metrics", [])
     if len(found) >= BULK_HISTORY_MAX:
         return None
@@ -388,12 +396,32 @@ def discard_logged_model(uri: str, lm: Any, key: str, kept_id: str) -> None:
     c.delete_logged_model(lm.model_id)
 
 
-def iter_registered_models(uri: str) -> Iterator[Any]:
+#: The tag that makes a registered model a prompt (MLflow's prompt registry, 2.21+).
+PROMPT_TAG = "mlflow.prompt.is_prompt"
+
+
+def search_registry(uri: str, filter_string: str = "", page_token: str | None = None) -> Any:
+    """One page of the registry's registered models, prompts included, as the server lists them.
+
+    MLflow 3's client adds `tag.mlflow.prompt.is_prompt != 'true'` to every search; an MLflow 2
+    server takes that as "has the tag, with another value" and answers with no model at all. So
+    the search goes to the registry store as asked, and callers tell prompts by `is_prompt`.
+    """
+    store = client(uri)._get_registry_client().store
+    return store.search_registered_models(filter_string or None, PAGE_SIZE, None, page_token)
+
+
+def is_prompt(rm: Any) -> bool:
+    """Whether a registered model (as a search lists it) is a prompt."""
+    return str((rm.tags or {}).get(PROMPT_TAG, "")).lower() == "true"
+
+
+def iter_registered_models(uri: str, filter_string: str = "") -> Iterator[Any]:
     """Every registered model of a server (prompts are not models), one page at a time."""
     token = None
     while True:
-        page = client(uri).search_registered_models(max_results=PAGE_SIZE, page_token=token)
-        yield from page
+        page = search_registry(uri, filter_string, token)
+        yield from (m for m in page if not is_prompt(m))
         token = page.token
         if not token:
             return

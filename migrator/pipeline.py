@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from migrator import credentials, mlflow_io, scope
+from migrator import capabilities, credentials, mlflow_io, scope
 from migrator.config import Options
 from migrator.errors import ConfigError, Interrupted, TransientError
 from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of, run_one
@@ -372,7 +372,7 @@ class Migration:
         def items() -> Iterator[Row]:
             if do_export:
                 for exp_id in exps:
-                    for lm in mlflow_io.iter_logged_models(self.opts.source, [exp_id]):
+                    for lm in scope.source_logged_models(self.opts, exp_id):
                         known = self.logged.get(lm.model_id)
                         if (
                             known
@@ -596,8 +596,13 @@ class Migration:
         return self.summary
 
 
-def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True) -> None:
-    """Fail fast, before any work: URIs well-formed, servers answering, staging usable."""
+def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True) -> Options:
+    """Fail fast, before any work: URIs well-formed, servers answering, staging usable; then
+    ask each server what it offers.
+
+    Returns:
+        The options carrying both servers' capabilities (`migrator.capabilities`).
+    """
     credentials.bind(opts.source, opts.target)
     if source:
         if not opts.source:
@@ -609,6 +614,9 @@ def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True
         mlflow_io.check_tracking_uri(opts.target, "target")
     if staging:
         check_staging_format(open_staging(opts.staging), write=False)
+    return capabilities.with_capabilities(
+        opts, opts.source if source else "", opts.target if target else ""
+    )
 
 
 def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
@@ -621,11 +629,9 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
             their retries, or `ServerWatch`), or the lease was lost; what was done is recorded.
         PermanentError: a server refused one of the driver's own calls.
     """
-    preflight(
-        opts,
-        source=command in ("migrate", "export", "verify"),
-        target=command in ("migrate", "import", "verify"),
-    )
+    uses_source = command in ("migrate", "export", "verify")
+    uses_target = command in ("migrate", "import", "verify")
+    opts = preflight(opts, source=uses_source, target=uses_target)
     lease = Lease(open_staging(opts.staging), command, opts.lease_ttl_s)
     lease.acquire()
     try:
@@ -639,6 +645,7 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
         try:
             m = Migration(opts, executor, command)
             m.lease = lease
+            m.summary.servers = capabilities.notes(opts, source=uses_source, target=uses_target)
             with mlflow_io.translate_errors("server", "driver"):
                 return _run_stages(m, command)
         except TransientError as e:  # the driver's own calls: spent their retries

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from migrator import mlflow_io, scope
+from migrator import capabilities, mlflow_io, scope
 from migrator.config import Options
 from migrator.manifest import IMPORTED, Row, experiments_table, models_table, runs_table
 from migrator.pipeline import next_step, preflight
@@ -36,6 +36,9 @@ class Plan:
     models: Counter[str] = field(default_factory=Counter)
     """Registered models in scope by what is left to do: import, or nothing (`done`)."""
     versions: int = 0
+    logged_models: int = 0
+    servers: list[str] = field(default_factory=list)
+    """What each server is, lacks and offers beyond what moves (`capabilities.notes`)."""
 
     def render(self) -> str:
         total: Counter[str] = Counter()
@@ -53,11 +56,14 @@ class Plan:
             + (", ".join(f"{v} {k}" for k, v in sorted(total.items())) or "none")
             + ")"
         )
+        if self.logged_models:
+            lines.append(f"  logged models: {self.logged_models}")
         if self.models:
             lines.append(
                 f"  models: {sum(self.models.values())} registered models, {self.versions} "
                 "versions (" + ", ".join(f"{v} {k}" for k, v in sorted(self.models.items())) + ")"
             )
+        lines += [f"  {line}" for line in self.servers]
         return "\n".join(lines)
 
 
@@ -80,9 +86,9 @@ def run_plan(opts: Options, command: str) -> Plan:
     """Enumerate what `command` would do with these options; writes nothing."""
     plan = Plan(command)
     from_source = command in ("migrate", "export", "plan")
-    preflight(
-        opts, source=from_source, target=bool(opts.target) and command != "export", staging=False
-    )
+    with_target = bool(opts.target) and command != "export"
+    opts = preflight(opts, source=from_source, target=with_target, staging=False)
+    plan.servers = capabilities.notes(opts, source=from_source, target=with_target)
     known = _known_runs(opts)
     target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
 
@@ -111,5 +117,6 @@ def run_plan(opts: Options, command: str) -> Plan:
         ep = ExperimentPlan(exp.experiment_id, exp.name, exp.lifecycle_stage, on_target(exp.name))
         for run in scope.source_runs(opts, exp.experiment_id):
             ep.runs[next_step(known.get(run.info.run_id))] += 1
+        plan.logged_models += sum(1 for _ in scope.source_logged_models(opts, exp.experiment_id))
         plan.experiments.append(ep)
     return plan

@@ -123,10 +123,7 @@ def reconcile(
             )
             out += never_moved(
                 "logged_model",
-                (
-                    (m.model_id, m.name)
-                    for m in mlflow_io.iter_logged_models(opts.source, [e.experiment_id])
-                ),
+                ((m.model_id, m.name) for m in scope.source_logged_models(opts, e.experiment_id)),
                 logged,
             )
         out += never_moved(

@@ -1,6 +1,7 @@
 """What is in scope on the source: the one place that applies `--experiments`, `--models`,
-`--include-deleted` and `--run-start-time`. The migration, `plan` and `verify` (which reports
-source objects that never moved) all enumerate through here, so they can never disagree.
+`--include-deleted` and `--run-start-time`, and leaves out the kinds the source does not have
+(`migrator.capabilities`). The migration, `plan` and `verify` (which reports source objects
+that never moved) all enumerate through here, so they can never disagree.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from migrator import mlflow_io
+from migrator.capabilities import LOGGED_MODELS, source_has
 from migrator.config import Options
 
 
@@ -44,6 +46,13 @@ def source_experiments(opts: Options) -> Iterator[Any]:
 def source_runs(opts: Options, experiment_id: str) -> Iterator[Any]:
     """Every run in scope of one source experiment, oldest first, paged."""
     yield from mlflow_io.iter_runs(opts.source, [experiment_id], view_type(opts), run_filter(opts))
+
+
+def source_logged_models(opts: Options, experiment_id: str) -> Iterator[Any]:
+    """Every logged model of one source experiment, paged; none on a server without them
+    (MLflow 2)."""
+    if source_has(opts, LOGGED_MODELS):
+        yield from mlflow_io.iter_logged_models(opts.source, [experiment_id])
 
 
 def source_models(opts: Options) -> Iterator[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,14 +140,16 @@ def start_mlflow(
     workdir: Path,
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Service:
     """`mlflow server` with proxied artifacts in a folder of its own, one worker, no job runner
-    (`extra_args`, `env`: e.g. `--app-name basic-auth` and its settings)."""
+    (`extra_args`, `env`: e.g. `--app-name basic-auth` and its settings; `python`: the
+    interpreter of another MLflow, e.g. an MLflow 2 venv's from `venv`)."""
     port = free_port()
     artifacts = workdir / f"{name}-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable,
+        python,
         "-m",
         "mlflow",
         "server",
@@ -167,6 +170,43 @@ def start_mlflow(
     )
     svc.artifacts_dir = artifacts
     return svc
+
+
+# ---- other Python packages, each in a venv of its own ---------------------------------------
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "mlflow-migrator")
+
+
+def venv(name: str, requirements: tuple[str, ...], cache: Path = CACHE) -> Path:
+    """A virtual environment with these requirements (another MLflow, mlflow-export-import),
+    made on first use and kept under `cache` for later sessions; returns its bin folder.
+
+    A venv whose recorded requirements differ, or whose install did not finish, is made anew.
+
+    Raises:
+        RuntimeError: pip failed (its log is named).
+    """
+    home = cache / name
+    marker = home / ".installed"
+    spec = "\n".join(requirements)
+    if marker.exists() and marker.read_text() == spec:
+        return home / "bin"
+    if home.exists():
+        shutil.rmtree(home)
+    cache.mkdir(parents=True, exist_ok=True)
+    log_path = cache / f"{name}-install.log"
+    log.info("installing %s into %s (once; log %s)", " ".join(requirements), home, log_path)
+    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
+    with open(log_path, "wb") as out:
+        done = subprocess.run(
+            [str(home / "bin" / "python"), "-m", "pip", "install", "-q", *requirements],
+            stdout=out,
+            stderr=out,
+        )
+    if done.returncode:
+        raise RuntimeError(f"pip install {' '.join(requirements)} failed; see {log_path}")
+    marker.write_text(spec)
+    return home / "bin"
 
 
 # ---- databases ------------------------------------------------------------------------------
@@ -235,10 +275,11 @@ def mlflow_server(
     workdir: Path,
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Iterator[Service]:
     """A fresh MLflow server on a fresh database; both gone afterwards."""
     uri = backend_uri(kind, workdir, name)
-    svc = start_mlflow(name, uri, workdir, extra_args, env)
+    svc = start_mlflow(name, uri, workdir, extra_args, env, python)
     svc.backend = uri
     try:
         yield svc

@@ -26,6 +26,8 @@ class Summary:
     models: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
     failed: list[Row] = field(default_factory=list)
+    servers: list[str] = field(default_factory=list)
+    """What each server is and lacks (`capabilities.notes`), said once."""
     staging: str = ""
     verify: Any = None
     """The VerifyReport of `verify`, or of `migrate --verify`."""
@@ -54,6 +56,7 @@ class Summary:
         ):
             if counts:
                 lines.append(f"  {label} " + format_counts(counts))
+        lines += [f"  {line}" for line in self.servers]
         if self.failed:
             lines.append(f"  FAILED ({len(self.failed)}):")
             for r in self.failed[:50]:

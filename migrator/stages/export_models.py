@@ -21,6 +21,7 @@ from migrator.mlflow_io import (
     client,
     fingerprint,
     get_run_or_none,
+    iter_registered_models,
     matching,
     model_versions,
     translate_errors,
@@ -63,11 +64,7 @@ def _registered_model_of(uri: str, name: str) -> Any:
     """The source model by search, not `get`: a server refuses to `get` a name it would not
     accept today (an older server's `a/b`), yet lists it; such a model fails at import, where
     the target gives its reason."""
-    found = [
-        m
-        for m in client(uri).search_registered_models(matching("name", name), max_results=1000)
-        if m.name == name
-    ]
+    found = [m for m in iter_registered_models(uri, matching("name", name)) if m.name == name]
     if not found:
         raise PermanentError("not found on the source", obj=f"registered model {name!r}")
     return found[0]

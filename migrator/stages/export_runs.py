@@ -6,6 +6,7 @@ import tempfile
 from typing import Any
 
 from migrator.artifacts import stage_artifacts
+from migrator.capabilities import BULK_METRIC_HISTORY, LOGGED_MODELS, source_has
 from migrator.config import Options
 from migrator.layout import (
     RUN_FORMAT,
@@ -107,31 +108,45 @@ def prefetch(rows: list[Row], opts: Options) -> None:
     runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
     # A search leaves out the logged models a run read: in experiments that have logged models
     # (MLflow 3), each run is read in full.
-    with_models = {e for e in exps if has_logged_models(opts.source, e)}
+    with_models = (
+        {e for e in exps if has_logged_models(opts.source, e)}
+        if source_has(opts, LOGGED_MODELS)
+        else set()
+    )
     for rid, run in list(runs.items()):
         if run.info.experiment_id in with_models:
             runs[rid] = client(opts.source).get_run(rid)
-    # The bulk answer lacks a point's links to logged models and datasets: read those per key.
-    linked = {
+    # The bulk answer lacks a point's links to logged models and datasets, and older servers
+    # have no bulk endpoint: such runs read their histories key by key.
+    per_key = {
         rid
         for rid, r in runs.items()
         if any(m.model_id or m.dataset_name for m in r.data._metric_objs)
     }
+    if not source_has(opts, BULK_METRIC_HISTORY):
+        per_key = set(runs)
     by_key: dict[str, list[str]] = {}
     for rid, run in runs.items():
-        for key in run.data.metrics if rid not in linked else ():
+        for key in run.data.metrics if rid not in per_key else ():
             by_key.setdefault(key, []).append(rid)
     points: dict[str, list[Any]] = {rid: [] for rid in runs}
     for key, rids in sorted(by_key.items()):
         got = metric_history_bulk(opts.source, rids, key)
         if got is None:
-            linked.update(rids)
+            per_key.update(rids)
             continue
         for rid in rids:
             points[rid].extend(got[rid])
+    for rid in per_key:
+        points[rid] = _history(opts.source, runs[rid])
     for rid, run in runs.items():
-        if rid not in linked:
-            _PREFETCHED[rid] = (run, points[rid])
+        _PREFETCHED[rid] = (run, points[rid])
+
+
+def _history(uri: str, run: Any) -> list[Any]:
+    """Every point of every metric of a run, one call per key."""
+    c, run_id = client(uri), run.info.run_id
+    return [m for key in sorted(run.data.metrics) for m in c.get_metric_history(run_id, key)]
 
 
 def _metric_points(metrics: list[Any]) -> list[dict[str, Any]]:
@@ -145,9 +160,8 @@ def _read_run(uri: str, run_id: str) -> tuple[Any, list[Any]]:
     cached = _PREFETCHED.pop(run_id, None)
     if cached is not None:
         return cached
-    c = client(uri)
-    run = c.get_run(run_id)
-    return run, [m for key in sorted(run.data.metrics) for m in c.get_metric_history(run_id, key)]
+    run = client(uri).get_run(run_id)
+    return run, _history(uri, run)
 
 
 def export_run(item: Row, opts: Options) -> Row:
