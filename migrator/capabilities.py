@@ -63,7 +63,7 @@ class Feature:
     name: str
     label: str
     since: str
-    """The MLflow release that brought it (for messages)."""
+    """The MLflow release that brought it, where known (for messages)."""
     method: str
     path: str
     query: tuple[tuple[str, str], ...] = ()
@@ -73,6 +73,14 @@ class Feature:
     a kind of object at all (None: an endpoint it reads through, e.g. bulk metric history)."""
     rest_only: bool = False
     """Only a REST server has it (a database URI is read by this process's own store)."""
+    replaced_by: str = ""
+    """A later API of the same kind: this one is spoken of only where a server has it and
+    not the later one."""
+
+    @property
+    def named(self) -> str:
+        """The label, with the release that brought it where known."""
+        return f"{self.label} ({self.since}+)" if self.since else self.label
 
 
 FEATURES: tuple[Feature, ...] = (
@@ -120,6 +128,7 @@ FEATURES: tuple[Feature, ...] = (
         "/api/2.0/mlflow/traces",
         query=(("experiment_ids", "0"), ("max_results", "1")),
         moves=False,
+        replaced_by=TRACES,
     ),
     Feature(
         TRACES,
@@ -133,7 +142,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         EVALUATION_DATASETS,
         "evaluation datasets",
-        "3.x",
+        "",
         "POST",
         "/api/3.0/mlflow/datasets/search",
         body='{"max_results": 1}',
@@ -142,7 +151,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         SCORERS,
         "registered scorers",
-        "3.x",
+        "",
         "GET",
         "/api/3.0/mlflow/scorers/list",
         query=(("experiment_id", "0"),),
@@ -151,17 +160,17 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         WEBHOOKS,
         "webhooks",
-        "3.x",
+        "",
         "GET",
         "/api/2.0/mlflow/webhooks",
         (("max_results", "1"),),
         moves=False,
     ),
-    Feature(WORKSPACES, "workspaces", "3.x", "GET", "/api/3.0/mlflow/workspaces", moves=False),
+    Feature(WORKSPACES, "workspaces", "", "GET", "/api/3.0/mlflow/workspaces", moves=False),
     Feature(
         GATEWAY,
         "AI gateway endpoints",
-        "3.x",
+        "",
         "GET",
         "/api/3.0/mlflow/gateway/endpoints/list",
         moves=False,
@@ -169,7 +178,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         LABEL_SCHEMAS,
         "label schemas",
-        "3.x",
+        "",
         "GET",
         "/api/3.0/mlflow/label-schemas/list",
         moves=False,
@@ -177,7 +186,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         REVIEW_QUEUES,
         "review queues",
-        "3.x",
+        "",
         "GET",
         "/api/3.0/mlflow/review-queues/list",
         moves=False,
@@ -349,21 +358,29 @@ def source_has(opts: Options, feature: str) -> bool:
     return of(opts, opts.source).has(feature)
 
 
-def notes(opts: Options, *, source: bool = True, target: bool = True) -> list[str]:
+def notes(
+    opts: Options, *, source: bool = True, target: bool = True, counted: Iterable[str] = ()
+) -> list[str]:
     """What the servers' capabilities mean for this migration, one line each, said once in
     the plan and the summary: the kinds the source does not have (nothing of them to move),
-    and the kinds it has that this migrator does not move yet."""
+    and the kinds it has that this migrator does not move yet (`counted`: such kinds found by
+    looking, e.g. `prompts (2)`: `scope.unmoved`)."""
     lines = []
     if source and opts.source:
         src = of(opts, opts.source)
-        lacks = [f"{f.label} ({f.since}+)" for f in src.lacks() if f.moves is not None]
+        kinds = [f for f in FEATURES if f.moves is not None and not f.replaced_by]
+        kinds += [  # an older API, spoken of where the server has it and not the later one
+            f for f in FEATURES if f.replaced_by and src.has(f.name) and not src.has(f.replaced_by)
+        ]
+        lacks = [f.named for f in kinds if f.moves is not None and not src.has(f.name)]
+        unmoved = [f.label for f in kinds if f.moves is False and src.has(f.name)] + [*counted]
         lines.append(f"source: {src.describe()}")
         if lacks:
             lines.append(f"  not on the source (nothing to migrate): {', '.join(lacks)}")
-        held = [f.label for f in FEATURES if f.moves is False and src.has(f.name)]
-        if held:
+        if unmoved:
             lines.append(
-                "  kinds the source offers that this migrator does not move yet: " + ", ".join(held)
+                "  kinds the source offers that this migrator does not move yet: "
+                + ", ".join(unmoved)
             )
     if target and opts.target:
         lines.append(f"target: {of(opts, opts.target).describe()}")

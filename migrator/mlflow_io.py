@@ -401,30 +401,36 @@ PROMPT_TAG = "mlflow.prompt.is_prompt"
 
 
 def search_registry(uri: str, filter_string: str = "", page_token: str | None = None) -> Any:
-    """One page of the registry's registered models, prompts included, as the server lists them.
+    """One page of the registry's registered models as the server lists them.
 
     MLflow 3's client adds `tag.mlflow.prompt.is_prompt != 'true'` to every search; an MLflow 2
     server takes that as "has the tag, with another value" and answers with no model at all. So
-    the search goes to the registry store as asked, and callers tell prompts by `is_prompt`.
+    the search goes to the registry store as asked: servers that have prompts (2.21+) leave
+    them out unless the filter asks for them.
     """
     store = client(uri)._get_registry_client().store
     return store.search_registered_models(filter_string or None, PAGE_SIZE, None, page_token)
 
 
-def is_prompt(rm: Any) -> bool:
-    """Whether a registered model (as a search lists it) is a prompt."""
-    return str((rm.tags or {}).get(PROMPT_TAG, "")).lower() == "true"
+def iter_registry(uri: str, filter_string: str = "") -> Iterator[Any]:
+    """Every registered model a registry search lists, one page at a time."""
+    token = None
+    while True:
+        page = search_registry(uri, filter_string, token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def iter_registered_models(uri: str, filter_string: str = "") -> Iterator[Any]:
     """Every registered model of a server (prompts are not models), one page at a time."""
-    token = None
-    while True:
-        page = search_registry(uri, filter_string, token)
-        yield from (m for m in page if not is_prompt(m))
-        token = page.token
-        if not token:
-            return
+    return (m for m in iter_registry(uri, filter_string) if not m._is_prompt())
+
+
+def iter_prompts(uri: str) -> Iterator[Any]:
+    """Every prompt of a server's prompt registry (none before MLflow 2.21)."""
+    return iter_registry(uri, f"tags.`{PROMPT_TAG}` = 'true'")
 
 
 def model_versions(uri: str, name: str) -> list[Any]:

@@ -645,7 +645,6 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
         try:
             m = Migration(opts, executor, command)
             m.lease = lease
-            m.summary.servers = capabilities.notes(opts, source=uses_source, target=uses_target)
             with mlflow_io.translate_errors("server", "driver"):
                 return _run_stages(m, command)
         except TransientError as e:  # the driver's own calls: spent their retries
@@ -668,6 +667,13 @@ def _run_stages(m: Migration, command: str) -> Summary:
     opts = m.opts
     do_export = command in ("migrate", "export")
     do_import = command in ("migrate", "import")
+    with_source = command != "import"
+    m.summary.servers = capabilities.notes(
+        opts,
+        source=with_source,
+        target=command != "export",
+        counted=scope.unmoved(opts) if with_source else (),
+    )
     if command == "verify":
         m.summary.verify = m.verify()
         return m.summary

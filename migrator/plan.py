@@ -88,7 +88,12 @@ def run_plan(opts: Options, command: str) -> Plan:
     from_source = command in ("migrate", "export", "plan")
     with_target = bool(opts.target) and command != "export"
     opts = preflight(opts, source=from_source, target=with_target, staging=False)
-    plan.servers = capabilities.notes(opts, source=from_source, target=with_target)
+    plan.servers = capabilities.notes(
+        opts,
+        source=from_source,
+        target=with_target,
+        counted=scope.unmoved(opts) if from_source else (),
+    )
     known = _known_runs(opts)
     target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
 

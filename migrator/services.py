@@ -165,8 +165,15 @@ def start_mlflow(
         "1",
         *extra_args,
     ]
+    # As if its venv were active: older MLflow starts `gunicorn` by name, from PATH.
+    path = os.pathsep.join([os.path.dirname(python), os.environ.get("PATH", "")])
     svc = _start(
-        name, cmd, f"http://127.0.0.1:{port}", "/health", workdir, {**SERVER_ENV, **(env or {})}
+        name,
+        cmd,
+        f"http://127.0.0.1:{port}",
+        "/health",
+        workdir,
+        {**SERVER_ENV, "PATH": path, **(env or {})},
     )
     svc.artifacts_dir = artifacts
     return svc

@@ -229,3 +229,22 @@ def test_features_are_named_once_and_every_probe_is_harmless() -> None:
     for f in FEATURES:
         if f.method == "POST":  # a search, or a write without the arguments it needs
             assert f.path.endswith("/search") or json.loads(f.body or "{}") == {}, f
+
+
+def test_an_older_api_is_spoken_of_only_where_the_later_one_is_missing(
+    serve: Callable[[Answer], FakeServer],
+) -> None:
+    def mlflow2_0(method: str, path: str) -> tuple[int, str]:  # no /version, no traces at all
+        return (404, FLASK_404) if "traces" in path or path == "/version" else mlflow2(method, path)
+
+    for answer, says, n_traces in (
+        (mlflow2_0, ["source: MLflow 2 (version not reported)", "traces (3.0+)"], 1),
+        (mlflow2, ["traces (3.0+)", "does not move yet: traces (MLflow 2 API)"], 2),
+        (mlflow3, ["not on the source (nothing to migrate): workspaces\n",
+                   "does not move yet: traces, evaluation datasets"], 1),
+    ):
+        url = serve(answer).url
+        text = "\n".join(caps.notes(caps.with_capabilities(Options(source=url), url))) + "\n"
+        for line in says:
+            assert line in text, text
+        assert text.count("traces") == n_traces, text

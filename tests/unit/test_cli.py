@@ -133,3 +133,25 @@ def test_main_unreachable_target_exits_2(
     assert len(lines) == 1, err
     assert lines[0].startswith("migrator: error: ")
     assert "not reachable" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["migrate", "plan"])
+def test_an_unforeseen_error_is_one_line_never_a_traceback(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from migrator import pipeline, plan
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise KeyError("an answer nobody foresaw")
+
+    monkeypatch.setattr(pipeline, "run_command", boom)
+    monkeypatch.setattr(plan, "run_plan", boom)
+    code = main([command, "--source", "http://s", "--target", "http://t", "--staging",
+                 str(tmp_path)])
+    assert code == cli.EXIT_FAILED == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("migrator: failed: unexpected KeyError: 'an answer nobody foresaw'")
+    assert "Traceback" not in err

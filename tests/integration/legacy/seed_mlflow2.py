@@ -13,7 +13,8 @@ What it makes, the shapes an upgrade from MLflow 2 has to carry:
   has no logged models), registered as versions 1-3 of `legacy-iris` (version 2 deleted: a
   gap), version 3 in stage `Production` and under alias `champion` (aliases: MLflow 2.3+),
   and version 4 created with its source as `runs:/<id>/model` (`register_model` stores the
-  resolved `mlflow-artifacts:/…` location instead).
+  resolved `mlflow-artifacts:/…` location instead);
+- on MLflow 2.21+, a prompt with two versions (a registered model underneath).
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ def main(url: str) -> dict:
     c.update_model_version(name, "1", description="first")
     c.set_model_version_tag(name, "1", "validated", "yes")
     out["model"] = name
+    # A prompt (MLflow 2.21+: a registered model tagged `mlflow.prompt.is_prompt`).
+    out["prompts"] = 0
+    if hasattr(mlflow, "register_prompt"):
+        mlflow.register_prompt("legacy-greeting", "Hello {{name}}", commit_message="first")
+        mlflow.register_prompt("legacy-greeting", "Hi {{name}}!", commit_message="second")
+        out["prompts"] = 1
     out["predict_input"] = [[0.5], [2.5]]
     out["predictions"] = [int(p) for p in model.predict([[0.5], [2.5]])]
     return out
