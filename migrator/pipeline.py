@@ -355,13 +355,21 @@ class Migration:
         return row.get("target_run_id") if row else None
 
     def _logged_item(self, row: Row, exps: dict[str, Row], run_ids: Iterable[str]) -> Row:
-        """A logged model's row with the target ids its import needs."""
+        """A logged model's row with the target ids its import needs, and the runs its metrics
+        were logged against that are still moving (`still_moving`: its import waits)."""
+        run_ids = set(run_ids)
         ids = {r: t for r in run_ids if (t := self._target_run(r))}
+        waits = [
+            r
+            for r in sorted(run_ids - set(ids))
+            if still_moving(self.runs.get(r), self.scope_complete)
+        ]
         return {
             **row,
             "target_experiment_id": exps[row["source_experiment_id"]]["target_experiment_id"],
             "target_run_id": self._target_run(row.get("source_run_id")),
             "run_id_map": ids,
+            "waits_for_runs": waits,
         }
 
     def transfer_logged_models(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
@@ -407,6 +415,7 @@ class Migration:
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             for r in results:
                 r.pop("run_id_map", None)
+                r.pop("waits_for_runs", None)
                 self.logged[r["source_model_id"]] = r
             self.logged_m.append(results)
             self._checkpoint(results)

@@ -17,7 +17,8 @@ from typing import Any
 
 from migrator.artifacts import Fetch, from_keep, from_staging, stage_artifacts, upload_artifacts
 from migrator.config import Options
-from migrator.errors import StagingError
+from migrator.errors import PermanentError, StagingError
+from migrator.fanout import failed_row
 from migrator.layout import (
     LOGGED_MODEL_FORMAT,
     dump_doc,
@@ -267,17 +268,18 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
             from mlflow.entities import LoggedModelStatus
 
             c.finalize_logged_model(lm.model_id, LoggedModelStatus[status])
+    row = {k: v for k, v in item.items() if k not in ("run_id_map", "waits_for_runs")}
+    row["target_model_id"] = lm.model_id  # it is there: what points at it need not wait
+    waits = item.get("waits_for_runs") or []
+    if waits:  # everything else is in; the next run logs the metrics of that run
+        why = (
+            f"waits for run {waits[0]}, which this migration has not moved yet (it failed): "
+            "the next run logs the metrics logged against it"
+        )
+        return failed_row(row, "import", PermanentError(why, obj=obj, stage="import"))
     if skipped:
         log.warning("%s: %d metric points belong to runs that were not migrated", obj, skipped)
-    row = {k: v for k, v in item.items() if k != "run_id_map"}
-    return {
-        **row,
-        "target_model_id": lm.model_id,
-        "state": IMPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
-    }
+    return {**row, "state": IMPORTED, "error": None, "failed_stage": None, "updated_at": now_ms()}
 
 
 def tag_logged_model(item: Row, opts: Options) -> Row:

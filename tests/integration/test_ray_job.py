@@ -33,6 +33,27 @@ RAY_SECRET = "ray-secret-token-0f9e8d7c6b5a"
 BIN = Path(sys.executable).parent
 
 
+def worker_ports(n: int, avoid: set[int]) -> int:
+    """The first of `n` consecutive free ports none of which is in `avoid` (Ray refuses a
+    worker port range that holds one of its other ports)."""
+    while True:
+        low = free_port()
+        block = range(low, low + n)
+        if avoid.isdisjoint(block) and block[-1] < 65536 and all(_bindable(p) for p in block):
+            return low
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 @pytest.fixture()
 def ray_cluster(tmp_path: Path) -> Iterator[str]:
     """A one-node Ray cluster on loopback with every port pinned; returns the dashboard URL."""
@@ -41,14 +62,15 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
         "port", "dashboard-port", "ray-client-server-port", "object-manager-port",
         "node-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
         "runtime-env-agent-port", "metrics-export-port")}
-    low = free_port()
+    metric_ports = {"AUTOSCALER_METRIC_PORT": free_port(), "DASHBOARD_METRIC_PORT": free_port()}
+    low = worker_ports(51, avoid={*ports.values(), *metric_ports.values()})
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
            f"--min-worker-port={low}", f"--max-worker-port={low + 50}",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     cmd += [f"--{k}={v}" for k, v in ports.items()]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port()),
+           **{k: str(v) for k, v in metric_ports.items()},
            "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_TOKEN": RAY_SECRET}
     log = open(tmp_path / "ray-head.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -19,7 +19,7 @@ from mlflow.protos.databricks_pb2 import (
 from migrator.config import Options
 from migrator.errors import PermanentError, StagingError, TransientError
 from migrator.lineage import LOGGED_MODEL_FIELDS, SOURCE_MODEL_ID_TAG
-from migrator.manifest import IMPORTED, TAGGED
+from migrator.manifest import FAILED, IMPORTED, TAGGED
 from migrator.stages import logged_models
 from migrator.stages.logged_models import (
     MODEL_VERSIONS_TAG,
@@ -287,6 +287,31 @@ def test_import_logged_model_doc_resumed_keeps_the_marker(target: FakeTarget) ->
     assert row["target_model_id"] == TARGET_MID
     assert target.models[TARGET_MID].tags[SOURCE_MODEL_ID_TAG] == MID
     assert [c[0] for c in target.calls] == ["get_logged_model", "finalize_logged_model"]
+
+
+def test_import_waits_for_a_metric_run_still_moving_and_a_rerun_finishes(
+    target: FakeTarget,
+) -> None:
+    # The run its metric was logged against failed transiently in this pass: the model is made
+    # (what points at it need not wait) but fails, so the next run logs that metric.
+    item = {"source_model_id": MID, "target_experiment_id": "7", "target_run_id": None,
+            "run_id_map": {}, "waits_for_runs": [RUN]}
+
+    row = import_logged_model_doc(item, ON, _doc(artifacts=[]), lambda *a: None)
+
+    assert row["state"] == FAILED and row["failed_stage"] == "import"
+    assert row["error"].startswith(f"PermanentError: waits for run {RUN}")
+    assert row["target_model_id"] == TARGET_MID
+    assert "waits_for_runs" not in row and "run_id_map" not in row
+    logged: list[tuple[str, str]] = []
+    target.log_metric = lambda rid, key, value, **kw: logged.append((rid, key))  # type: ignore[attr-defined]
+
+    again = {**row, "run_id_map": {RUN: TARGET_RUN}, "waits_for_runs": []}
+    done = import_logged_model_doc(again, ON, _doc(artifacts=[]), lambda *a: None)
+
+    assert done["state"] == IMPORTED and done["target_model_id"] == TARGET_MID
+    assert logged == [(TARGET_RUN, "acc")]
+    assert [c for c in target.calls if c[0] == "create_logged_model"] == [("create_logged_model", "7")]
 
 
 def test_tag_logged_model_without_source_tags_drops_the_marker(target: FakeTarget) -> None:
