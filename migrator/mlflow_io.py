@@ -108,6 +108,8 @@ def check_tracking_uri(uri: str, role: str) -> None:
             f"{role} tracking URI {uri!r} has unsupported scheme {scheme!r} "
             "(use http(s)://, sqlite:///, postgresql://, mysql://, databricks://)"
         )
+    if role == "source" and scheme not in ("http", "https", "databricks"):
+        check_source_schema(uri)
     if scheme in ("http", "https"):
         import requests
 
@@ -122,6 +124,33 @@ def check_tracking_uri(uri: str, role: str) -> None:
             client(uri).search_experiments(max_results=1)
     except (TransientError, PermanentError) as e:
         raise ConfigError(f"{role} tracking URI {uri} is not usable: {e.message}") from None
+
+
+def check_source_schema(uri: str) -> None:
+    """Refuse a source database whose schema is not this MLflow client's: MLflow's store would
+    upgrade it in place when it opens it (an MLflow 2 database becomes an MLflow 3 one), and a
+    migration never writes to its source.
+
+    Raises:
+        ConfigError: the database has another schema revision, or none (not MLflow's).
+    """
+    import sqlalchemy
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        found = _get_schema_version(engine)
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise ConfigError(f"source database {uri} cannot be read: {type(e).__name__}") from None
+    finally:
+        engine.dispose()
+    wanted = _get_latest_schema_revision()
+    if found != wanted:
+        raise ConfigError(
+            f"source database {uri} has MLflow schema revision {found or 'none'}, this "
+            f"client's is {wanted}: opening it here would upgrade it in place. Serve it with its "
+            "own MLflow (`mlflow server --backend-store-uri …`) and migrate from that URL"
+        )
 
 
 def answers(uri: str, grace_s: float = 60.0, pause_s: float = 5.0) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,3 +168,36 @@ def test_a_refused_value_is_permanent() -> None:
 
     with pytest.raises(PermanentError, match="run r"), mlflow_io.translate_errors("run r", "import"):
         raise MlflowException("Invalid value for parameter", error_code=INVALID_PARAMETER_VALUE)
+
+
+def test_a_source_database_of_another_schema_is_refused_untouched(tmp_path: Path) -> None:
+    """An MLflow 2 database opened by MLflow 3's store is upgraded in place: refused first."""
+    import sqlite3
+
+    from migrator.errors import ConfigError
+    from migrator.mlflow_io import check_tracking_uri
+
+    db = tmp_path / "mlflow2.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('4465047574b1')")  # MLflow 2.16's
+        conn.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY)")
+    before = db.read_bytes()
+    with pytest.raises(ConfigError, match=r"schema revision 4465047574b1, this client's is \w+: "
+                                          r"opening it here would upgrade it in place"):
+        check_tracking_uri(f"sqlite:///{db}", "source")
+    assert db.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(ConfigError, match="schema revision none"):
+        check_tracking_uri(f"sqlite:///{empty}", "source")
+
+
+def test_a_source_database_of_this_schema_is_read(tmp_path: Path) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from migrator.mlflow_io import check_tracking_uri
+
+    uri = f"sqlite:///{tmp_path / 'current.db'}"
+    SqlAlchemyStore(uri, str(tmp_path / "artifacts"))  # made by this client: current schema
+    check_tracking_uri(uri, "source")
