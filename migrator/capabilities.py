@@ -137,7 +137,7 @@ FEATURES: tuple[Feature, ...] = (
         "POST",
         "/api/3.0/mlflow/traces/search",
         body='{"locations": [], "max_results": 1}',
-        moves=False,
+        moves=True,
     ),
     Feature(
         EVALUATION_DATASETS,

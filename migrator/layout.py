@@ -9,6 +9,7 @@ models/<quoted name>/model.json          registered model with its versions
 models/<quoted name>/versions/<n>/artifacts/<path>   a version whose run was not migrated
 logged_models/<model_id>/logged_model.json          MLflow 3 logged model (params, metrics…)
 logged_models/<model_id>/artifacts/<path>
+traces/<trace_id>/trace.json             a trace: info, every span, assessments (`Trace.to_dict`)
 ```
 A model name is percent-quoted into one path segment (`/` and `%` included), so any name maps
 to one folder and none can climb out of `models/`.
@@ -34,6 +35,7 @@ RUN_FORMAT = "mlflow-migrator/run"
 EXPERIMENT_FORMAT = "mlflow-migrator/experiment"
 MODEL_FORMAT = "mlflow-migrator/registered-model"
 LOGGED_MODEL_FORMAT = "mlflow-migrator/logged-model"
+TRACE_FORMAT = "mlflow-migrator/trace"
 FORMAT_VERSION = 1
 
 #: Longest folder name made from a model name (file systems allow 255 bytes).
@@ -97,6 +99,10 @@ def logged_model_key(model_id: str, name: str) -> str:
 
 def logged_model_artifact_key(model_id: str, path: str) -> str:
     return logged_model_key(model_id, "artifacts/" + safe_key(path))
+
+
+def trace_key(trace_id: str) -> str:
+    return f"traces/{_checked_id(trace_id, 'trace id')}/trace.json"
 
 
 def validate_files(files: Any, what: str) -> list[dict[str, Any]]:

@@ -78,6 +78,10 @@ LOGGED_MODEL_FIELDS = (
     "status",
     "status_message",
 )
+#: TraceInfo's system fields (its tags, metadata and previews are copied as they are).
+TRACE_FIELDS = ("trace_id", "experiment_id", "request_time", "execution_duration", "state")
+#: Names the source trace on a migrated trace, whether its id was kept or not.
+TRACE_ID_TAG = f"{FIELD_PREFIX}trace_id"
 #: The tags that identify a migrated logged model and model version on the target (set at
 #: creation, so an interrupted attempt's object is found again, never made twice).
 SOURCE_MODEL_ID_TAG = f"{FIELD_PREFIX}model_id"

@@ -41,8 +41,9 @@ MODEL_LINKS = pa.list_(
     pa.struct([("model_id", pa.string()), ("kind", pa.string()), ("step", pa.int64())])
 )
 
-# States a run passes through; `failed` records the stage in `failed_stage`.
-EXPORTED, IMPORTED, TAGGED, FAILED = "exported", "imported", "tagged", "failed"
+# States a run passes through; `failed` records the stage in `failed_stage`; `skipped`: a kind
+# the target cannot take (the reason in `error`).
+EXPORTED, IMPORTED, TAGGED, FAILED, SKIPPED = "exported", "imported", "tagged", "failed", "skipped"
 
 RUNS_SCHEMA = pa.schema(
     [
@@ -169,6 +170,35 @@ LOGGED_MODELS_SCHEMA = pa.schema(
         ("n_artifacts", pa.int64()),
         ("artifact_bytes", pa.int64()),
         ("artifact_files", ARTIFACT_FILES),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+
+#: Traces: one row per source trace of a migrated experiment (`trace_state` is the trace's own
+#: OK/ERROR/IN_PROGRESS; `state` is the migration's, as for every object).
+TRACES_SCHEMA = pa.schema(
+    [
+        ("source_trace_id", pa.string()),
+        ("target_trace_id", pa.string()),
+        ("source_experiment_id", pa.string()),
+        ("target_experiment_id", pa.string()),
+        ("request_time", TS),
+        ("execution_duration", pa.int64()),
+        ("trace_state", pa.string()),
+        ("client_request_id", pa.string()),
+        ("tags", TAGS),
+        ("trace_metadata", TAGS),
+        ("source_run_id", pa.string()),
+        ("target_run_id", pa.string()),
+        ("source_model_id", pa.string()),
+        ("target_model_id", pa.string()),
+        ("n_spans", pa.int64()),
+        ("n_assessments", pa.int64()),
+        ("source_fingerprint", pa.string()),
         ("state", pa.string()),
         ("error", pa.string()),
         ("failed_stage", pa.string()),
@@ -378,6 +408,10 @@ def model_versions_table(staging: Staging) -> ManifestTable:
 
 def logged_models_table(staging: Staging) -> ManifestTable:
     return ManifestTable(staging, "logged_models", LOGGED_MODELS_SCHEMA, "source_model_id")
+
+
+def traces_table(staging: Staging, flush_rows: int = 500) -> ManifestTable:
+    return ManifestTable(staging, "traces", TRACES_SCHEMA, "source_trace_id", flush_rows)
 
 
 def write_verify(staging: Staging, rows: list[Row]) -> str:

@@ -49,8 +49,10 @@ from migrator.stages.import_runs import import_run, migrate_run
 from migrator.stages.model_sources import source_ref
 from migrator.stages.tag_runs import tag_run, with_targets
 from migrator.staging import open_staging
+from migrator.states import next_step, still_moving
 from migrator.summary import Summary, format_counts
-from migrator.verify import VERIFY, VERIFY_LOGGED, VERIFY_MODEL, verify_migration
+from migrator.trace_driver import TraceDriver
+from migrator.verify import VERIFY, VERIFY_LOGGED, VERIFY_MODEL, VERIFY_TRACE, verify_migration
 from migrator.watch import ServerWatch
 
 log = logging.getLogger(__name__)
@@ -77,33 +79,6 @@ _DONE = {
 #: Run statuses that mean "not finished": such runs are exported again by the next `migrate`.
 UNFINISHED = ("RUNNING", "SCHEDULED")
 RESYNC = "_resync"
-
-
-def next_step(row: Row | None) -> str:
-    """What a run needs next, from its manifest row: export, import, tag or nothing."""
-    if row is None:
-        return "export"
-    state = row.get("state")
-    if state == FAILED:
-        return {"export": "export", "import": "import", "tag": "tag"}.get(
-            row.get("failed_stage") or "", "export"
-        )
-    return {EXPORTED: "import", IMPORTED: "tag", TAGGED: "done"}.get(state or "", "export")
-
-
-def still_moving(row: Row | None, scope_complete: bool) -> bool:
-    """Whether an object this migration points at has no target yet but may get one on a
-    re-run: not done, or failed on an error that may pass (transient, a lost task); or not
-    known at all while some experiment in scope failed (it may sit there). What waits for it
-    (a child's parent link, a version's source) waits; what points at an object that failed
-    for good, or lies outside the scope, does without."""
-    if row is None:
-        return not scope_complete
-    if row.get("target_run_id") or row.get("target_model_id"):
-        return False
-    if row.get("state") != FAILED:
-        return True
-    return str(row.get("error") or "").startswith(("TransientError", "task lost"))
 
 
 def _waits(parent: str) -> str:
@@ -154,6 +129,7 @@ class Migration:
         self.versions_m = model_versions_table(self.staging)
         self.logged = {r["source_model_id"]: r for r in table_to_rows(self.logged_m.compact())}
         self.models = {r["name"]: r for r in table_to_rows(self.models_m.compact())}
+        self.traces = TraceDriver(self)
         #: Version rows by model name, then number (a model's versions are read together).
         self.versions: dict[str, dict[int, Row]] = {}
         for r in table_to_rows(self.versions_m.compact()):
@@ -561,6 +537,7 @@ class Migration:
             (VERIFY, runs),
             (VERIFY_LOGGED, logged_models),
             (VERIFY_MODEL, models),
+            (VERIFY_TRACE, self.traces.verify_items(exps, in_scope)),
         ]
 
         def other_sides() -> list[Row]:
@@ -576,12 +553,22 @@ class Migration:
 
     def flush(self) -> None:
         """Write every buffered manifest row to the journal (before the command ends early)."""
-        for table in (self.runs_m, self.exps_m, self.logged_m, self.models_m, self.versions_m):
+        for table in self._tables():
             table.flush()
+
+    def _tables(self) -> tuple[ManifestTable, ...]:
+        return (
+            self.runs_m,
+            self.exps_m,
+            self.logged_m,
+            self.models_m,
+            self.versions_m,
+            self.traces.table,
+        )
 
     def close(self, exp_rows: list[Row]) -> Summary:
         """Write the manifests and count the final state of every run in scope."""
-        for table in (self.runs_m, self.exps_m, self.logged_m, self.models_m, self.versions_m):
+        for table in self._tables():
             table.compact()
         in_scope = {e["source_experiment_id"] for e in exp_rows}
         scoped = (
@@ -601,6 +588,8 @@ class Migration:
                 counter[r["state"]] += 1
                 if r["state"] == FAILED:
                     self.summary.failed.append(r)
+        self.summary.traces, failed_traces = self.traces.counts(in_scope)
+        self.summary.failed += failed_traces
         self.summary.elapsed = time.monotonic() - self.summary.started
         return self.summary
 
@@ -695,6 +684,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
     if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
         m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
     m.transfer_logged_models(exp_rows, do_export, do_import)
+    m.traces.transfer(exp_rows, do_export, do_import)
     if do_import:
         m.tag_all(exp_rows)
     m.transfer_models(do_export, do_import)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from migrator import capabilities, mlflow_io, scope
 from migrator.config import Options
 from migrator.manifest import IMPORTED, Row, experiments_table, models_table, runs_table
-from migrator.pipeline import next_step, preflight
+from migrator.pipeline import preflight
 from migrator.scope import matches
 from migrator.staging import open_staging
+from migrator.states import next_step
 
 
 @dataclass

@@ -10,8 +10,8 @@ import fnmatch
 from collections.abc import Iterator
 from typing import Any
 
-from migrator import mlflow_io
-from migrator.capabilities import LOGGED_MODELS, source_has
+from migrator import mlflow_io, traces_io
+from migrator.capabilities import LOGGED_MODELS, TRACES, source_has
 from migrator.config import Options
 
 
@@ -53,6 +53,13 @@ def source_logged_models(opts: Options, experiment_id: str) -> Iterator[Any]:
     (MLflow 2)."""
     if source_has(opts, LOGGED_MODELS):
         yield from mlflow_io.iter_logged_models(opts.source, [experiment_id])
+
+
+def source_traces(opts: Options, experiment_id: str) -> Iterator[Any]:
+    """Every trace (its TraceInfo) of one source experiment, oldest first, paged; none on a
+    server without MLflow 3's traces API."""
+    if source_has(opts, TRACES):
+        yield from traces_io.iter_trace_infos(opts.source, experiment_id)
 
 
 def source_models(opts: Options) -> Iterator[Any]:

@@ -259,6 +259,131 @@ def _seed_models(c: Any, seeded: Seeded, echo: Any) -> dict[str, Any]:
     return seeded.models
 
 
+GENAI_EXPERIMENT = "genai/agent"
+
+
+def seed_traces(uri: str) -> dict[str, Any]:
+    """MLflow 3 traces as applications make them, in experiment `genai/agent`: nested
+    `@mlflow.trace` spans with attributes and an event, a trace whose span raised, a trace
+    inside a run, one under an active model, one of `mlflow.start_span` blocks with a tag set
+    later, and assessments on the first: feedback overridden by a human, an expectation, a
+    span-level feedback, an error feedback. Returns their ids."""
+    apply_client_env()
+    saved = os.environ.get("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING")
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # every trace written on return
+    try:
+        with pointing_at(uri):  # the fluent tracing API takes the global URI
+            return _seed_traces()
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = saved
+
+
+def _seed_traces() -> dict[str, Any]:
+    import mlflow
+    from mlflow.entities import (
+        AssessmentError,
+        AssessmentSource,
+        AssessmentSourceType,
+        SpanEvent,
+        SpanType,
+    )
+
+    exp_id = mlflow.set_experiment(GENAI_EXPERIMENT).experiment_id
+    ids: dict[str, Any] = {"experiment_id": exp_id}
+
+    @mlflow.trace(span_type=SpanType.TOOL)  # type: ignore[untyped-decorator]
+    def lookup(city: str) -> dict[str, Any]:
+        return {"city": city, "temp_c": 21.5}
+
+    @mlflow.trace(span_type=SpanType.LLM, attributes={"model": "fake-gpt"})  # type: ignore[untyped-decorator]
+    def llm(prompt: str) -> str:
+        return f"answer to: {prompt}"
+
+    @mlflow.trace(name="agent", span_type=SpanType.AGENT)  # type: ignore[untyped-decorator]
+    def agent(question: str) -> str:
+        info = lookup("Paris")
+        with mlflow.start_span(name="post-process", span_type=SpanType.CHAIN) as s:
+            s.set_inputs({"info": info})
+            s.set_attribute("custom.k", [1, 2, 3])
+            s.add_event(SpanEvent(name="checkpoint", attributes={"step": 1, "note": "hello"}))
+            out = llm(question)
+            s.set_outputs({"out": out})
+        mlflow.update_current_trace(
+            tags={"team": "search"}, metadata={"app.version": "1.2.3"}, client_request_id=question
+        )
+        return str(out)
+
+    @mlflow.trace  # type: ignore[untyped-decorator]
+    def failing(x: int) -> int:
+        with mlflow.start_span("inner-ok") as s:
+            s.set_inputs({"x": x})
+            s.set_outputs(x * 2)
+        raise ValueError("boom from failing")
+
+    agent("What is the weather?")
+    ids["nested"] = mlflow.get_last_active_trace_id()
+    try:
+        failing(3)
+    except ValueError:
+        pass
+    ids["error"] = mlflow.get_last_active_trace_id()
+    with mlflow.start_run(run_name="traced-run") as run:
+        agent("inside a run?")
+        ids["in_run"] = mlflow.get_last_active_trace_id()
+        ids["run_id"] = run.info.run_id
+    model = mlflow.set_active_model(name="agent-model")
+    agent("with an active model")
+    ids["in_model"] = mlflow.get_last_active_trace_id()
+    ids["model_id"] = model.model_id
+    mlflow.clear_active_model()
+    with mlflow.start_span("manual-root", span_type=SpanType.RETRIEVER, attributes={"k": "v"}) as r:
+        r.set_inputs({"query": "docs?"})
+        with mlflow.start_span("manual-child") as child:
+            child.set_outputs(["doc1", "doc2"])
+        r.set_outputs({"n": 2})
+    ids["manual"] = mlflow.get_last_active_trace_id()
+    mlflow.set_trace_tag(ids["manual"], "post.tag", "added later")
+
+    t = ids["nested"]
+    llm_span = next(s for s in mlflow.get_trace(t).data.spans if s.name == "llm")
+    judge = AssessmentSource(source_type=AssessmentSourceType.LLM_JUDGE, source_id="gpt-judge")
+    first = mlflow.log_feedback(
+        trace_id=t,
+        name="relevance",
+        value=0.6,
+        source=judge,
+        rationale="partly",
+        metadata={"judge_version": "v1"},
+    )
+    human = AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id="alice@example.com")
+    override = mlflow.override_feedback(
+        trace_id=t,
+        assessment_id=first.assessment_id,
+        value=0.9,
+        rationale="fully relevant",
+        source=human,
+    )
+    mlflow.log_expectation(
+        trace_id=t, name="expected_answer", value={"text": "sunny", "temp": 21}, source=human
+    )
+    code = AssessmentSource(source_type=AssessmentSourceType.CODE, source_id="checks.py")
+    mlflow.log_feedback(
+        trace_id=t, name="llm_quality", value="good", span_id=llm_span.span_id, source=code
+    )
+    mlflow.log_feedback(
+        trace_id=t,
+        name="toxicity",
+        error=AssessmentError(error_code="RATE_LIMIT_EXCEEDED", error_message="rate limited"),
+        source=judge,
+    )
+    ids["overridden"], ids["override"] = first.assessment_id, override.assessment_id
+    ids["traces"] = [ids[k] for k in ("nested", "error", "in_run", "in_model", "manual")]
+    return ids
+
+
 def source_summary(uri: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.entities import ViewType

@@ -25,6 +25,9 @@ class Summary:
     logged_models: Counter[str] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
+    traces: Counter[str] = field(default_factory=Counter)
+    found_traces: Counter[str] = field(default_factory=Counter)
+    """Traces on the source by what the manifests knew: new, changed, unchanged."""
     failed: list[Row] = field(default_factory=list)
     servers: list[str] = field(default_factory=list)
     """What each server is and lacks (`capabilities.notes`), said once."""
@@ -53,6 +56,8 @@ class Summary:
             ("logged models:", self.logged_models),
             ("models:       ", self.models),
             ("versions:     ", self.versions),
+            ("traces:       ", self.traces),
+            ("traces found: ", self.found_traces),
         ):
             if counts:
                 lines.append(f"  {label} " + format_counts(counts))
@@ -72,6 +77,8 @@ class Summary:
 
 def describe_row(r: Row) -> str:
     """How a summary names the object of a manifest row."""
+    if "source_trace_id" in r:
+        return f"trace {r['source_trace_id']}"
     if "source_run_id" in r and "source_model_id" not in r:
         return f"run {r['source_run_id']}"
     if "source_model_id" in r:

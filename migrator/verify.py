@@ -1,7 +1,7 @@
 """`verify`: reconcile every migrated object with its source and report by category.
 
 Like `rclone check`: each object (experiment, run, logged model, registered model, model
-version) ends in one of `match`, `differ` (with the fields that differ), `missing_on_target`,
+version, trace) ends in one of `match`, `differ` (with the fields that differ), `missing_on_target`,
 `missing_on_source` or `error`; and from the other sides (`migrator.reconcile`), target objects
 that carry a migrated source id but are not the manifest's (`duplicate`) and source objects in
 scope that never moved (`not_migrated`). Runs, logged models and registered models are verified in
@@ -24,12 +24,15 @@ from migrator.reconcile import DUPLICATE, NOT_MIGRATED
 from migrator.stages.experiments import verify_experiment
 from migrator.stages.verify_models import verify_logged_model, verify_model
 from migrator.stages.verify_runs import verify_row, verify_run
+from migrator.stages.verify_traces import prefetch as prefetch_traces
+from migrator.stages.verify_traces import verify_trace
 from migrator.staging import Staging
 
 VERIFY = Stage("verify", verify_run)
 VERIFY_LOGGED = Stage("verify", verify_logged_model)
 VERIFY_MODEL = Stage("verify", verify_model)
-KINDS = ("experiment", "run", "logged_model", "registered_model", "model_version")
+VERIFY_TRACE = Stage("verify", verify_trace, prefetch_traces)
+KINDS = ("experiment", "run", "logged_model", "registered_model", "model_version", "trace")
 OUTCOMES = (
     MATCH,
     "differ",
@@ -140,12 +143,12 @@ def error_row(stage: Stage, r: Row) -> Row:
     """The verify row of an object whose verification raised."""
     if stage is VERIFY:
         return verify_row(r, ERROR, error=r.get("error"))
-    kind, sid = (
-        ("logged_model", r["source_model_id"])
-        if "source_model_id" in r
-        else ("registered_model", r["name"])
-    )
-    target = r.get("target_model_id") if kind == "logged_model" else r.get("target_name")
+    if stage is VERIFY_TRACE:
+        kind, sid, target = "trace", r["source_trace_id"], r.get("target_trace_id")
+    elif "source_model_id" in r:
+        kind, sid, target = "logged_model", r["source_model_id"], r.get("target_model_id")
+    else:
+        kind, sid, target = "registered_model", r["name"], r.get("target_name")
     return {
         "object_type": kind,
         "source_id": sid,
