@@ -1,0 +1,181 @@
+"""MLflow 3 GenAI objects on real servers: traces (spans, assessments, links), with lineage.
+
+A source of its own (not the shared one: these objects live in experiments of their own),
+seeded by MLflow's tracing API (`migrator.seed.seed_traces`), migrated with local Ray to a
+target on which one of the source's trace ids is already taken by another trace.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from migrator import services
+from migrator.config import Options
+from migrator.fanout import make_executor
+from migrator.lineage import TRACE_ID_TAG
+from migrator.pipeline import run_command
+from migrator.seed import seed_traces
+from migrator.staging import open_staging
+from migrator.traces_io import derived_trace_id, tracing
+
+from .conftest import s3_staging
+
+
+@pytest.fixture(scope="module")
+def genai_source(workdir: Path) -> Iterator[dict[str, Any]]:
+    with services.mlflow_server("genai-source", services.MYSQL, workdir) as svc:
+        yield {"url": svc.url, "traces": seed_traces(svc.url)}
+
+
+def squat(source: str, target: str, trace_id: str) -> str:
+    """Put a copy of a source trace on the target, in an experiment of its own, under the
+    same id (as if another tool had copied it there): the migration must leave it alone."""
+    trace = MlflowClient(source).get_trace(trace_id)
+    exp = MlflowClient(target).create_experiment("someone-elses")
+    from mlflow.entities import TraceInfo, TraceLocation
+
+    info = trace.info
+    tc = tracing(target)
+    tc.log_spans(exp, trace.data.spans)
+    tc.start_trace(TraceInfo(
+        trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(exp),
+        request_time=info.request_time, execution_duration=info.execution_duration,
+        state=info.state, tags={"owner": "someone else"}))
+    return exp
+
+
+@pytest.fixture(scope="module")
+def moved(genai_source: dict[str, Any], workdir: Path, ray_local: None) -> Iterator[dict[str, Any]]:
+    ids = genai_source["traces"]
+    with services.mlflow_server("genai-target", services.POSTGRES, workdir) as target:
+        squatter = squat(genai_source["url"], target.url, ids["manual"])
+        opts = Options(source=genai_source["url"], target=target.url, staging=s3_staging(),
+                       experiments=("genai/*",))
+        first = run_command("migrate", opts, make_executor)
+        second = run_command("migrate", opts, make_executor)
+        verified = run_command("verify", opts, make_executor)
+        staging = open_staging(opts.staging)
+        manifest = pq.read_table(io.BytesIO(staging.read_bytes("manifests/traces.parquet")))
+        yield {"opts": opts, "first": first, "second": second, "verified": verified,
+               "target": target.url, "squatter": squatter, "ids": ids,
+               "manifest": {r["source_trace_id"]: r for r in manifest.to_pylist()}}
+
+
+def target_id(moved: dict[str, Any], source_id: str) -> str:
+    return moved["manifest"][source_id]["target_trace_id"]
+
+
+def test_every_trace_moves_once_under_its_own_id_where_free(moved: dict[str, Any]) -> None:
+    first, ids = moved["first"], moved["ids"]
+    assert first.ok, first.render()
+    assert first.traces == {"imported": len(ids["traces"])}
+    for sid in ids["traces"]:
+        want = derived_trace_id(sid) if sid == ids["manual"] else sid
+        assert target_id(moved, sid) == want
+    tgt = MlflowClient(moved["target"])
+    exp = tgt.get_experiment_by_name("genai/agent").experiment_id
+    found = tgt.search_traces(locations=[exp], include_spans=False, max_results=100)
+    assert sorted(t.info.tags[TRACE_ID_TAG] for t in found) == sorted(ids["traces"])
+    # The trace that held the id on the target is untouched, in its own experiment.
+    other = tgt.get_trace(ids["manual"])
+    assert other.info.trace_location.mlflow_experiment.experiment_id == moved["squatter"]
+    assert other.info.tags.get("owner") == "someone else" and TRACE_ID_TAG not in other.info.tags
+
+
+def test_spans_keep_ids_parents_nanoseconds_status_and_events(moved: dict[str, Any],
+                                                              genai_source: dict[str, Any]) -> None:
+    src, tgt = MlflowClient(genai_source["url"]), MlflowClient(moved["target"])
+    for sid in moved["ids"]["traces"]:
+        a, b = src.get_trace(sid), tgt.get_trace(target_id(moved, sid))
+        assert [s.span_id for s in a.data.spans] == [s.span_id for s in b.data.spans]
+        for x, y in zip(a.data.spans, b.data.spans, strict=True):
+            assert (x.name, x.span_type, x.parent_id, x.start_time_ns, x.end_time_ns) == \
+                (y.name, y.span_type, y.parent_id, y.start_time_ns, y.end_time_ns)
+            assert (x.status.status_code, x.status.description) == \
+                (y.status.status_code, y.status.description)
+            assert x.inputs == y.inputs and x.outputs == y.outputs
+            assert [(e.name, e.timestamp, e.attributes) for e in x.events] == \
+                [(e.name, e.timestamp, e.attributes) for e in y.events]
+        for f in ("request_time", "execution_duration", "state", "client_request_id",
+                  "request_preview", "response_preview"):
+            assert getattr(a.info, f) == getattr(b.info, f), f
+    failed = tgt.get_trace(moved["ids"]["error"])
+    raised = [s for s in failed.data.spans if s.status.status_code == "ERROR"]
+    assert raised and any(e.name == "exception" for e in raised[0].events)
+
+
+def test_assessments_keep_ids_times_and_the_override(moved: dict[str, Any],
+                                                     genai_source: dict[str, Any]) -> None:
+    ids = moved["ids"]
+    a = MlflowClient(genai_source["url"]).get_trace(ids["nested"]).info.assessments
+    b = MlflowClient(moved["target"]).get_trace(ids["nested"]).info.assessments
+    assert len(a) == len(b) == 5
+    by_id = {x.assessment_id: x for x in b}
+    for x in a:
+        y = by_id[x.assessment_id]
+        assert x.to_dictionary() == y.to_dictionary(), x.name
+    assert by_id[ids["overridden"]].valid is False
+    assert by_id[ids["override"]].overrides == ids["overridden"]
+
+
+def test_links_to_the_run_and_logged_model_are_remapped(moved: dict[str, Any]) -> None:
+    ids, tgt = moved["ids"], MlflowClient(moved["target"])
+    exp = tgt.get_experiment_by_name("genai/agent").experiment_id
+    run = tgt.search_runs([exp], filter_string="attributes.run_name = 'traced-run'")[0]
+    in_run = tgt.search_traces(locations=[exp], run_id=run.info.run_id, include_spans=False)
+    assert [t.info.trace_id for t in in_run] == [ids["in_run"]]
+    model = tgt.search_logged_models(experiment_ids=[exp], filter_string="name = 'agent-model'")[0]
+    in_model = tgt.search_traces(locations=[exp], model_id=model.model_id, include_spans=False)
+    assert [t.info.trace_id for t in in_model] == [ids["in_model"]]
+    assert in_run[0].info.tags["mlflow_exim.mlflow_tag.sourceRun"] == ids["run_id"]
+
+
+def test_manifest_verify_and_rerun(moved: dict[str, Any]) -> None:
+    rows, ids = moved["manifest"], moved["ids"]
+    assert set(rows) == set(ids["traces"])
+    row = rows[ids["in_run"]]
+    assert row["source_run_id"] == ids["run_id"] and row["target_run_id"]
+    assert row["n_spans"] == 4 and row["trace_state"] == "OK" and row["state"] == "imported"
+    assert rows[ids["nested"]]["n_assessments"] == 5
+    assert rows[ids["error"]]["trace_state"] == "ERROR"
+    report = moved["verified"].verify
+    assert report.ok, report.render()
+    assert report.counts()[("trace", "match")] == len(ids["traces"])
+    second = moved["second"]
+    assert second.ok and not second.actions and not second.found_traces.get("new"), second.render()
+    assert second.found_traces == {"unchanged": len(ids["traces"])}
+
+
+def test_new_traces_and_assessments_move_incrementally(moved: dict[str, Any],
+                                                       genai_source: dict[str, Any]) -> None:
+    import mlflow
+
+    from migrator.seed import pointing_at
+
+    ids = moved["ids"]
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+    try:
+        with pointing_at(genai_source["url"]):
+            mlflow.log_feedback(trace_id=ids["error"], name="is_correct", value=False)
+            mlflow.set_experiment(experiment_id=ids["experiment_id"])
+            with mlflow.start_span("late") as span:
+                span.set_inputs({"a": 1})
+            late = span.trace_id
+    finally:
+        os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", None)
+    opts = moved["opts"].replace(verify=True)
+    again = run_command("migrate", opts, make_executor)
+    assert again.ok, again.render()
+    assert again.found_traces == {"new": 1, "changed": 1, "unchanged": len(ids["traces"]) - 1}
+    tgt = MlflowClient(moved["target"])
+    assert [a.name for a in tgt.get_trace(ids["error"]).info.assessments] == ["is_correct"]
+    assert tgt.get_trace(late).data.spans[0].name == "late"
+    assert again.verify.counts()[("trace", "match")] == len(ids["traces"]) + 1
