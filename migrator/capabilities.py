@@ -358,13 +358,10 @@ def source_has(opts: Options, feature: str) -> bool:
     return of(opts, opts.source).has(feature)
 
 
-def notes(
-    opts: Options, *, source: bool = True, target: bool = True, counted: Iterable[str] = ()
-) -> list[str]:
+def notes(opts: Options, *, source: bool = True, target: bool = True) -> list[str]:
     """What the servers' capabilities mean for this migration, one line each, said once in
     the plan and the summary: the kinds the source does not have (nothing of them to move),
-    and the kinds it has that this migrator does not move yet (`counted`: such kinds found by
-    looking, e.g. `prompts (2)`: `scope.unmoved`)."""
+    and the kinds it has that this migrator does not move yet."""
     lines = []
     if source and opts.source:
         src = of(opts, opts.source)
@@ -373,7 +370,7 @@ def notes(
             f for f in FEATURES if f.replaced_by and src.has(f.name) and not src.has(f.replaced_by)
         ]
         lacks = [f.named for f in kinds if f.moves is not None and not src.has(f.name)]
-        unmoved = [f.label for f in kinds if f.moves is False and src.has(f.name)] + [*counted]
+        unmoved = [f.label for f in kinds if f.moves is False and src.has(f.name)]
         lines.append(f"source: {src.describe()}")
         if lacks:
             lines.append(f"  not on the source (nothing to migrate): {', '.join(lacks)}")

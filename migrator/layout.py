@@ -7,6 +7,7 @@ runs/<source_run_id>/metrics.parquet     key, step, timestamp, value (every poin
 runs/<source_run_id>/artifacts/<path>    bytes as on the source
 models/<quoted name>/model.json          registered model with its versions
 models/<quoted name>/versions/<n>/artifacts/<path>   a version whose run was not migrated
+prompts/<quoted name>/model.json         a prompt with its versions (a registered model beneath)
 logged_models/<model_id>/logged_model.json          MLflow 3 logged model (params, metrics…)
 logged_models/<model_id>/artifacts/<path>
 traces/<trace_id>/trace.json             a trace: info, every span, assessments (`Trace.to_dict`)
@@ -71,8 +72,9 @@ def artifact_key(run_id: str, path: str) -> str:
     return run_key(run_id, "artifacts/" + safe_key(path))
 
 
-def model_folder(name: str) -> str:
-    """`models/<name>` with the name quoted into one safe path segment."""
+def model_folder(name: str, folder: str = "models") -> str:
+    """`models/<name>` (prompts: `prompts/<name>`) with the name quoted into one safe path
+    segment."""
     if not isinstance(name, str) or not name:
         raise StagingError(f"invalid model name {name!r}")
     quoted = quote(name, safe="").replace("~", "%7E")  # `~` marks a shortened name only
@@ -82,11 +84,11 @@ def model_folder(name: str) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
         prefix = re.sub(r"%[0-9A-F]?$", "", quoted[: MAX_SEGMENT - 17])  # no half an escape
         quoted = f"{prefix}~{digest}"
-    return f"models/{quoted}"
+    return f"{folder}/{quoted}"
 
 
-def model_key(name: str) -> str:
-    return f"{model_folder(name)}/model.json"
+def model_key(name: str, folder: str = "models") -> str:
+    return f"{model_folder(name, folder)}/model.json"
 
 
 def version_artifact_key(name: str, version: int, path: str) -> str:

@@ -457,14 +457,101 @@ def iter_registered_models(uri: str, filter_string: str = "") -> Iterator[Any]:
     return (m for m in iter_registry(uri, filter_string) if not m._is_prompt())
 
 
-def iter_prompts(uri: str) -> Iterator[Any]:
+def iter_prompts(uri: str, filter_string: str = "") -> Iterator[Any]:
     """Every prompt of a server's prompt registry (none before MLflow 2.21)."""
-    return iter_registry(uri, f"tags.`{PROMPT_TAG}` = 'true'")
+    prompts = f"tags.`{PROMPT_TAG}` = 'true'"
+    return iter_registry(uri, f"{filter_string} AND {prompts}" if filter_string else prompts)
+
+
+@functools.lru_cache(maxsize=8)
+def prompt_registry(uri: str) -> PromptRegistry:
+    """The `PromptRegistry` of a tracking URI, one per process."""
+    return PromptRegistry(uri)
 
 
 def model_versions(uri: str, name: str) -> list[Any]:
     """Every (not deleted) version of a registered model, lowest number first."""
     return versions_of_model(client(uri), name)
+
+
+class PromptRegistry:
+    """The prompt registry, through the registry methods of `MlflowClient` the model stages
+    call. Prompts are registered models (and versions) tagged `mlflow.prompt.is_prompt`, which
+    MLflow 3's client refuses to handle as models and its searches leave out; the registry
+    store takes them as they are, and this adds the tag and the filter that say "prompt"."""
+
+    def __init__(self, uri: str) -> None:
+        self.store = client(uri)._get_registry_client().store
+
+    def get_registered_model(self, name: str) -> Any:
+        return self.store.get_registered_model(name)
+
+    def create_registered_model(
+        self, name: str, tags: dict[str, str] | None = None, description: str | None = None
+    ) -> Any:
+        from mlflow.entities.model_registry import RegisteredModelTag
+
+        tags = {**(tags or {}), PROMPT_TAG: "true"}
+        return self.store.create_registered_model(
+            name, [RegisteredModelTag(k, v) for k, v in tags.items()], description
+        )
+
+    def update_registered_model(self, name: str, description: str) -> Any:
+        return self.store.update_registered_model(name, description)
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        from mlflow.entities.model_registry import RegisteredModelTag
+
+        self.store.set_registered_model_tag(name, RegisteredModelTag(key, value))
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self.store.set_registered_model_alias(name, alias, version)
+
+    def create_model_version(
+        self,
+        name: str,
+        source: str,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_link: str | None = None,
+        description: str | None = None,
+        await_creation_for: int = 0,
+        model_id: str | None = None,
+    ) -> Any:
+        from mlflow.entities.model_registry import ModelVersionTag
+
+        tags = {**(tags or {}), PROMPT_TAG: "true"}
+        return self.store.create_model_version(
+            name,
+            source,
+            run_id,
+            [ModelVersionTag(k, v) for k, v in tags.items()],
+            run_link,
+            description,
+        )
+
+    def get_model_version(self, name: str, version: str) -> Any:
+        return self.store.get_model_version(name, version)
+
+    def update_model_version(self, name: str, version: str, description: str) -> Any:
+        return self.store.update_model_version(name, version, description)
+
+    def delete_model_version(self, name: str, version: str) -> None:
+        self.store.delete_model_version(name, version)
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        from mlflow.entities.model_registry import ModelVersionTag
+
+        self.store.set_model_version_tag(name, version, ModelVersionTag(key, value))
+
+    def delete_model_version_tag(self, name: str, version: str, key: str) -> None:
+        self.store.delete_model_version_tag(name, version, key)
+
+    def search_model_versions(
+        self, filter_string: str, max_results: int = 10_000, page_token: str | None = None
+    ) -> Any:
+        wanted = f"{filter_string} AND tags.`{PROMPT_TAG}` = 'true'"
+        return self.store.search_model_versions(wanted, max_results, None, page_token)
 
 
 def versions_of_model(c: Any, name: str) -> list[Any]:

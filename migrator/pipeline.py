@@ -20,7 +20,7 @@ from typing import Any
 from migrator import capabilities, credentials, mlflow_io, scope
 from migrator.config import Options
 from migrator.errors import ConfigError, Interrupted, TransientError
-from migrator.fanout import Executor, InlineExecutor, Job, Stage, failed_row, jobs_of, run_one
+from migrator.fanout import Executor, Job, Stage, failed_row, jobs_of, run_one
 from migrator.faults import crash_point
 from migrator.layout import check_staging_format
 from migrator.lease import Lease
@@ -33,12 +33,12 @@ from migrator.manifest import (
     Row,
     experiments_table,
     logged_models_table,
-    model_versions_table,
-    models_table,
     runs_table,
     table_to_rows,
 )
 from migrator.reconcile import reconcile
+from migrator.registry import MODELS, PROMPTS
+from migrator.registry_driver import RegistryDriver
 from migrator.scope import matches
 from migrator.stages import experiments as exp_stage
 from migrator.stages import logged_models as lm_stage
@@ -46,13 +46,12 @@ from migrator.stages import models as models_stage
 from migrator.stages.export_models import export_model
 from migrator.stages.export_runs import export_run, prefetch
 from migrator.stages.import_runs import import_run, migrate_run
-from migrator.stages.model_sources import source_ref
 from migrator.stages.tag_runs import tag_run, with_targets
 from migrator.staging import open_staging
 from migrator.states import next_step, still_moving
 from migrator.summary import Summary, format_counts
 from migrator.trace_driver import TraceDriver
-from migrator.verify import VERIFY, VERIFY_LOGGED, VERIFY_MODEL, VERIFY_TRACE, verify_migration
+from migrator.verify import VERIFY, VERIFY_LOGGED, VERIFY_TRACE, verify_migration
 from migrator.watch import ServerWatch
 
 log = logging.getLogger(__name__)
@@ -125,15 +124,10 @@ class Migration:
         self.runs = {r["source_run_id"]: r for r in table_to_rows(self.runs_m.compact())}
         self.exps = {r["source_experiment_id"]: r for r in table_to_rows(self.exps_m.compact())}
         self.logged_m = logged_models_table(self.staging)
-        self.models_m = models_table(self.staging)
-        self.versions_m = model_versions_table(self.staging)
         self.logged = {r["source_model_id"]: r for r in table_to_rows(self.logged_m.compact())}
-        self.models = {r["name"]: r for r in table_to_rows(self.models_m.compact())}
         self.traces = TraceDriver(self)
-        #: Version rows by model name, then number (a model's versions are read together).
-        self.versions: dict[str, dict[int, Row]] = {}
-        for r in table_to_rows(self.versions_m.compact()):
-            self.versions.setdefault(r["name"], {})[r["version"]] = r
+        self.models = RegistryDriver(self, MODELS)
+        self.prompts = RegistryDriver(self, PROMPTS)
 
     # ---- experiments -------------------------------------------------------------------
 
@@ -414,108 +408,6 @@ class Migration:
             else:
                 self.executor.run(jobs_of(TAG_LOGGED, todo, size * 4), self.opts, on_done)
 
-    # ---- registered models and versions -----------------------------------------------------
-
-    def models_in_scope(self) -> list[Row]:
-        return [r for r in self.models.values() if matches(self.opts.models, r["name"], r["name"])]
-
-    def versions_of(self, name: str) -> list[Row]:
-        return [r for _, r in sorted(self.versions.get(name, {}).items())]
-
-    def _record_model(self, row: Row) -> None:
-        crash_point("model-done")
-        versions = row.pop("_versions", None) or []
-        for k in ("known_model", "known_versions", "refs"):
-            row.pop(k, None)
-        if row["state"] == FAILED:  # the model failed: its versions that were not done with it
-            versions = [
-                v
-                if v.get("state") in (IMPORTED, FAILED)
-                else failed_row(v, row["failed_stage"], row["error"])
-                for v in versions or self.versions_of(row["name"])
-            ]
-        # Rows the export found unchanged are the manifest's own: nothing to write again.
-        if self.models.get(row["name"]) != row:
-            self.models[row["name"]] = row
-            self.models_m.append([row])
-        known = self.versions.setdefault(row["name"], {})
-        changed = [v for v in versions if known.get(v["version"]) != v]
-        for v in changed:
-            known[v["version"]] = v
-        self.versions_m.append(changed)
-
-    def _model_items(self, rows: Iterable[Row]) -> Iterator[Row]:
-        """Each model row with its version rows (`_versions`) and the target ids they point at
-        (`refs`: runs, logged models, experiments), as its import and its verification take it."""
-        logged = self.logged_model_ids()
-        experiments = {
-            k: e["target_experiment_id"]
-            for k, e in self.exps.items()
-            if e.get("target_experiment_id")
-        }
-        for row in rows:
-            versions = self.versions_of(row["name"])
-            refs = {**self._refs(versions, logged), "experiments": experiments}
-            yield {**row, "_versions": versions, "refs": refs}
-
-    def _refs(self, versions: list[Row], logged: dict[str, str]) -> Row:
-        """The target runs and logged models a model's versions point at, and (`pending`) the
-        ones still moving (`still_moving`): a version waits for those rather than being
-        registered from a copy of its files."""
-        runs: dict[str, str] = {}
-        models: dict[str, str] = {}
-        pending: set[str] = set()
-        for v in versions:
-            kind, ref, _ = source_ref(v.get("source") or "", v.get("run_id"))
-            for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
-                if target := self._target_run(rid):
-                    runs[rid] = target  # type: ignore[index]
-                elif still_moving(self.runs.get(rid), self.scope_complete):  # type: ignore[arg-type]
-                    pending.add(rid)  # type: ignore[arg-type]
-            for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
-                if mid in logged:
-                    models[mid] = logged[mid]  # type: ignore[index]
-                elif still_moving(self.logged.get(mid), self.scope_complete):  # type: ignore[arg-type]
-                    pending.add(mid)  # type: ignore[arg-type]
-        return {"runs": runs, "models": models, "pending": sorted(pending)}
-
-    def transfer_models(self, do_export: bool, do_import: bool) -> None:
-        """Registered models in scope: export each (a task per model), then import those with
-        anything left to do, each model's versions in order in one task."""
-        size = max(1, self.opts.batch_size // 4)
-
-        def on_done(job: Job, results: list[Row]) -> list[Job]:
-            for r in results:
-                self._record_model(r)
-            self._checkpoint(results)
-            return []
-
-        if do_export:
-            items = (
-                {
-                    "name": rm.name,
-                    "known_model": self.models.get(rm.name),
-                    "known_versions": self.versions.get(rm.name, {}),
-                }
-                for rm in scope.source_models(self.opts)
-            )
-            # In this process: mostly a few reads per model, so a re-run that finds nothing
-            # changed never starts the cluster.
-            InlineExecutor().run(jobs_of(EXPORT_MODEL, items, size), self.opts, on_done)
-        if do_import:
-            todo = [
-                row
-                for row in self.models_in_scope()
-                if not (row["state"] == FAILED and row.get("failed_stage") == "export")
-                and (
-                    row["state"] != IMPORTED
-                    or any(v["state"] != IMPORTED for v in self.versions_of(row["name"]))
-                )
-            ]
-            self.executor.run(
-                jobs_of(IMPORT_MODEL, self._model_items(todo), size), self.opts, on_done
-            )
-
     def verify(self) -> Any:
         """Verify every experiment and run in scope (the manifests say what moved where)."""
         exp_rows = self.staged_experiments()
@@ -532,16 +424,18 @@ class Migration:
             for r in list(self.logged.values())
             if r["source_experiment_id"] in in_scope and r["state"] != FAILED
         )
-        models = self._model_items(r for r in self.models_in_scope() if r["state"] != FAILED)
         work: list[tuple[Stage, Iterable[Row]]] = [
             (VERIFY, runs),
             (VERIFY_LOGGED, logged_models),
-            (VERIFY_MODEL, models),
+            *((r.verify_stage, r.verify_items()) for r in (self.models, self.prompts)),
             (VERIFY_TRACE, self.traces.verify_items(exps, in_scope)),
         ]
 
         def other_sides() -> list[Row]:
-            return reconcile(self.opts, self.exps, self.runs, self.logged, self.models)
+            registries = [(r.kind, r.models) for r in (self.models, self.prompts)]
+            return reconcile(
+                self.opts, self.exps, self.runs, self.logged, registries, self.traces.rows
+            )
 
         return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
 
@@ -561,8 +455,8 @@ class Migration:
             self.runs_m,
             self.exps_m,
             self.logged_m,
-            self.models_m,
-            self.versions_m,
+            *self.models.tables,
+            *self.prompts.tables,
             self.traces.table,
         )
 
@@ -571,6 +465,7 @@ class Migration:
         for table in self._tables():
             table.compact()
         in_scope = {e["source_experiment_id"] for e in exp_rows}
+        models, prompts = self.models.final_rows(), self.prompts.final_rows()
         scoped = (
             (
                 self.summary.runs,
@@ -580,8 +475,8 @@ class Migration:
                 self.summary.logged_models,
                 [r for r in self.logged.values() if r["source_experiment_id"] in in_scope],
             ),
-            (self.summary.models, models := self.models_in_scope()),
-            (self.summary.versions, [v for m in models for v in self.versions_of(m["name"])]),
+            *zip((self.summary.models, self.summary.versions), models, strict=True),
+            *zip((self.summary.prompts, self.summary.prompt_versions), prompts, strict=True),
         )
         for counter, rows in scoped:
             for r in rows:
@@ -665,12 +560,8 @@ def _run_stages(m: Migration, command: str) -> Summary:
     opts = m.opts
     do_export = command in ("migrate", "export")
     do_import = command in ("migrate", "import")
-    with_source = command != "import"
     m.summary.servers = capabilities.notes(
-        opts,
-        source=with_source,
-        target=command != "export",
-        counted=scope.unmoved(opts) if with_source else (),
+        opts, source=command != "import", target=command != "export"
     )
     if command == "verify":
         m.summary.verify = m.verify()
@@ -684,10 +575,11 @@ def _run_stages(m: Migration, command: str) -> Summary:
     if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
         m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
     m.transfer_logged_models(exp_rows, do_export, do_import)
+    m.prompts.transfer(do_export, do_import)
     m.traces.transfer(exp_rows, do_export, do_import)
     if do_import:
         m.tag_all(exp_rows)
-    m.transfer_models(do_export, do_import)
+    m.models.transfer(do_export, do_import)
     if do_import:
         m.finish_experiments(exp_rows)
     else:

@@ -16,6 +16,7 @@ from migrator import capabilities, mlflow_io, scope
 from migrator.config import Options
 from migrator.manifest import IMPORTED, Row, experiments_table, models_table, runs_table
 from migrator.pipeline import preflight
+from migrator.registry import PROMPTS
 from migrator.scope import matches
 from migrator.staging import open_staging
 from migrator.states import next_step
@@ -37,7 +38,8 @@ class Plan:
     models: Counter[str] = field(default_factory=Counter)
     """Registered models in scope by what is left to do: import, or nothing (`done`)."""
     versions: int = 0
-    logged_models: int = 0
+    inventory: Counter[str] = field(default_factory=Counter)
+    """Other kinds in scope on the source, by count (logged models, traces, prompts, …)."""
     servers: list[str] = field(default_factory=list)
     """What each server is, lacks and offers beyond what moves (`capabilities.notes`)."""
 
@@ -57,8 +59,8 @@ class Plan:
             + (", ".join(f"{v} {k}" for k, v in sorted(total.items())) or "none")
             + ")"
         )
-        if self.logged_models:
-            lines.append(f"  logged models: {self.logged_models}")
+        for kind, n in self.inventory.items():
+            lines.append(f"  {kind}: {n}")
         if self.models:
             lines.append(
                 f"  models: {sum(self.models.values())} registered models, {self.versions} "
@@ -89,12 +91,7 @@ def run_plan(opts: Options, command: str) -> Plan:
     from_source = command in ("migrate", "export", "plan")
     with_target = bool(opts.target) and command != "export"
     opts = preflight(opts, source=from_source, target=with_target, staging=False)
-    plan.servers = capabilities.notes(
-        opts,
-        source=from_source,
-        target=with_target,
-        counted=scope.unmoved(opts) if from_source else (),
-    )
+    plan.servers = capabilities.notes(opts, source=from_source, target=with_target)
     known = _known_runs(opts)
     target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
 
@@ -123,6 +120,12 @@ def run_plan(opts: Options, command: str) -> Plan:
         ep = ExperimentPlan(exp.experiment_id, exp.name, exp.lifecycle_stage, on_target(exp.name))
         for run in scope.source_runs(opts, exp.experiment_id):
             ep.runs[next_step(known.get(run.info.run_id))] += 1
-        plan.logged_models += sum(1 for _ in scope.source_logged_models(opts, exp.experiment_id))
+        inv = plan.inventory
+        inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, exp.experiment_id))
+        inv["traces"] += sum(1 for _ in scope.source_traces(opts, exp.experiment_id))
         plan.experiments.append(ep)
+    for prompt in scope.source_registry(opts, PROMPTS):
+        plan.inventory["prompts"] += 1
+        plan.inventory["prompt versions"] += len(PROMPTS.versions(opts.source, prompt.name))
+    plan.inventory = Counter({k: n for k, n in plan.inventory.items() if n})
     return plan

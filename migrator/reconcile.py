@@ -12,13 +12,14 @@ Both are verify rows, and both make `verify` exit 1.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from migrator import mlflow_io, scope
 from migrator.config import Options
 from migrator.lineage import DUPLICATE_OF_TAG, SOURCE_MODEL_ID_TAG, SOURCE_RUN_ID_TAG
 from migrator.manifest import Row, now_ms
+from migrator.registry import RegistryKind
 
 DUPLICATE, NOT_MIGRATED = "duplicate", "not_migrated"
 
@@ -88,7 +89,8 @@ def reconcile(
     exps: Mapping[str, Row],
     runs: Mapping[str, Row],
     logged: Mapping[str, Row],
-    models: Mapping[str, Row],
+    registries: Sequence[tuple[RegistryKind, Mapping[str, Row]]],
+    traces: Mapping[str, Row],
 ) -> list[Row]:
     """Duplicates on the target and source objects that never moved, for the experiments
     in scope (`exps`: the experiments manifest) and the objects the manifests hold."""
@@ -126,7 +128,15 @@ def reconcile(
                 ((m.model_id, m.name) for m in scope.source_logged_models(opts, e.experiment_id)),
                 logged,
             )
-        out += never_moved(
-            "registered_model", ((m.name, m.name) for m in scope.source_models(opts)), models
-        )
+            out += never_moved(
+                "trace",
+                (
+                    (t.trace_id, t.tags.get("mlflow.traceName"))
+                    for t in scope.source_traces(opts, e.experiment_id)
+                ),
+                traces,
+            )
+        for kind, rows in registries:
+            found = ((m.name, m.name) for m in scope.source_registry(opts, kind))
+            out += never_moved(kind.object_type, found, rows)
     return out

@@ -13,6 +13,7 @@ from typing import Any
 from migrator import mlflow_io, traces_io
 from migrator.capabilities import LOGGED_MODELS, TRACES, source_has
 from migrator.config import Options
+from migrator.registry import MODELS, RegistryKind
 
 
 def matches(patterns: tuple[str, ...], object_id: str, name: str) -> bool:
@@ -64,13 +65,12 @@ def source_traces(opts: Options, experiment_id: str) -> Iterator[Any]:
 
 def source_models(opts: Options) -> Iterator[Any]:
     """Every registered model in scope on the source, paged."""
-    for rm in mlflow_io.iter_registered_models(opts.source):
-        if matches(opts.models, rm.name, rm.name):
+    return source_registry(opts, MODELS)
+
+
+def source_registry(opts: Options, kind: RegistryKind) -> Iterator[Any]:
+    """Every registry object of a kind in scope on the source, paged: registered models by
+    `--models`, prompts all (none before MLflow 2.21)."""
+    for rm in kind.search(opts.source):
+        if kind.prompts or matches(opts.models, rm.name, rm.name):
             yield rm
-
-
-def unmoved(opts: Options) -> list[str]:
-    """Kinds on the source that no endpoint tells apart and this migrator does not move yet,
-    with their counts: prompts (registered models underneath, MLflow 2.21+)."""
-    n = sum(1 for _ in mlflow_io.iter_prompts(opts.source))
-    return [f"prompts ({n})"] if n else []

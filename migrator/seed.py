@@ -384,6 +384,52 @@ def _seed_traces() -> dict[str, Any]:
     return ids
 
 
+def seed_prompts(uri: str, traces: dict[str, Any]) -> dict[str, Any]:
+    """The prompt registry: `qa` (text) with versions 1, 3 and 4 (2 deleted: a gap), commit
+    messages, version tags, a `model_config` and a `response_format`, aliases and a prompt
+    tag, linked to the `genai/agent` experiment, its version 3 linked to the traced run and
+    to a trace; `chat` (a chat template) with one version. `traces`: what `seed_traces` made."""
+    from mlflow import MlflowClient
+
+    apply_client_env()
+    c = MlflowClient(uri, registry_uri=uri)
+    with pointing_at(uri, registry=True):  # the link helpers look objects up globally
+        c.register_prompt(
+            "qa", "Answer {{question}} briefly.", commit_message="first", tags={"author": "alice"}
+        )
+        c.register_prompt("qa", "Answer {{question}}.", commit_message="second")
+        c.register_prompt(
+            "qa",
+            "Answer {{question}} in {{lang}}.",
+            commit_message="third",
+            model_config={"model_name": "gpt-4o", "temperature": 0.2, "max_tokens": 100},
+            response_format={"type": "object", "properties": {"answer": {"type": "string"}}},
+        )
+        c.delete_prompt_version("qa", "2")
+        c.create_prompt_version(
+            "qa",
+            "Answer {{question}} in {{lang}}, kindly.",
+            description="fourth",
+            tags={"reviewed": "yes"},
+        )
+        c.set_prompt_version_tag("qa", 3, "stage", "prod")
+        c.set_prompt_tag("qa", "owner", "nlp-team")
+        c.set_prompt_tag("qa", "_mlflow_experiment_ids", f",{traces['experiment_id']},")
+        c.set_prompt_alias("qa", "production", 3)
+        c.set_prompt_alias("qa", "newest", 4)
+        c.register_prompt(
+            "chat",
+            [
+                {"role": "system", "content": "You are {{style}}."},
+                {"role": "user", "content": "{{q}}"},
+            ],
+            commit_message="chat v1",
+        )
+        c.link_prompt_version_to_run(traces["run_id"], "prompts:/qa/3")
+        c.link_prompt_versions_to_trace([c.get_prompt_version("qa", 3)], traces["nested"])
+    return {"names": ["qa", "chat"], "versions": {"qa": [1, 3, 4], "chat": [1]}}
+
+
 def source_summary(uri: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.entities import ViewType

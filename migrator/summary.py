@@ -25,6 +25,8 @@ class Summary:
     logged_models: Counter[str] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
+    prompts: Counter[str] = field(default_factory=Counter)
+    prompt_versions: Counter[str] = field(default_factory=Counter)
     traces: Counter[str] = field(default_factory=Counter)
     found_traces: Counter[str] = field(default_factory=Counter)
     """Traces on the source by what the manifests knew: new, changed, unchanged."""
@@ -56,6 +58,8 @@ class Summary:
             ("logged models:", self.logged_models),
             ("models:       ", self.models),
             ("versions:     ", self.versions),
+            ("prompts:      ", self.prompts),
+            ("prompt vers.: ", self.prompt_versions),
             ("traces:       ", self.traces),
             ("traces found: ", self.found_traces),
         ):

@@ -140,3 +140,28 @@ def link_traces_to_run(uri: str, trace_ids: Sequence[str], run_id: str) -> None:
     c = client(uri)
     for k in range(0, len(trace_ids), 100):
         c.link_traces_to_run(list(trace_ids[k : k + 100]), run_id)
+
+
+LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"
+
+
+def link_prompts(uri: str, trace_id: str, tag_value: str | None) -> None:
+    """Link a trace to the prompt versions its `mlflow.linkedPrompts` tag names (the tag alone
+    is not what `search_traces(filter_string='prompt = "name/1"')` reads: an association is)."""
+    from types import SimpleNamespace
+
+    try:
+        refs = json.loads(tag_value or "[]")
+    except ValueError:
+        return
+    versions = (
+        [
+            SimpleNamespace(name=str(r["name"]), version=str(r["version"]))
+            for r in refs
+            if isinstance(refs, list) and isinstance(r, dict) and {"name", "version"} <= set(r)
+        ]
+        if isinstance(refs, list)
+        else []
+    )
+    if versions:
+        tracing(uri).store.link_prompts_to_trace(trace_id, versions)

@@ -32,7 +32,16 @@ VERIFY = Stage("verify", verify_run)
 VERIFY_LOGGED = Stage("verify", verify_logged_model)
 VERIFY_MODEL = Stage("verify", verify_model)
 VERIFY_TRACE = Stage("verify", verify_trace, prefetch_traces)
-KINDS = ("experiment", "run", "logged_model", "registered_model", "model_version", "trace")
+KINDS = (
+    "experiment",
+    "run",
+    "logged_model",
+    "registered_model",
+    "model_version",
+    "prompt",
+    "prompt_version",
+    "trace",
+)
 OUTCOMES = (
     MATCH,
     "differ",

@@ -21,11 +21,10 @@ from migrator.mlflow_io import (
     client,
     fingerprint,
     get_run_or_none,
-    iter_registered_models,
     matching,
-    model_versions,
     translate_errors,
 )
+from migrator.registry import MODELS, RegistryKind
 from migrator.stages.model_sources import model_id_of, staged_elsewhere
 from migrator.staging import Staging, open_staging
 
@@ -60,13 +59,13 @@ def _stage_version_files(
         return stage(parent, base), base
 
 
-def _registered_model_of(uri: str, name: str) -> Any:
+def _registered_model_of(uri: str, name: str, kind: RegistryKind) -> Any:
     """The source model by search, not `get`: a server refuses to `get` a name it would not
     accept today (an older server's `a/b`), yet lists it; such a model fails at import, where
     the target gives its reason."""
-    found = [m for m in iter_registered_models(uri, matching("name", name)) if m.name == name]
+    found = [m for m in kind.search(uri, matching("name", name)) if m.name == name]
     if not found:
-        raise PermanentError("not found on the source", obj=f"registered model {name!r}")
+        raise PermanentError("not found on the source", obj=f"{kind.label} {name!r}")
     return found[0]
 
 
@@ -77,9 +76,9 @@ def _source_experiment(opts: Options, v: Any) -> str | None:
     return None
 
 
-def export_model(item: Row, opts: Options) -> Row:
-    """Write model.json for one registered model, staging the files of versions that no run
-    or logged model of this migration carries.
+def export_model(item: Row, opts: Options, kind: RegistryKind = MODELS) -> Row:
+    """Write model.json for one registered model (or prompt), staging the files of versions
+    that no run or logged model of this migration carries.
 
     Args:
         item: `name`, and `known_versions` (version → manifest row) from earlier runs.
@@ -91,10 +90,10 @@ def export_model(item: Row, opts: Options) -> Row:
     known: dict[int, Row] = {int(k): v for k, v in (item.get("known_versions") or {}).items()}
     versions_doc: list[dict[str, Any]] = []
     version_rows: list[Row] = []
-    with translate_errors(f"registered model {name!r}", "export"):
-        rm = _registered_model_of(opts.source, name)
+    with translate_errors(f"{kind.label} {name!r}", "export"):
+        rm = _registered_model_of(opts.source, name, kind)
         aliases = {str(a): str(n) for a, n in (rm.aliases or {}).items()}
-        for v in model_versions(opts.source, name):
+        for v in kind.versions(opts.source, name):
             fields = version_fields(v)
             vdoc: dict[str, Any] = {
                 "fields": fields,
@@ -150,7 +149,7 @@ def export_model(item: Row, opts: Options) -> Row:
         row = before  # type: ignore[assignment]
     kept = row is before and all(v is known.get(v["version"]) for v in version_rows)
     if not kept or len(known) != len(version_rows):  # staged as it stands, unless unchanged
-        staging.write_bytes(model_key(name), dump_doc(MODEL_FORMAT, doc))
+        staging.write_bytes(model_key(name, kind.folder), dump_doc(MODEL_FORMAT, doc))
     return {**row, "_versions": version_rows}
 
 

@@ -19,6 +19,11 @@ _MODEL_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)(/.*)?$")
 _MODEL_PATH = re.compile(r"/models/(m-[0-9a-f]+)/artifacts(/.*)?$")
 
 
+#: Sources that name no files: a prompt version's (`register_prompt`, `create_prompt_version`).
+#: They are kept as they are; nothing is staged for them.
+KEPT_SOURCES = frozenset({"dummy-source", "prompt-template"})
+
+
 def source_ref(source: str, run_id: str | None) -> tuple[str, str, str]:
     """What a version's files are part of: `("model", model_id, rest)` for a logged model,
     `("run", run_id, rest)` for a run's artifacts (`rest` is the path below it, with its
@@ -47,6 +52,8 @@ def rewrite_source(
         refs: `runs` (source → target run id) and `models` (source → target logged model id).
         artifact_root: `(kind, target_id) -> artifact URI` of a target run or logged model.
     """
+    if source in KEPT_SOURCES:
+        return source, None, None
     kind, ref, rest = source_ref(source, run_id)
     target_run = refs["runs"].get(run_id or "")
     if kind == "model" and (target := refs["models"].get(ref)):
@@ -61,7 +68,10 @@ def rewrite_source(
 
 
 def staged_elsewhere(staging: Staging, source: str, run_id: str | None) -> bool:
-    """Whether the version's files travel with a run or logged model of this migration."""
+    """Whether the version's files travel with a run or logged model of this migration (or
+    it has none to travel: a prompt's)."""
+    if source in KEPT_SOURCES:
+        return True
     kind, ref, _ = source_ref(source, run_id)
     if kind == "run":
         return staging.exists(run_key(ref, "run.json"))

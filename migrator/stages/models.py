@@ -46,14 +46,13 @@ from migrator.lineage import (
 )
 from migrator.manifest import IMPORTED, Row, now_ms
 from migrator.mlflow_io import (
-    client,
     find_logged_model_by_tag,
-    model_versions,
     or_none,
     translate_errors,
     versions_of_model,
 )
 from migrator.once import Lineage, create_once
+from migrator.registry import MODELS, RegistryKind, remap_experiment_links
 from migrator.stages.logged_models import logged_model_lineage
 from migrator.stages.model_sources import logged_model_of, rewrite_source, source_ref
 from migrator.staging import Staging, open_staging
@@ -62,6 +61,7 @@ from migrator.staging import Staging, open_staging
 HOLDER_TAG = f"{PREFIX}.model_version"
 DEFAULT_EXPERIMENT_ID = "0"
 _VERSION_NUMBER = re.compile(r"[1-9][0-9]*")
+PROMPT_CONTENT_PREFIX = "mlflow.prompt."
 _NOT_LOGGED_MODEL_NAME = re.compile(r"[/:.%\"']")
 
 
@@ -72,14 +72,14 @@ def _optional_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
-def read_model_doc(staging: Staging, name: str) -> dict[str, Any]:
+def read_model_doc(staging: Staging, name: str, kind: RegistryKind = MODELS) -> dict[str, Any]:
     """The staged model.json, checked before anything is written to the target.
 
     Raises:
         StagingError: naming the model: corrupt, another model's, or a malformed entry.
     """
-    what = f"registered model {name!r}"
-    doc = load_doc(staging.read_bytes(model_key(name)), MODEL_FORMAT, what)
+    what = f"{kind.label} {name!r}"
+    doc = load_doc(staging.read_bytes(model_key(name, kind.folder)), MODEL_FORMAT, what)
     fields = doc.get("fields")
     if not isinstance(fields, dict) or fields.get("name") != name:
         raise StagingError("model.json does not describe this model", obj=what)
@@ -117,8 +117,12 @@ def read_model_doc(staging: Staging, name: str) -> dict[str, Any]:
     return doc
 
 
-def model_tags(doc: dict[str, Any], opts: Options) -> dict[str, str]:
-    tags = dict(doc["tags"])
+def model_tags(
+    doc: dict[str, Any], opts: Options, experiments: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The target model's (or prompt's) tags: the source's, its experiment links remapped
+    (`experiments`: source → target ids), and its source tags."""
+    tags = remap_experiment_links(dict(doc["tags"]), experiments or {})
     if opts.import_source_tags:
         tags.update(object_source_tags(doc["fields"], REGISTERED_MODEL_FIELDS, doc["tags"]))
     return fit(tags, MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH)
@@ -127,18 +131,22 @@ def model_tags(doc: dict[str, Any], opts: Options) -> dict[str, str]:
 def version_tags(vdoc: dict[str, Any], opts: Options) -> dict[str, str]:
     tags = dict(vdoc["tags"])
     if opts.import_source_tags:
-        tags.update(object_source_tags(vdoc["fields"], MODEL_VERSION_FIELDS, vdoc["tags"]))
+        # A prompt's content lives in `mlflow.prompt.*` tags: copied as it is, not again.
+        system = {k: v for k, v in tags.items() if not k.startswith(PROMPT_CONTENT_PREFIX)}
+        tags.update(object_source_tags(vdoc["fields"], MODEL_VERSION_FIELDS, system))
     return fit(tags, MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH)
 
 
-def _registered_model(c: Any, doc: dict[str, Any], opts: Options) -> Any:
+def _registered_model(
+    c: Any, doc: dict[str, Any], opts: Options, kind: RegistryKind, experiments: dict[str, str]
+) -> Any:
     """The target model by name: created, or found (an earlier attempt's, or the target's own)
     and brought up to date."""
     name = doc["fields"]["name"]
-    tags = model_tags(doc, opts)
+    tags = model_tags(doc, opts, experiments)
     spec = Lineage(
-        kind="registered model",
-        obj=f"registered model {name!r}",
+        kind=kind.label,
+        obj=f"{kind.label} {name!r}",
         find=lambda: [rm for rm in [or_none(c.get_registered_model, name)] if rm is not None],
         create=lambda: c.create_registered_model(
             name, tags=tags, description=doc["description"] or None
@@ -247,7 +255,7 @@ def version_lineage(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -
         return [v for v in versions_of_model(c, name) if v.tags.get(SOURCE_VERSION_TAG) == marked]
 
     return Lineage(
-        kind="model version",
+        kind="version",
         obj=obj,
         find=find,
         create=lambda: c.create_model_version(name, await_creation_for=0, **args),
@@ -294,11 +302,18 @@ def _create_at(c: Any, name: str, n: int, args: dict[str, Any], obj: str) -> Any
 
 
 def _import_version(
-    c: Any, opts: Options, name: str, vdoc: dict[str, Any], existing: Any, refs: Row, known: Row
+    c: Any,
+    opts: Options,
+    name: str,
+    vdoc: dict[str, Any],
+    existing: Any,
+    refs: Row,
+    known: Row,
+    kind: RegistryKind = MODELS,
 ) -> Row:
     f = vdoc["fields"]
     n = f["version"]
-    obj = f"model version {name!r} {n}"
+    obj = f"{kind.version_label} {name!r} {n}"
     tags = version_tags(vdoc, opts)  # with source tags on, the marker is among them
     with translate_errors(obj, "import"):
         if existing is not None:
@@ -308,8 +323,8 @@ def _import_version(
                 ours = expected is not None and existing.source == expected[0]
             if not ours:
                 raise PermanentError(
-                    f"the target model already has a version {n} that this migration did not "
-                    "create",
+                    f"the target {kind.label} already has a version {n} that this migration did "
+                    "not create",
                     obj=obj,
                     stage="import",
                 )
@@ -366,9 +381,9 @@ def _exists(c: Any, name: str, n: int) -> bool:
         return False
 
 
-def import_model(item: Row, opts: Options) -> Row:
-    """Create (or bring up to date) one registered model on the target, its versions at their
-    source numbers, and its aliases.
+def import_model(item: Row, opts: Options, kind: RegistryKind = MODELS) -> Row:
+    """Create (or bring up to date) one registered model (or prompt) on the target, its
+    versions at their source numbers, and its aliases.
 
     Args:
         item: the model's manifest row; `_versions` (its version rows, by export), `refs`
@@ -377,16 +392,16 @@ def import_model(item: Row, opts: Options) -> Row:
         The model row in state `imported` (or failed), its version rows under `_versions`.
     """
     name = item["name"]
-    obj = f"registered model {name!r}"
+    obj = f"{kind.label} {name!r}"
     staging = open_staging(opts.staging)
-    doc = read_model_doc(staging, name)
+    doc = read_model_doc(staging, name, kind)
     rows = {int(r["version"]): r for r in item.get("_versions") or []}
     refs = item["refs"]
-    c = client(opts.target)
+    c = kind.client(opts.target)
     out_versions: list[Row] = []
     with translate_errors(obj, "import"):
-        _registered_model(c, doc, opts)
-        existing = {int(v.version): v for v in model_versions(opts.target, name)}
+        _registered_model(c, doc, opts, kind, refs.get("experiments") or {})
+        existing = {int(v.version): v for v in kind.versions(opts.target, name)}
         for n, v in list(existing.items()):
             marker = v.tags.get(SOURCE_VERSION_TAG)
             if marker is not None and marker != str(n):  # left at a wrong number by a kill
@@ -403,7 +418,9 @@ def import_model(item: Row, opts: Options) -> Row:
             out_versions.append(failed_row(known, "import", blocked))
             continue
         try:
-            out_versions.append(_import_version(c, opts, name, vdoc, existing.get(n), refs, known))
+            out_versions.append(
+                _import_version(c, opts, name, vdoc, existing.get(n), refs, known, kind)
+            )
         except MigratorError as e:
             out_versions.append(failed_row(known, "import", e))
             if not _exists(c, name, n):

@@ -32,6 +32,7 @@ from migrator.mlflow_io import fingerprint, translate_errors
 from migrator.staging import open_staging
 from migrator.traces_io import (
     ASSESSMENT_RUN_KEY,
+    LINKED_PROMPTS_TAG,
     MODEL_ID_KEY,
     SERVER_OWNED_METADATA,
     SERVER_OWNED_TAGS,
@@ -39,6 +40,7 @@ from migrator.traces_io import (
     create_assessment,
     derived_assessment_id,
     derived_trace_id,
+    link_prompts,
     read_traces,
     spans_for,
     trace_infos,
@@ -331,6 +333,7 @@ def import_trace_doc(item: Row, opts: Options, trace: Any) -> Row:
             spans_for(spans, target_id),
         )
         write_assessments(opts, trace, target_id, item.get("run_id_map") or {})
+        link_prompts(opts.target, target_id, trace.info.tags.get(LINKED_PROMPTS_TAG))
     row = {k: v for k, v in item.items() if k not in ("run_id_map", "waits_for")}
     row["target_trace_id"] = target_id
     if waits := item.get("waits_for"):

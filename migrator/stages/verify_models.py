@@ -12,7 +12,8 @@ from typing import Any
 from migrator.config import Options
 from migrator.lineage import is_source_tag
 from migrator.manifest import DIFFER, MATCH, MISSING_ON_SOURCE, MISSING_ON_TARGET, Row, now_ms
-from migrator.mlflow_io import client, model_versions, or_none, translate_errors
+from migrator.mlflow_io import client, or_none, translate_errors
+from migrator.registry import MODELS, RegistryKind
 from migrator.stages.export_models import version_fields
 from migrator.stages.logged_models import (
     MODEL_VERSIONS_TAG,
@@ -119,23 +120,24 @@ def verify_logged_model(item: Row, opts: Options) -> Row:
 # ---- registered models and versions ----------------------------------------------------------
 
 
-def verify_model(item: Row, opts: Options) -> Row:
-    """Verify one registered model and its versions; the version rows come back under
-    `_versions`.
+def verify_model(item: Row, opts: Options, kind: RegistryKind = MODELS) -> Row:
+    """Verify one registered model (or prompt) and its versions; the version rows come back
+    under `_versions`.
 
     Args:
         item: the model's manifest row, with `_versions` (its version rows) and `refs` (the
             target ids the versions must point at, as the import got them).
     """
     name = item["name"]
-    src, tgt = client(opts.source), client(opts.target)
-    with translate_errors(f"registered model {name!r}", "verify"):
+    src, tgt = kind.client(opts.source), kind.client(opts.target)
+    what = kind.object_type
+    with translate_errors(f"{kind.label} {name!r}", "verify"):
         source = or_none(src.get_registered_model, name)
         if source is None:
-            return result("registered_model", name, name, name, MISSING_ON_SOURCE)
+            return result(what, name, name, name, MISSING_ON_SOURCE)
         target = or_none(tgt.get_registered_model, name)
         if target is None:
-            return result("registered_model", name, None, name, MISSING_ON_TARGET)
+            return result(what, name, None, name, MISSING_ON_TARGET)
         diffs: dict[str, list[str]] = {}
         _differs(diffs, "description", source.description or "", target.description or "")
         doc = {
@@ -145,31 +147,36 @@ def verify_model(item: Row, opts: Options) -> Row:
             },
             "tags": dict(source.tags),
         }
-        compare_map("tags", model_tags(doc, opts), dict(target.tags), diffs)
+        want = model_tags(doc, opts, item["refs"].get("experiments"))
+        compare_map("tags", want, dict(target.tags), diffs)
         compare_map(
             "aliases",
             {a: str(v) for a, v in (source.aliases or {}).items()},
             {a: str(v) for a, v in (target.aliases or {}).items()},
             diffs,
         )
-        source_versions = {int(v.version): v for v in model_versions(opts.source, name)}
-        target_versions = {int(v.version): v for v in model_versions(opts.target, name)}
+        source_versions = {int(v.version): v for v in kind.versions(opts.source, name)}
+        target_versions = {int(v.version): v for v in kind.versions(opts.target, name)}
         extra = sorted(set(target_versions) - set(source_versions))
         if extra:
             diffs["versions"] = [f"extra version {n}" for n in extra]
         rows = {int(r["version"]): r for r in item.get("_versions") or []}
         out = [
-            _verify_version(opts, name, v, target_versions.get(n), rows.get(n) or {}, item["refs"])
+            _verify_version(
+                opts, name, v, target_versions.get(n), rows.get(n) or {}, item["refs"], kind
+            )
             for n, v in sorted(source_versions.items())
         ]
-    return {**result("registered_model", name, name, name, MATCH, diffs), "_versions": out}
+    return {**result(what, name, name, name, MATCH, diffs), "_versions": out}
 
 
-def _verify_version(opts: Options, name: str, source: Any, target: Any, row: Row, refs: Row) -> Row:
+def _verify_version(
+    opts: Options, name: str, source: Any, target: Any, row: Row, refs: Row, kind: RegistryKind
+) -> Row:
     n = int(source.version)
     sid = f"{name}/{n}"
     if target is None:
-        return result("model_version", sid, None, name, MISSING_ON_TARGET)
+        return result(kind.version_object_type, sid, None, name, MISSING_ON_TARGET)
     tgt = client(opts.target)
     diffs: dict[str, list[str]] = {}
     _differs(diffs, "description", source.description or "", target.description or "")
@@ -188,4 +195,5 @@ def _verify_version(opts: Options, name: str, source: Any, target: Any, row: Row
             expected = (holder_source(lm, row.get("source_file")), run, holder)
     _differs(diffs, "source", expected[0], target.source)
     _differs(diffs, "run_id", expected[1] or "", target.run_id or "")
-    return result("model_version", sid, f"{name}/{target.version}", name, MATCH, diffs)
+    target_id = f"{name}/{target.version}"
+    return result(kind.version_object_type, sid, target_id, name, MATCH, diffs)

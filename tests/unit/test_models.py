@@ -12,6 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.entities.paged_list import PagedList
 
+from migrator import mlflow_io
 from migrator.config import Options
 from migrator.errors import PermanentError, StagingError
 from migrator.layout import MODEL_FORMAT, RUN_FORMAT, dump_doc, model_key
@@ -658,8 +659,9 @@ class FakeRegistry:
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
     fake = FakeRegistry()
-    monkeypatch.setattr(models, "client", lambda uri: fake)
-    monkeypatch.setattr(models, "model_versions", lambda uri, name: fake.versions(name))
+    monkeypatch.setattr(mlflow_io, "client", lambda uri: fake)  # through RegistryKind.client
+    monkeypatch.setattr(mlflow_io, "versions_of_model", lambda c, name: fake.versions(name))
+    monkeypatch.setattr(models, "versions_of_model", lambda c, name: fake.versions(name))
     monkeypatch.setattr(
         models,
         "find_logged_model_by_tag",

@@ -1,0 +1,179 @@
+"""The driver's part for the registry — registered models, and prompts: which move, in jobs
+through the fan-out, and their manifests (`models.parquet` + `model_versions.parquet`;
+`prompt_registry.parquet` + `prompts.parquet`). One class, one instance per `RegistryKind`.
+
+Models go after the runs and logged models their versions point at (a version waits for one
+still moving instead of being registered from a copy of its files); prompts after the
+experiments their links name, and before the traces that link to their versions.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from migrator import scope
+from migrator.fanout import InlineExecutor, Job, Stage, failed_row, jobs_of
+from migrator.faults import crash_point
+from migrator.manifest import (
+    FAILED,
+    IMPORTED,
+    MODEL_VERSIONS_SCHEMA,
+    MODELS_SCHEMA,
+    ManifestTable,
+    Row,
+    table_to_rows,
+)
+from migrator.registry import RegistryKind
+from migrator.scope import matches
+from migrator.stages import models as models_stage
+from migrator.stages.export_models import export_model
+from migrator.stages.model_sources import source_ref
+from migrator.stages.verify_models import verify_model
+from migrator.staging import Staging
+from migrator.states import still_moving
+
+if TYPE_CHECKING:
+    from migrator.pipeline import Migration
+
+
+def models_table(staging: Staging, kind: RegistryKind) -> ManifestTable:
+    return ManifestTable(staging, kind.models_table, MODELS_SCHEMA, "name")
+
+
+def versions_table(staging: Staging, kind: RegistryKind) -> ManifestTable:
+    return ManifestTable(staging, kind.versions_table, MODEL_VERSIONS_SCHEMA, ("name", "version"))
+
+
+class RegistryDriver:
+    """One kind of registry object of one migration: the manifest rows, and the stages."""
+
+    def __init__(self, m: Migration, kind: RegistryKind) -> None:
+        self.m = m
+        self.kind = kind
+        self.models_m = models_table(m.staging, kind)
+        self.versions_m = versions_table(m.staging, kind)
+        self.models = {r["name"]: r for r in table_to_rows(self.models_m.compact())}
+        #: Version rows by name, then number (an object's versions are read together).
+        self.versions: dict[str, dict[int, Row]] = {}
+        for r in table_to_rows(self.versions_m.compact()):
+            self.versions.setdefault(r["name"], {})[r["version"]] = r
+        self.export = Stage("export", functools.partial(export_model, kind=kind))
+        self.import_ = Stage("import", functools.partial(models_stage.import_model, kind=kind))
+        self.verify_stage = Stage("verify", functools.partial(verify_model, kind=kind))
+
+    @property
+    def tables(self) -> tuple[ManifestTable, ManifestTable]:
+        return self.models_m, self.versions_m
+
+    def in_scope(self) -> list[Row]:
+        """Rows of the objects in scope (`--models` names registered models; prompts all)."""
+        if self.kind.prompts:
+            return list(self.models.values())
+        patterns = self.m.opts.models
+        return [r for r in self.models.values() if matches(patterns, r["name"], r["name"])]
+
+    def versions_of(self, name: str) -> list[Row]:
+        return [r for _, r in sorted(self.versions.get(name, {}).items())]
+
+    def record(self, row: Row) -> None:
+        crash_point("model-done")
+        versions = row.pop("_versions", None) or []
+        for k in ("known_model", "known_versions", "refs"):
+            row.pop(k, None)
+        if row["state"] == FAILED:  # the model failed: its versions that were not done with it
+            versions = [
+                v
+                if v.get("state") in (IMPORTED, FAILED)
+                else failed_row(v, row["failed_stage"], row["error"])
+                for v in versions or self.versions_of(row["name"])
+            ]
+        # Rows the export found unchanged are the manifest's own: nothing to write again.
+        if self.models.get(row["name"]) != row:
+            self.models[row["name"]] = row
+            self.models_m.append([row])
+        known = self.versions.setdefault(row["name"], {})
+        changed = [v for v in versions if known.get(v["version"]) != v]
+        for v in changed:
+            known[v["version"]] = v
+        self.versions_m.append(changed)
+
+    def items(self, rows: Iterable[Row]) -> Iterator[Row]:
+        """Each model row with its version rows (`_versions`) and the target ids they point at
+        (`refs`: runs, logged models, experiments), as its import and its verification take it."""
+        m = self.m
+        logged = m.logged_model_ids()
+        experiments = {
+            k: e["target_experiment_id"] for k, e in m.exps.items() if e.get("target_experiment_id")
+        }
+        for row in rows:
+            versions = self.versions_of(row["name"])
+            refs = {**self._refs(versions, logged), "experiments": experiments}
+            yield {**row, "_versions": versions, "refs": refs}
+
+    def _refs(self, versions: list[Row], logged: dict[str, str]) -> Row:
+        """The target runs and logged models versions point at, and (`pending`) the ones still
+        moving (`still_moving`): a version waits for those rather than being registered from
+        a copy of its files."""
+        m = self.m
+        runs: dict[str, str] = {}
+        models: dict[str, str] = {}
+        pending: set[str] = set()
+        for v in versions:
+            kind, ref, _ = source_ref(v.get("source") or "", v.get("run_id"))
+            for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
+                if target := m._target_run(rid):
+                    runs[rid] = target  # type: ignore[index]
+                elif still_moving(m.runs.get(rid), m.scope_complete):  # type: ignore[arg-type]
+                    pending.add(rid)  # type: ignore[arg-type]
+            for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
+                if mid in logged:
+                    models[mid] = logged[mid]  # type: ignore[index]
+                elif still_moving(m.logged.get(mid), m.scope_complete):  # type: ignore[arg-type]
+                    pending.add(mid)  # type: ignore[arg-type]
+        return {"runs": runs, "models": models, "pending": sorted(pending)}
+
+    def transfer(self, do_export: bool, do_import: bool) -> None:
+        """Objects in scope: export each (a task per few), then import those with anything
+        left to do, each object's versions in order in one task."""
+        m, opts = self.m, self.m.opts
+        size = max(1, opts.batch_size // 4)
+
+        def on_done(job: Job, results: list[Row]) -> list[Job]:
+            for r in results:
+                self.record(r)
+            m._checkpoint(results)
+            return []
+
+        if do_export:
+            items = (
+                {
+                    "name": rm.name,
+                    "known_model": self.models.get(rm.name),
+                    "known_versions": self.versions.get(rm.name, {}),
+                }
+                for rm in scope.source_registry(opts, self.kind)
+            )
+            # In this process: mostly a few reads per model, so a re-run that finds nothing
+            # changed never starts the cluster.
+            InlineExecutor().run(jobs_of(self.export, items, size), opts, on_done)
+        if do_import:
+            todo = [
+                row
+                for row in self.in_scope()
+                if not (row["state"] == FAILED and row.get("failed_stage") == "export")
+                and (
+                    row["state"] != IMPORTED
+                    or any(v["state"] != IMPORTED for v in self.versions_of(row["name"]))
+                )
+            ]
+            m.executor.run(jobs_of(self.import_, self.items(todo), size), opts, on_done)
+
+    def verify_items(self) -> Iterator[Row]:
+        return self.items(r for r in self.in_scope() if r["state"] != FAILED)
+
+    def final_rows(self) -> tuple[list[Row], list[Row]]:
+        """The rows of the objects in scope, and of their versions (for the summary)."""
+        models = self.in_scope()
+        return models, [v for r in models for v in self.versions_of(r["name"])]
