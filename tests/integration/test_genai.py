@@ -1,8 +1,9 @@
-"""MLflow 3 GenAI objects on real servers: traces (spans, assessments, links), with lineage.
+"""MLflow 3 GenAI objects on real servers: traces (spans, assessments, links) and the prompt
+registry (versions with a gap, chat template, model config, aliases, links), with lineage.
 
 A source of its own (not the shared one: these objects live in experiments of their own),
-seeded by MLflow's tracing API (`migrator.seed.seed_traces`), migrated with local Ray to a
-target on which one of the source's trace ids is already taken by another trace.
+seeded by MLflow's own APIs (`migrator.seed.seed_traces`, `seed_prompts`), migrated with local
+Ray to a target on which one of the source's trace ids is already taken by another trace.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from migrator.config import Options
 from migrator.fanout import make_executor
 from migrator.lineage import TRACE_ID_TAG
 from migrator.pipeline import run_command
-from migrator.seed import seed_traces
+from migrator.seed import seed_prompts, seed_traces
 from migrator.staging import open_staging
 from migrator.traces_io import derived_trace_id, tracing
 
@@ -32,7 +33,8 @@ from .conftest import s3_staging
 @pytest.fixture(scope="module")
 def genai_source(workdir: Path) -> Iterator[dict[str, Any]]:
     with services.mlflow_server("genai-source", services.MYSQL, workdir) as svc:
-        yield {"url": svc.url, "traces": seed_traces(svc.url)}
+        traces = seed_traces(svc.url)
+        yield {"url": svc.url, "traces": traces, "prompts": seed_prompts(svc.url, traces)}
 
 
 def squat(source: str, target: str, trace_id: str) -> str:
@@ -179,3 +181,46 @@ def test_new_traces_and_assessments_move_incrementally(moved: dict[str, Any],
     assert [a.name for a in tgt.get_trace(ids["error"]).info.assessments] == ["is_correct"]
     assert tgt.get_trace(late).data.spans[0].name == "late"
     assert again.verify.counts()[("trace", "match")] == len(ids["traces"]) + 1
+
+
+def prompt_versions(uri: str, name: str) -> dict[int, Any]:
+    c = MlflowClient(uri, registry_uri=uri)
+    return {int(v.version): c.get_prompt_version(name, v.version)
+            for v in c.search_prompt_versions(name)}
+
+
+def test_prompts_keep_numbers_gaps_content_aliases_and_links(moved: dict[str, Any],
+                                                             genai_source: dict[str, Any]) -> None:
+    src, tgt = genai_source["url"], moved["target"]
+    first = moved["first"]
+    assert first.prompts == {"imported": 2} and first.prompt_versions == {"imported": 4}
+    for name, numbers in genai_source["prompts"]["versions"].items():
+        a, b = prompt_versions(src, name), prompt_versions(tgt, name)
+        assert sorted(b) == numbers  # qa: 1, 3, 4 (2 deleted at the source: a gap)
+        for n in numbers:
+            x, y = a[n], b[n]
+            assert (x.template, x.commit_message, x.model_config, x.response_format) == \
+                (y.template, y.commit_message, y.model_config, y.response_format), (name, n)
+            assert {k: v for k, v in y.tags.items() if not k.startswith("mlflow_exim.")} == x.tags
+            assert y.tags["mlflow_exim.field.version"] == str(n)
+            assert y.tags["mlflow_exim.field.creation_timestamp"] == str(x.creation_timestamp)
+        assert [v.aliases for _, v in sorted(a.items())] == [v.aliases for _, v in sorted(b.items())]
+    chat = prompt_versions(tgt, "chat")[1]
+    assert not chat.is_text_prompt and chat.template[0]["role"] == "system"
+    c = MlflowClient(tgt, registry_uri=tgt)
+    assert c.get_prompt_version_by_alias("qa", "production").version == 3
+    qa = c.get_prompt("qa")
+    exp = c.get_experiment_by_name("genai/agent").experiment_id
+    assert qa.tags["owner"] == "nlp-team" and qa.tags["_mlflow_experiment_ids"] == f",{exp},"
+    # Linked where the source linked them: the run (tag), the trace (tag and association).
+    run = c.search_runs([exp], filter_string="attributes.run_name = 'traced-run'")[0]
+    assert "qa" in run.data.tags["mlflow.linkedPrompts"]
+    linked = c.search_traces(locations=[exp], filter_string='prompt = "qa/3"', include_spans=False)
+    assert [t.info.trace_id for t in linked] == [moved["ids"]["nested"]]
+    # Prompts are not registered models: neither kind moved the other.
+    assert not c.search_registered_models()
+    rows = pq.read_table(io.BytesIO(open_staging(moved["opts"].staging).read_bytes(
+        "manifests/prompts.parquet"))).to_pylist()
+    assert sorted((r["name"], r["version"], r["target_version"]) for r in rows) == \
+        [("chat", 1, 1), ("qa", 1, 1), ("qa", 3, 3), ("qa", 4, 4)]
+    assert moved["verified"].verify.counts()[("prompt_version", "match")] == 4
