@@ -1,8 +1,8 @@
 """`audit`: lineage questions answered from the manifests alone (no server needed).
 
-Where did a source run or logged model go (and the reverse), what were its original system
-attributes, which versions does a registered model have and where did each one's files come
-from, and how many objects are in each state.
+Where did a source run, logged model or trace go (and the reverse), what were its original
+system attributes, which versions does a registered model or prompt have and where did each
+one's files come from, and how many objects are in each state.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from migrator.manifest import (
     models_table,
     read_verify,
     runs_table,
+    traces_table,
 )
+from migrator.registry import MODELS, PROMPTS
+from migrator.registry_driver import registry_tables
 from migrator.staging import open_staging
 
 _TIME_FIELDS = (
@@ -36,6 +39,7 @@ _TIME_FIELDS = (
     "last_update_time",
     "creation_timestamp",
     "last_updated_timestamp",
+    "request_time",
 )
 
 
@@ -95,7 +99,14 @@ def _render_summary(counts: dict[str, Any], fmt: str) -> str:
         return json.dumps(counts, indent=2)
     rows = [("experiment", s, n) for s, n in sorted(counts["experiments"].items())]
     rows += [("run", s, n) for s, n in sorted(counts["runs"].items())]
-    for kind in ("logged_models", "registered_models", "model_versions"):
+    for kind in (
+        "logged_models",
+        "registered_models",
+        "model_versions",
+        "prompts",
+        "prompt_versions",
+        "traces",
+    ):
         rows += [(kind[:-1], s, n) for s, n in sorted(counts.get(kind, {}).items())]
     rows += [(f"{t}", "verified", n) for t, n in sorted(counts["verified"].items())]
     if fmt == "csv":
@@ -130,15 +141,27 @@ def _version_record(row: Row) -> dict[str, Any]:
     return {**row, "artifact_files": len(row.get("artifact_files") or [])}
 
 
+def _either_side(
+    rows: dict[Any, Row], source_id: str | None, target_key: str, target_id: str | None
+) -> Row | None:
+    """The row of a source id (the manifest's key), or of a target id (a column)."""
+    if source_id:
+        return rows.get(source_id)
+    return next((r for r in rows.values() if r.get(target_key) == target_id), None)
+
+
 def run_audit(
     staging_uri: str,
     *,
     source_run_id: str | None = None,
     target_run_id: str | None = None,
     model: str | None = None,
+    prompt: str | None = None,
     version: int | None = None,
     source_model_id: str | None = None,
     target_model_id: str | None = None,
+    source_trace_id: str | None = None,
+    target_trace_id: str | None = None,
     fmt: str = "table",
 ) -> int:
     """Print the answer; returns the exit code (1 when the object is not in the manifests)."""
@@ -149,27 +172,33 @@ def run_audit(
         print(f"migrator: no {what} in {staging.uri}/manifests/", file=sys.stderr)
         return 1
 
-    if model is not None:
-        row = models_table(staging).load().get(model)
+    for kind, name in ((MODELS, model), (PROMPTS, prompt)):
+        if name is None:
+            continue
+        row = registry_tables(staging, kind)[0].load().get(name)
         versions = [
             _version_record(v)
-            for (name, n), v in sorted(model_versions_table(staging).load().items())
-            if name == model and version in (None, n)
+            for (n_, n), v in sorted(registry_tables(staging, kind)[1].load().items())
+            if n_ == name and version in (None, n)
         ]
         if row is None or (version is not None and not versions):
-            which = f"version {version} of model {model!r}" if version else f"model {model!r}"
+            which = (
+                f"version {version} of {kind.name} {name!r}" if version else f"{kind.name} {name!r}"
+            )
             return not_found(which)
         print(_render_records(versions if version is not None else [row, *versions], fmt))
         return 0
-    if source_model_id or target_model_id:
-        logged = logged_models_table(staging).load()
-        found = logged.get(source_model_id or "") or next(
-            (r for r in logged.values() if r.get("target_model_id") == target_model_id), None
-        )
-        if found is None:
-            return not_found(f"logged model {source_model_id or target_model_id}")
-        print(_render_record(_version_record(found), fmt))
-        return 0
+    lookups = (
+        ("logged model", logged_models_table, source_model_id, "target_model_id", target_model_id),
+        ("trace", traces_table, source_trace_id, "target_trace_id", target_trace_id),
+    )
+    for what, table, source_id, target_key, target_id in lookups:
+        if source_id or target_id:
+            found = _either_side(table(staging).load(), source_id, target_key, target_id)
+            if found is None:
+                return not_found(f"{what} {source_id or target_id}")
+            print(_render_record(_version_record(found), fmt))
+            return 0
     runs = runs_table(staging).load()
     exps = experiments_table(staging).load()
     if source_run_id or target_run_id:
@@ -186,6 +215,9 @@ def run_audit(
         "logged_models": logged_models_table(staging).load(),
         "registered_models": models_table(staging).load(),
         "model_versions": model_versions_table(staging).load(),
+        "prompts": registry_tables(staging, PROMPTS)[0].load(),
+        "prompt_versions": registry_tables(staging, PROMPTS)[1].load(),
+        "traces": traces_table(staging).load(),
     }
     print(_render_summary(summary_counts(runs, exps, read_verify(staging), models), fmt))
     return 0

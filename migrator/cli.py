@@ -147,10 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--source-run-id", help="where did this source run go, and what was it?")
     which.add_argument("--target-run-id", help="where did this target run come from?")
     which.add_argument("--model", help="a registered model by name: its row and its versions")
+    which.add_argument("--prompt", help="a prompt by name: its row and its versions")
     which.add_argument("--source-model-id", help="where did this (logged) model go?")
     which.add_argument("--target-model-id", help="where did this target logged model come from?")
+    which.add_argument("--source-trace-id", help="where did this source trace go?")
+    which.add_argument("--target-trace-id", help="where did this target trace come from?")
     which.add_argument("--summary", action="store_true", help="counts by object type and state")
-    audit.add_argument("--version", type=int, help="with --model: just this version")
+    audit.add_argument("--version", type=int, help="with --model or --prompt: just this version")
     audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
     audit.add_argument("-v", "--verbose", action="store_true")
     plan = sub.add_parser("plan", help="what would move; writes nothing")
@@ -203,9 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source_run_id=args.source_run_id,
                 target_run_id=args.target_run_id,
                 model=args.model,
+                prompt=args.prompt,
                 version=args.version,
                 source_model_id=args.source_model_id,
                 target_model_id=args.target_model_id,
+                source_trace_id=args.source_trace_id,
+                target_trace_id=args.target_trace_id,
                 fmt=args.format,
             )
         opts = options_from_args(args)

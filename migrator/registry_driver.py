@@ -38,12 +38,12 @@ if TYPE_CHECKING:
     from migrator.pipeline import Migration
 
 
-def models_table(staging: Staging, kind: RegistryKind) -> ManifestTable:
-    return ManifestTable(staging, kind.models_table, MODELS_SCHEMA, "name")
-
-
-def versions_table(staging: Staging, kind: RegistryKind) -> ManifestTable:
-    return ManifestTable(staging, kind.versions_table, MODEL_VERSIONS_SCHEMA, ("name", "version"))
+def registry_tables(staging: Staging, kind: RegistryKind) -> tuple[ManifestTable, ManifestTable]:
+    """The manifests of a kind: one row per object (`name`), one per version (`name, version`)."""
+    return (
+        ManifestTable(staging, kind.models_table, MODELS_SCHEMA, "name"),
+        ManifestTable(staging, kind.versions_table, MODEL_VERSIONS_SCHEMA, ("name", "version")),
+    )
 
 
 class RegistryDriver:
@@ -52,8 +52,7 @@ class RegistryDriver:
     def __init__(self, m: Migration, kind: RegistryKind) -> None:
         self.m = m
         self.kind = kind
-        self.models_m = models_table(m.staging, kind)
-        self.versions_m = versions_table(m.staging, kind)
+        self.models_m, self.versions_m = registry_tables(m.staging, kind)
         self.models = {r["name"]: r for r in table_to_rows(self.models_m.compact())}
         #: Version rows by name, then number (an object's versions are read together).
         self.versions: dict[str, dict[int, Row]] = {}
