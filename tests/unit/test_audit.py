@@ -263,6 +263,9 @@ def test_summary_json(staging: LocalStaging, capsys: pytest.CaptureFixture[str])
         "logged_models": {},
         "registered_models": {},
         "model_versions": {},
+        "prompts": {},
+        "prompt_versions": {},
+        "traces": {},
     }
 
 
@@ -301,4 +304,7 @@ def test_summary_of_empty_staging(tmp_path: Path, capsys: pytest.CaptureFixture[
         "logged_models": {},
         "registered_models": {},
         "model_versions": {},
+        "prompts": {},
+        "prompt_versions": {},
+        "traces": {},
     }
