@@ -146,7 +146,7 @@ FEATURES: tuple[Feature, ...] = (
         "POST",
         "/api/3.0/mlflow/datasets/search",
         body='{"max_results": 1}',
-        moves=False,
+        moves=True,
     ),
     Feature(
         SCORERS,

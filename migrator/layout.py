@@ -11,6 +11,7 @@ prompts/<quoted name>/model.json         a prompt with its versions (a registere
 logged_models/<model_id>/logged_model.json          MLflow 3 logged model (params, metrics…)
 logged_models/<model_id>/artifacts/<path>
 traces/<trace_id>/trace.json             a trace: info, every span, assessments (`Trace.to_dict`)
+evaluation_datasets/<dataset_id>/dataset.json   an evaluation dataset with every record
 ```
 A model name is percent-quoted into one path segment (`/` and `%` included), so any name maps
 to one folder and none can climb out of `models/`.
@@ -37,6 +38,7 @@ EXPERIMENT_FORMAT = "mlflow-migrator/experiment"
 MODEL_FORMAT = "mlflow-migrator/registered-model"
 LOGGED_MODEL_FORMAT = "mlflow-migrator/logged-model"
 TRACE_FORMAT = "mlflow-migrator/trace"
+DATASET_FORMAT = "mlflow-migrator/evaluation-dataset"
 FORMAT_VERSION = 1
 
 #: Longest folder name made from a model name (file systems allow 255 bytes).
@@ -105,6 +107,10 @@ def logged_model_artifact_key(model_id: str, path: str) -> str:
 
 def trace_key(trace_id: str) -> str:
     return f"traces/{_checked_id(trace_id, 'trace id')}/trace.json"
+
+
+def dataset_key(dataset_id: str) -> str:
+    return f"evaluation_datasets/{_checked_id(dataset_id, 'dataset id')}/dataset.json"
 
 
 def validate_files(files: Any, what: str) -> list[dict[str, Any]]:

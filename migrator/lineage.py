@@ -82,6 +82,20 @@ LOGGED_MODEL_FIELDS = (
 TRACE_FIELDS = ("trace_id", "experiment_id", "request_time", "execution_duration", "state")
 #: Names the source trace on a migrated trace, whether its id was kept or not.
 TRACE_ID_TAG = f"{FIELD_PREFIX}trace_id"
+#: An evaluation dataset's system fields (its name and tags are copied as they are).
+DATASET_FIELDS = (
+    "dataset_id",
+    "name",
+    "digest",
+    "created_time",
+    "last_update_time",
+    "created_by",
+    "last_updated_by",
+    "schema",
+    "profile",
+)
+#: Names the source dataset on a migrated one, from its creation (dataset names repeat).
+DATASET_ID_TAG = f"{FIELD_PREFIX}dataset_id"
 #: The tags that identify a migrated logged model and model version on the target (set at
 #: creation, so an interrupted attempt's object is found again, never made twice).
 SOURCE_MODEL_ID_TAG = f"{FIELD_PREFIX}model_id"

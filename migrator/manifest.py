@@ -207,6 +207,31 @@ TRACES_SCHEMA = pa.schema(
 )
 
 
+#: Evaluation datasets: one row per source dataset.
+EVALUATION_DATASETS_SCHEMA = pa.schema(
+    [
+        ("source_dataset_id", pa.string()),
+        ("target_dataset_id", pa.string()),
+        ("name", pa.string()),
+        ("experiment_ids", pa.list_(pa.string())),
+        ("tags", TAGS),
+        ("digest", pa.string()),
+        ("schema", pa.string()),
+        ("profile", pa.string()),
+        ("created_time", TS),
+        ("last_update_time", TS),
+        ("created_by", pa.string()),
+        ("last_updated_by", pa.string()),
+        ("n_records", pa.int64()),
+        ("source_fingerprint", pa.string()),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+
 #: The last verification, one row per object (`run`, `experiment`); rewritten by each `verify`.
 VERIFY_SCHEMA = pa.schema(
     [
@@ -412,6 +437,12 @@ def logged_models_table(staging: Staging) -> ManifestTable:
 
 def traces_table(staging: Staging, flush_rows: int = 500) -> ManifestTable:
     return ManifestTable(staging, "traces", TRACES_SCHEMA, "source_trace_id", flush_rows)
+
+
+def evaluation_datasets_table(staging: Staging) -> ManifestTable:
+    return ManifestTable(
+        staging, "evaluation_datasets", EVALUATION_DATASETS_SCHEMA, "source_dataset_id"
+    )
 
 
 def write_verify(staging: Staging, rows: list[Row]) -> str:

@@ -441,6 +441,18 @@ def search_registry(uri: str, filter_string: str = "", page_token: str | None = 
     return store.search_registered_models(filter_string or None, PAGE_SIZE, None, page_token)
 
 
+def iter_datasets(uri: str) -> Iterator[Any]:
+    """Every evaluation dataset of a server, one page at a time."""
+    store = client(uri)._tracking_client.store
+    token = None
+    while True:
+        page = store.search_datasets(max_results=PAGE_SIZE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def iter_registry(uri: str, filter_string: str = "") -> Iterator[Any]:
     """Every registered model a registry search lists, one page at a time."""
     token = None

@@ -19,6 +19,7 @@ from typing import Any
 
 from migrator import capabilities, credentials, mlflow_io, scope
 from migrator.config import Options
+from migrator.dataset_driver import DatasetDriver
 from migrator.errors import ConfigError, Interrupted, TransientError
 from migrator.fanout import Executor, Job, Stage, failed_row, jobs_of, run_one
 from migrator.faults import crash_point
@@ -51,7 +52,7 @@ from migrator.staging import open_staging
 from migrator.states import next_step, still_moving
 from migrator.summary import Summary, format_counts
 from migrator.trace_driver import TraceDriver
-from migrator.verify import VERIFY, VERIFY_LOGGED, VERIFY_TRACE, verify_migration
+from migrator.verify import VERIFY, VERIFY_LOGGED, verify_migration
 from migrator.watch import ServerWatch
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,10 @@ class Migration:
         self.logged_m = logged_models_table(self.staging)
         self.logged = {r["source_model_id"]: r for r in table_to_rows(self.logged_m.compact())}
         self.traces = TraceDriver(self)
+        self.datasets = DatasetDriver(self)
         self.models = RegistryDriver(self, MODELS)
         self.prompts = RegistryDriver(self, PROMPTS)
+        self.registries = (self.models, self.prompts)
 
     # ---- experiments -------------------------------------------------------------------
 
@@ -424,15 +427,20 @@ class Migration:
             for r in list(self.logged.values())
             if r["source_experiment_id"] in in_scope and r["state"] != FAILED
         )
-        work: list[tuple[Stage, Iterable[Row]]] = [
-            (VERIFY, runs),
-            (VERIFY_LOGGED, logged_models),
-            *((r.verify_stage, r.verify_items()) for r in (self.models, self.prompts)),
-            (VERIFY_TRACE, self.traces.verify_items(exps, in_scope)),
+        work: list[tuple[str, Stage, Iterable[Row]]] = [
+            ("run", VERIFY, runs),
+            ("logged_model", VERIFY_LOGGED, logged_models),
+            *((r.kind.object_type, r.verify_stage, r.verify_items()) for r in self.registries),
+            ("trace", self.traces.verify_stage, self.traces.verify_items(exps, in_scope)),
+            (
+                "evaluation_dataset",
+                self.datasets.verify_stage,
+                self.datasets.verify_items(exps, in_scope),
+            ),
         ]
 
         def other_sides() -> list[Row]:
-            registries = [(r.kind, r.models) for r in (self.models, self.prompts)]
+            registries = [(r.kind, r.models) for r in self.registries]
             return reconcile(
                 self.opts, self.exps, self.runs, self.logged, registries, self.traces.rows
             )
@@ -458,6 +466,7 @@ class Migration:
             *self.models.tables,
             *self.prompts.tables,
             self.traces.table,
+            self.datasets.table,
         )
 
     def close(self, exp_rows: list[Row]) -> Summary:
@@ -483,8 +492,11 @@ class Migration:
                 counter[r["state"]] += 1
                 if r["state"] == FAILED:
                     self.summary.failed.append(r)
-        self.summary.traces, failed_traces = self.traces.counts(in_scope)
-        self.summary.failed += failed_traces
+        for driver in (self.traces, self.datasets):
+            counts, failed = driver.counts(in_scope)
+            self.summary.objects[driver.label] = counts
+            self.summary.objects_found[driver.label] = driver.found
+            self.summary.failed += failed
         self.summary.elapsed = time.monotonic() - self.summary.started
         return self.summary
 
@@ -577,6 +589,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.transfer_logged_models(exp_rows, do_export, do_import)
     m.prompts.transfer(do_export, do_import)
     m.traces.transfer(exp_rows, do_export, do_import)
+    m.datasets.transfer(exp_rows, do_export, do_import)
     if do_import:
         m.tag_all(exp_rows)
     m.models.transfer(do_export, do_import)

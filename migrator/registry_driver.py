@@ -173,6 +173,13 @@ class RegistryDriver:
         return self.items(r for r in self.in_scope() if r["state"] != FAILED)
 
     def final_rows(self) -> tuple[list[Row], list[Row]]:
-        """The rows of the objects in scope, and of their versions (for the summary)."""
-        models = self.in_scope()
-        return models, [v for r in models for v in self.versions_of(r["name"])]
+        """The rows of the objects in scope, and of their versions (for the summary), each
+        naming its object (`object`)."""
+        k = self.kind
+        models = [{**r, "object": f"{k.label} {r['name']!r}"} for r in self.in_scope()]
+        versions = [
+            {**v, "object": f"{k.version_label} {v['name']!r} {v['version']}"}
+            for r in models
+            for v in self.versions_of(r["name"])
+        ]
+        return models, versions

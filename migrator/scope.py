@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from migrator import mlflow_io, traces_io
-from migrator.capabilities import LOGGED_MODELS, TRACES, source_has
+from migrator.capabilities import EVALUATION_DATASETS, LOGGED_MODELS, TRACES, source_has
 from migrator.config import Options
 from migrator.registry import MODELS, RegistryKind
 
@@ -61,6 +61,13 @@ def source_traces(opts: Options, experiment_id: str) -> Iterator[Any]:
     server without MLflow 3's traces API."""
     if source_has(opts, TRACES):
         yield from traces_io.iter_trace_infos(opts.source, experiment_id)
+
+
+def source_datasets(opts: Options) -> Iterator[Any]:
+    """Every evaluation dataset on the source (datasets are linked to experiments, not in
+    them: all move), paged; none on a server without them."""
+    if source_has(opts, EVALUATION_DATASETS):
+        yield from mlflow_io.iter_datasets(opts.source)
 
 
 def source_models(opts: Options) -> Iterator[Any]:

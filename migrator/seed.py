@@ -430,6 +430,39 @@ def seed_prompts(uri: str, traces: dict[str, Any]) -> dict[str, Any]:
     return {"names": ["qa", "chat"], "versions": {"qa": [1, 3, 4], "chat": [1]}}
 
 
+def seed_datasets(uri: str, traces: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation dataset `qa-eval` linked to `genai/agent`, with tags and records: one by
+    a human with expectations, one from a document with a plain-text output, one with inputs
+    only, and one made from the first seeded trace (its source is that trace)."""
+    import mlflow
+    from mlflow.genai.datasets import create_dataset
+
+    apply_client_env()
+    with pointing_at(uri):  # datasets load and merge records through the global URI
+        ds = create_dataset(
+            name="qa-eval", experiment_id=[traces["experiment_id"]], tags={"team": "nlp"}
+        )
+        ds.merge_records(
+            [
+                {
+                    "inputs": {"question": "2+2?"},
+                    "outputs": {"answer": "4"},
+                    "expectations": {"expected_answer": "4"},
+                    "tags": {"difficulty": "easy"},
+                    "source": {"source_type": "HUMAN", "source_data": {"user_id": "bob"}},
+                },
+                {
+                    "inputs": {"question": "Capital of France?"},
+                    "outputs": "Paris",
+                    "source": {"source_type": "DOCUMENT", "source_data": {"doc_uri": "s3://d/fr"}},
+                },
+                {"inputs": {"question": "no expectations here"}},
+            ]
+        )
+        ds.merge_records([mlflow.get_trace(traces["nested"])])
+    return {"dataset_id": ds.dataset_id, "records": 4}
+
+
 def source_summary(uri: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.entities import ViewType

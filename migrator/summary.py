@@ -27,9 +27,10 @@ class Summary:
     versions: Counter[str] = field(default_factory=Counter)
     prompts: Counter[str] = field(default_factory=Counter)
     prompt_versions: Counter[str] = field(default_factory=Counter)
-    traces: Counter[str] = field(default_factory=Counter)
-    found_traces: Counter[str] = field(default_factory=Counter)
-    """Traces on the source by what the manifests knew: new, changed, unchanged."""
+    objects: dict[str, Counter[str]] = field(default_factory=dict)
+    """Traces, evaluation datasets… by final state (`ObjectDriver`s), by their label."""
+    objects_found: dict[str, Counter[str]] = field(default_factory=dict)
+    """The same, by what the manifests knew of them: new, changed, unchanged."""
     failed: list[Row] = field(default_factory=list)
     servers: list[str] = field(default_factory=list)
     """What each server is and lacks (`capabilities.notes`), said once."""
@@ -56,15 +57,15 @@ class Summary:
         ]
         for label, counts in (
             ("logged models:", self.logged_models),
-            ("models:       ", self.models),
-            ("versions:     ", self.versions),
-            ("prompts:      ", self.prompts),
-            ("prompt vers.: ", self.prompt_versions),
-            ("traces:       ", self.traces),
-            ("traces found: ", self.found_traces),
+            ("models:", self.models),
+            ("versions:", self.versions),
+            ("prompts:", self.prompts),
+            ("prompt versions:", self.prompt_versions),
+            *((f"{label}:", counts) for label, counts in self.objects.items()),
+            *((f"{label} found:", counts) for label, counts in self.objects_found.items()),
         ):
             if counts:
-                lines.append(f"  {label} " + format_counts(counts))
+                lines.append(f"  {label:16} " + format_counts(counts))
         lines += [f"  {line}" for line in self.servers]
         if self.failed:
             lines.append(f"  FAILED ({len(self.failed)}):")
@@ -80,9 +81,13 @@ class Summary:
 
 
 def describe_row(r: Row) -> str:
-    """How a summary names the object of a manifest row."""
+    """How a summary names the object of a manifest row (`object`, where its driver said)."""
+    if "object" in r:
+        return str(r["object"])
     if "source_trace_id" in r:
         return f"trace {r['source_trace_id']}"
+    if "source_dataset_id" in r:
+        return f"evaluation dataset {r['source_dataset_id']} ({r.get('name')})"
     if "source_run_id" in r and "source_model_id" not in r:
         return f"run {r['source_run_id']}"
     if "source_model_id" in r:

@@ -22,16 +22,12 @@ from migrator.fanout import Executor, Job, Stage, describe, jobs_of
 from migrator.manifest import ERROR, MATCH, Row, now_ms, write_verify
 from migrator.reconcile import DUPLICATE, NOT_MIGRATED
 from migrator.stages.experiments import verify_experiment
-from migrator.stages.verify_models import verify_logged_model, verify_model
+from migrator.stages.verify_models import verify_logged_model
 from migrator.stages.verify_runs import verify_row, verify_run
-from migrator.stages.verify_traces import prefetch as prefetch_traces
-from migrator.stages.verify_traces import verify_trace
 from migrator.staging import Staging
 
 VERIFY = Stage("verify", verify_run)
 VERIFY_LOGGED = Stage("verify", verify_logged_model)
-VERIFY_MODEL = Stage("verify", verify_model)
-VERIFY_TRACE = Stage("verify", verify_trace, prefetch_traces)
 KINDS = (
     "experiment",
     "run",
@@ -41,7 +37,17 @@ KINDS = (
     "prompt",
     "prompt_version",
     "trace",
+    "evaluation_dataset",
 )
+#: Where a manifest row keeps the source and target id of each kind's object.
+_IDS = {
+    "run": ("source_run_id", "target_run_id"),
+    "logged_model": ("source_model_id", "target_model_id"),
+    "registered_model": ("name", "target_name"),
+    "prompt": ("name", "target_name"),
+    "trace": ("source_trace_id", "target_trace_id"),
+    "evaluation_dataset": ("source_dataset_id", "target_dataset_id"),
+}
 OUTCOMES = (
     MATCH,
     "differ",
@@ -74,13 +80,13 @@ class VerifyReport:
         counts = self.counts()
         lines = [
             f"verify: {len(self.rows)} objects in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
-            "  " + f"{'':17}" + "".join(f"{o:>{_W}}" for o in OUTCOMES),
+            "  " + f"{'':19}" + "".join(f"{o:>{_W}}" for o in OUTCOMES),
         ]
         for kind in KINDS:
             if kind not in ("experiment", "run") and not any(k == kind for k, _ in counts):
                 continue
             lines.append(
-                "  " + f"{kind:17}" + "".join(f"{counts[(kind, o)]:>{_W}}" for o in OUTCOMES)
+                "  " + f"{kind:19}" + "".join(f"{counts[(kind, o)]:>{_W}}" for o in OUTCOMES)
             )
         bad = [r for r in self.rows if r["outcome"] != MATCH]
         for r in bad[:_SHOWN]:
@@ -98,11 +104,12 @@ def verify_migration(
     executor: Executor,
     staging: Staging,
     exp_rows: list[Row],
-    work: list[tuple[Stage, Iterable[Row]]],
+    work: list[tuple[str, Stage, Iterable[Row]]],
     other_sides: Callable[[], list[Row]] = list,
 ) -> VerifyReport:
-    """Verify the experiments in `exp_rows` (inline) and the objects in `work` (each a verify
-    stage and its items, through the fan-out); a model's version rows come back with it.
+    """Verify the experiments in `exp_rows` (inline) and the objects in `work` (each an object
+    type, its verify stage and its items, through the fan-out); a model's version rows come
+    back with it.
     `other_sides` gives the rows only the servers can show (duplicates, never moved)."""
     started = time.monotonic()
     rows: list[Row] = []
@@ -135,33 +142,29 @@ def verify_migration(
             )
     size = max(1, opts.batch_size)
 
-    def on_done(job: Job, results: list[Row]) -> list[Job]:
-        for r in results:
-            # A row that raised comes back from the fan-out as a failed manifest row.
-            rows.append(r if "object_type" in r else error_row(job.stage, r))
-            rows.extend(r.pop("_versions", None) or [])
-        return []
+    for object_type, stage, items in work:
 
-    for stage, items in work:
+        def on_done(job: Job, results: list[Row], object_type: str = object_type) -> list[Job]:
+            for r in results:
+                # A row that raised comes back from the fan-out as a failed manifest row.
+                rows.append(r if "object_type" in r else error_row(object_type, r))
+                rows.extend(r.pop("_versions", None) or [])
+            return []
+
         executor.run(jobs_of(stage, items, size), opts, on_done)
     path = write_verify(staging, rows)
     return VerifyReport(rows, time.monotonic() - started, f"{staging.uri}/{path}")
 
 
-def error_row(stage: Stage, r: Row) -> Row:
+def error_row(object_type: str, r: Row) -> Row:
     """The verify row of an object whose verification raised."""
-    if stage is VERIFY:
+    if object_type == "run":
         return verify_row(r, ERROR, error=r.get("error"))
-    if stage is VERIFY_TRACE:
-        kind, sid, target = "trace", r["source_trace_id"], r.get("target_trace_id")
-    elif "source_model_id" in r:
-        kind, sid, target = "logged_model", r["source_model_id"], r.get("target_model_id")
-    else:
-        kind, sid, target = "registered_model", r["name"], r.get("target_name")
+    source_key, target_key = _IDS[object_type]
     return {
-        "object_type": kind,
-        "source_id": sid,
-        "target_id": target,
+        "object_type": object_type,
+        "source_id": r[source_key],
+        "target_id": r.get(target_key),
         "name": r.get("name"),
         "outcome": ERROR,
         "error": r.get("error"),

@@ -314,9 +314,8 @@ def import_trace_doc(item: Row, opts: Options, trace: Any) -> Row:
 
     Args:
         item: the manifest row with `target_experiment_id`, `target_run_id` and
-            `target_model_id` (the migrated run and logged model it points at, if any),
-            `run_id_map` (source → target ids of the runs its assessments name) and
-            `waits_for` (what it points at that is still moving).
+            `target_model_id` (the migrated run and logged model it points at, if any), and
+            `_waits_for` (what it points at that is still moving).
     Returns:
         The row `imported`, or `failed` naming what it waits for (written all the same: the
         next run writes it again with the link).
@@ -332,17 +331,23 @@ def import_trace_doc(item: Row, opts: Options, trace: Any) -> Row:
             target_info(trace, item, opts, target_id),
             spans_for(spans, target_id),
         )
-        write_assessments(opts, trace, target_id, item.get("run_id_map") or {})
+        write_assessments(opts, trace, target_id, assessment_runs(item))
         link_prompts(opts.target, target_id, trace.info.tags.get(LINKED_PROMPTS_TAG))
-    row = {k: v for k, v in item.items() if k not in ("run_id_map", "waits_for")}
+    row = {k: v for k, v in item.items() if not k.startswith("_")}
     row["target_trace_id"] = target_id
-    if waits := item.get("waits_for"):
+    if waits := item.get("_waits_for"):
         why = (
             f"waits for {waits[0]}, which this migration has not moved yet (it failed): the "
             "next run links the trace to it"
         )
         return failed_row(row, "import", PermanentError(why, obj=obj, stage="import"))
     return {**row, "state": IMPORTED, "error": None, "failed_stage": None, "updated_at": now_ms()}
+
+
+def assessment_runs(item: Row) -> dict[str, str]:
+    """Source → target id of the run its assessments may name (the trace's own run)."""
+    run, target = item.get("source_run_id"), item.get("target_run_id")
+    return {run: target} if run and target else {}
 
 
 def import_trace(item: Row, opts: Options) -> Row:

@@ -16,7 +16,7 @@ from typing import Any
 from migrator.config import Options
 from migrator.manifest import MATCH, MISSING_ON_SOURCE, MISSING_ON_TARGET, Row
 from migrator.mlflow_io import translate_errors
-from migrator.stages.traces import target_info
+from migrator.stages.traces import assessment_runs, target_info
 from migrator.stages.verify_models import result
 from migrator.stages.verify_runs import compare_map
 from migrator.traces_io import (
@@ -97,7 +97,7 @@ def compare_traces(item: Row, opts: Options, source: Any, target: Any) -> dict[s
 
 def _compare_assessments(source: Any, target: Any, item: Row, diffs: dict[str, list[str]]) -> None:
     kept = target.info.trace_id == source.info.trace_id
-    runs = item.get("run_id_map") or {}
+    runs = assessment_runs(item)
 
     def target_id(source_id: str) -> str:
         return source_id if kept else derived_assessment_id(target.info.trace_id, source_id)

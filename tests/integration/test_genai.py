@@ -1,14 +1,16 @@
-"""MLflow 3 GenAI objects on real servers: traces (spans, assessments, links) and the prompt
-registry (versions with a gap, chat template, model config, aliases, links), with lineage.
+"""MLflow 3 GenAI objects on real servers: traces (spans, assessments, links), the prompt
+registry (versions with a gap, chat template, model config, aliases, links) and evaluation
+datasets (records of every source kind, one from a trace), with lineage.
 
 A source of its own (not the shared one: these objects live in experiments of their own),
-seeded by MLflow's own APIs (`migrator.seed.seed_traces`, `seed_prompts`), migrated with local
+seeded by MLflow's own APIs (`migrator.seed.seed_traces`, `seed_prompts`, `seed_datasets`), migrated with local
 Ray to a target on which one of the source's trace ids is already taken by another trace.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from migrator.config import Options
 from migrator.fanout import make_executor
 from migrator.lineage import TRACE_ID_TAG
 from migrator.pipeline import run_command
-from migrator.seed import seed_prompts, seed_traces
+from migrator.seed import seed_datasets, seed_prompts, seed_traces
 from migrator.staging import open_staging
 from migrator.traces_io import derived_trace_id, tracing
 
@@ -34,7 +36,8 @@ from .conftest import s3_staging
 def genai_source(workdir: Path) -> Iterator[dict[str, Any]]:
     with services.mlflow_server("genai-source", services.MYSQL, workdir) as svc:
         traces = seed_traces(svc.url)
-        yield {"url": svc.url, "traces": traces, "prompts": seed_prompts(svc.url, traces)}
+        yield {"url": svc.url, "traces": traces, "prompts": seed_prompts(svc.url, traces),
+               "dataset": seed_datasets(svc.url, traces)}
 
 
 def squat(source: str, target: str, trace_id: str) -> str:
@@ -78,7 +81,7 @@ def target_id(moved: dict[str, Any], source_id: str) -> str:
 def test_every_trace_moves_once_under_its_own_id_where_free(moved: dict[str, Any]) -> None:
     first, ids = moved["first"], moved["ids"]
     assert first.ok, first.render()
-    assert first.traces == {"imported": len(ids["traces"])}
+    assert first.objects["traces"] == {"imported": len(ids["traces"])}
     for sid in ids["traces"]:
         want = derived_trace_id(sid) if sid == ids["manual"] else sid
         assert target_id(moved, sid) == want
@@ -152,8 +155,8 @@ def test_manifest_verify_and_rerun(moved: dict[str, Any]) -> None:
     assert report.ok, report.render()
     assert report.counts()[("trace", "match")] == len(ids["traces"])
     second = moved["second"]
-    assert second.ok and not second.actions and not second.found_traces.get("new"), second.render()
-    assert second.found_traces == {"unchanged": len(ids["traces"])}
+    assert second.ok and not second.actions and not second.objects_found["traces"].get("new"), second.render()
+    assert second.objects_found["traces"] == {"unchanged": len(ids["traces"])}
 
 
 def test_new_traces_and_assessments_move_incrementally(moved: dict[str, Any],
@@ -176,7 +179,7 @@ def test_new_traces_and_assessments_move_incrementally(moved: dict[str, Any],
     opts = moved["opts"].replace(verify=True)
     again = run_command("migrate", opts, make_executor)
     assert again.ok, again.render()
-    assert again.found_traces == {"new": 1, "changed": 1, "unchanged": len(ids["traces"]) - 1}
+    assert again.objects_found["traces"] == {"new": 1, "changed": 1, "unchanged": len(ids["traces"]) - 1}
     tgt = MlflowClient(moved["target"])
     assert [a.name for a in tgt.get_trace(ids["error"]).info.assessments] == ["is_correct"]
     assert tgt.get_trace(late).data.spans[0].name == "late"
@@ -224,3 +227,33 @@ def test_prompts_keep_numbers_gaps_content_aliases_and_links(moved: dict[str, An
     assert sorted((r["name"], r["version"], r["target_version"]) for r in rows) == \
         [("chat", 1, 1), ("qa", 1, 1), ("qa", 3, 3), ("qa", 4, 4)]
     assert moved["verified"].verify.counts()[("prompt_version", "match")] == 4
+
+
+def records(uri: str, dataset_id: str) -> list[dict[str, Any]]:
+    store = MlflowClient(uri)._tracking_client.store
+    found, _ = store._load_dataset_records(dataset_id, max_results=None)
+    keys = ("inputs", "outputs", "expectations", "tags", "source")
+    return sorted(json.dumps({k: r.to_dict().get(k) for k in keys}, sort_keys=True)
+                   for r in found)
+
+
+def test_evaluation_datasets_with_every_record(moved: dict[str, Any],
+                                               genai_source: dict[str, Any]) -> None:
+    source_id = genai_source["dataset"]["dataset_id"]
+    rows = pq.read_table(io.BytesIO(open_staging(moved["opts"].staging).read_bytes(
+        "manifests/evaluation_datasets.parquet"))).to_pylist()
+    assert [(r["source_dataset_id"], r["name"], r["n_records"], r["state"]) for r in rows] == \
+        [(source_id, "qa-eval", 4, "imported")]
+    target_id = rows[0]["target_dataset_id"]
+    tgt = MlflowClient(moved["target"])
+    ds = tgt._tracking_client.store.get_dataset(target_id)
+    assert ds.name == "qa-eval" and ds.tags["team"] == "nlp"
+    assert ds.tags["mlflow_exim.field.dataset_id"] == source_id
+    exp = tgt.get_experiment_by_name("genai/agent").experiment_id
+    assert tgt._tracking_client.store.get_dataset_experiment_ids(target_id) == [exp]
+    assert records(moved["target"], target_id) == records(genai_source["url"], source_id)
+    from_trace = [json.loads(r) for r in records(moved["target"], target_id)
+                  if json.loads(r)["source"]["source_type"] == "TRACE"]
+    assert from_trace[0]["source"]["source_data"]["trace_id"] == moved["ids"]["nested"]
+    assert moved["verified"].verify.counts()[("evaluation_dataset", "match")] == 1
+    assert len(list(tgt._tracking_client.store.search_datasets())) == 1  # re-run: still one

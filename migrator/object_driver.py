@@ -1,0 +1,158 @@
+"""The driver's part for the kinds that move object by object with a manifest of their own and
+no ordering among themselves — traces, evaluation datasets: which objects move, in jobs
+through the fan-out, their rows, and what the summary and `verify` get of them.
+
+One `ObjectDriver`, told by an `ObjectKind` (its subclass) how to list the source, what the
+import of a row needs, and which stage functions do the work. The rules are the same for every
+kind: an object nothing changed on since it moved (its fingerprint) is not written again; new
+and changed ones move incrementally; the source is listed page by page and sent in small jobs,
+never read whole; a kind the target cannot take is `skipped` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from migrator.capabilities import of
+from migrator.fanout import Job, Stage, jobs_of
+from migrator.manifest import (
+    EXPORTED,
+    FAILED,
+    IMPORTED,
+    SKIPPED,
+    ManifestTable,
+    Row,
+    now_ms,
+    table_to_rows,
+)
+
+if TYPE_CHECKING:
+    from migrator.pipeline import Migration
+
+
+class ObjectDriver:
+    """One kind of object of one migration: the rows the manifest knows, and the stages."""
+
+    #: The manifest's key column (`source_trace_id`).
+    key = ""
+    #: The capability both servers need (`capabilities.TRACES`).
+    feature = ""
+    #: How the summary names the kind (`traces`).
+    label = ""
+    #: Objects per job, times `--batch-size`.
+    per_batch = 1
+    migrate: Stage
+    export: Stage
+    import_: Stage
+    verify_stage: Stage
+
+    def __init__(self, m: Migration, table: ManifestTable) -> None:
+        self.m = m
+        self.table = table
+        self.rows: dict[str, Row] = {r[self.key]: r for r in table_to_rows(table.compact())}
+        self.found: Counter[str] = Counter()
+        """Objects on the source by what the manifest knew: new, changed, unchanged."""
+
+    # ---- what a kind says ------------------------------------------------------------------
+
+    def source_objects(self, exps: dict[str, Row]) -> Iterator[tuple[Any, Row]]:
+        """Every object in scope on the source, with the row fields its listing gives (the
+        key, the source experiment, `source_fingerprint`)."""
+        raise NotImplementedError
+
+    def item(self, row: Row, exps: dict[str, Row]) -> Row:
+        """A row with what its import (and verification) needs besides the row itself."""
+        return row
+
+    def in_scope(self, row: Row, experiment_ids: set[str]) -> bool:
+        return True
+
+    # ---- the same for every kind -------------------------------------------------------------
+
+    def _source_items(self, exps: dict[str, Row], do_import: bool) -> Iterator[Row]:
+        done = (IMPORTED,) if do_import else (EXPORTED, IMPORTED)
+        for _, fields in self.source_objects(exps):
+            known = self.rows.get(fields[self.key])
+            if (
+                known
+                and known.get("state") in done
+                and known.get("source_fingerprint") == fields["source_fingerprint"]
+            ):
+                self.found["unchanged"] += 1
+                continue
+            self.found["changed" if known else "new"] += 1
+            row = {**(known or {}), **fields}
+            yield self.item(row, exps) if do_import else row
+
+    def _staged_items(self, exps: dict[str, Row]) -> Iterator[Row]:
+        """Objects exported (by `export`) and not imported yet, for `import`."""
+        experiment_ids = set(exps)
+        for row in list(self.rows.values()):
+            todo = row["state"] == EXPORTED or (
+                row["state"] == FAILED and row.get("failed_stage") == "import"
+            )
+            if todo and self.in_scope(row, experiment_ids):
+                yield self.item(row, exps)
+
+    def transfer(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
+        """Move every object of the kind in scope (see the module docstring)."""
+        m, opts = self.m, self.m.opts
+        exps = {e["source_experiment_id"]: e for e in exp_rows if e.get("state") != FAILED}
+        if do_import and not of(opts, opts.target).has(self.feature):
+            self._skip(exps, do_export)
+            return
+        if do_export:
+            items = self._source_items(exps, do_import)
+            step = self.migrate if do_import else self.export
+        else:
+            items, step = self._staged_items(exps), self.import_
+
+        def on_done(job: Job, results: list[Row]) -> list[Job]:
+            self.record(results)
+            m._checkpoint(results)
+            return []
+
+        size = max(1, opts.batch_size) * self.per_batch
+        m.executor.run(jobs_of(step, items, size), opts, on_done)
+        if do_import and do_export:  # exported by an earlier `export`, not yet imported
+            m.executor.run(jobs_of(self.import_, self._staged_items(exps), size), opts, on_done)
+
+    def _skip(self, exps: dict[str, Row], from_source: bool) -> None:
+        """The target cannot take this kind: every object in scope is `skipped`, with why."""
+        opts = self.m.opts
+        why = f"the target ({of(opts, opts.target).describe()}) cannot take {self.label}"
+        listed = (fields for _, fields in self.source_objects(exps)) if from_source else ()
+        staged = (r for r in self.rows.values() if self.in_scope(r, set(exps)))
+        rows = [
+            {
+                **self.rows.get(fields[self.key], {}),
+                **fields,
+                "state": SKIPPED,
+                "error": why,
+                "failed_stage": None,
+                "updated_at": now_ms(),
+            }
+            for fields in (listed if from_source else staged)
+        ]
+        self.record(rows)
+
+    def record(self, rows: list[Row]) -> None:
+        for r in rows:
+            for k in [k for k in r if k.startswith("_")]:  # a task's inputs, not the row's
+                del r[k]
+            self.rows[r[self.key]] = r
+        self.table.append(rows)
+
+    def counts(self, experiment_ids: set[str]) -> tuple[Counter[str], list[Row]]:
+        """The final state of every object in scope, and the failed ones."""
+        rows = [r for r in self.rows.values() if self.in_scope(r, experiment_ids)]
+        return Counter(r["state"] for r in rows), [r for r in rows if r["state"] == FAILED]
+
+    def verify_items(self, exps: dict[str, Row], experiment_ids: set[str]) -> Iterator[Row]:
+        """Every migrated object in scope, as its verification takes it."""
+        target_key = "target" + self.key[len("source") :]
+        for r in list(self.rows.values()):
+            if r.get(target_key) and r["state"] != SKIPPED and self.in_scope(r, experiment_ids):
+                yield self.item(r, exps)
