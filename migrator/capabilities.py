@@ -155,7 +155,7 @@ FEATURES: tuple[Feature, ...] = (
         "GET",
         "/api/3.0/mlflow/scorers/list",
         query=(("experiment_id", "0"),),
-        moves=False,
+        moves=True,
     ),
     Feature(
         WEBHOOKS,

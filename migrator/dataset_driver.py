@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 class DatasetDriver(ObjectDriver):
     key = "source_dataset_id"
+    object_type = "evaluation_dataset"
     feature = EVALUATION_DATASETS
     label = "evaluation datasets"
     migrate = Stage("migrate", stage.migrate_dataset)

@@ -12,6 +12,7 @@ logged_models/<model_id>/logged_model.json          MLflow 3 logged model (param
 logged_models/<model_id>/artifacts/<path>
 traces/<trace_id>/trace.json             a trace: info, every span, assessments (`Trace.to_dict`)
 evaluation_datasets/<dataset_id>/dataset.json   an evaluation dataset with every record
+scorers/<experiment_id>/<quoted name>/scorer.json   a registered scorer, every version
 ```
 A model name is percent-quoted into one path segment (`/` and `%` included), so any name maps
 to one folder and none can climb out of `models/`.
@@ -39,6 +40,7 @@ MODEL_FORMAT = "mlflow-migrator/registered-model"
 LOGGED_MODEL_FORMAT = "mlflow-migrator/logged-model"
 TRACE_FORMAT = "mlflow-migrator/trace"
 DATASET_FORMAT = "mlflow-migrator/evaluation-dataset"
+SCORER_FORMAT = "mlflow-migrator/scorer"
 FORMAT_VERSION = 1
 
 #: Longest folder name made from a model name (file systems allow 255 bytes).
@@ -107,6 +109,11 @@ def logged_model_artifact_key(model_id: str, path: str) -> str:
 
 def trace_key(trace_id: str) -> str:
     return f"traces/{_checked_id(trace_id, 'trace id')}/trace.json"
+
+
+def scorer_key(experiment_id: str, name: str) -> str:
+    folder = model_folder(name, f"scorers/{_checked_id(experiment_id, 'experiment id')}")
+    return f"{folder}/scorer.json"
 
 
 def dataset_key(dataset_id: str) -> str:

@@ -232,6 +232,26 @@ EVALUATION_DATASETS_SCHEMA = pa.schema(
 )
 
 
+#: Registered scorers: one row per scorer (`<source experiment id>/<name>`).
+SCORERS_SCHEMA = pa.schema(
+    [
+        ("source_scorer_key", pa.string()),
+        ("target_scorer_key", pa.string()),
+        ("source_experiment_id", pa.string()),
+        ("target_experiment_id", pa.string()),
+        ("name", pa.string()),
+        ("versions", pa.list_(pa.int64())),
+        ("sample_rate", pa.float64()),
+        ("filter_string", pa.string()),
+        ("source_fingerprint", pa.string()),
+        ("state", pa.string()),
+        ("error", pa.string()),
+        ("failed_stage", pa.string()),
+        ("updated_at", TS),
+    ]
+)
+
+
 #: The last verification, one row per object (`run`, `experiment`); rewritten by each `verify`.
 VERIFY_SCHEMA = pa.schema(
     [
@@ -443,6 +463,10 @@ def evaluation_datasets_table(staging: Staging) -> ManifestTable:
     return ManifestTable(
         staging, "evaluation_datasets", EVALUATION_DATASETS_SCHEMA, "source_dataset_id"
     )
+
+
+def scorers_table(staging: Staging) -> ManifestTable:
+    return ManifestTable(staging, "scorers", SCORERS_SCHEMA, "source_scorer_key")
 
 
 def write_verify(staging: Staging, rows: list[Row]) -> str:

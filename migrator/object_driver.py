@@ -37,6 +37,8 @@ class ObjectDriver:
 
     #: The manifest's key column (`source_trace_id`).
     key = ""
+    #: Its verify rows' `object_type` (`trace`).
+    object_type = ""
     #: The capability both servers need (`capabilities.TRACES`).
     feature = ""
     #: How the summary names the kind (`traces`).

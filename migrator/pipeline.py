@@ -41,6 +41,7 @@ from migrator.reconcile import reconcile
 from migrator.registry import MODELS, PROMPTS
 from migrator.registry_driver import RegistryDriver
 from migrator.scope import matches
+from migrator.scorer_driver import ScorerDriver
 from migrator.stages import experiments as exp_stage
 from migrator.stages import logged_models as lm_stage
 from migrator.stages import models as models_stage
@@ -128,6 +129,8 @@ class Migration:
         self.logged = {r["source_model_id"]: r for r in table_to_rows(self.logged_m.compact())}
         self.traces = TraceDriver(self)
         self.datasets = DatasetDriver(self)
+        self.scorers = ScorerDriver(self)
+        self.objects = (self.traces, self.datasets, self.scorers)
         self.models = RegistryDriver(self, MODELS)
         self.prompts = RegistryDriver(self, PROMPTS)
         self.registries = (self.models, self.prompts)
@@ -431,19 +434,15 @@ class Migration:
             ("run", VERIFY, runs),
             ("logged_model", VERIFY_LOGGED, logged_models),
             *((r.kind.object_type, r.verify_stage, r.verify_items()) for r in self.registries),
-            ("trace", self.traces.verify_stage, self.traces.verify_items(exps, in_scope)),
-            (
-                "evaluation_dataset",
-                self.datasets.verify_stage,
-                self.datasets.verify_items(exps, in_scope),
+            *(
+                (d.object_type, d.verify_stage, d.verify_items(exps, in_scope))
+                for d in self.objects
             ),
         ]
 
         def other_sides() -> list[Row]:
             registries = [(r.kind, r.models) for r in self.registries]
-            return reconcile(
-                self.opts, self.exps, self.runs, self.logged, registries, self.traces.rows
-            )
+            return reconcile(self.opts, self.exps, self.runs, self.logged, registries, self.objects)
 
         return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
 
@@ -465,8 +464,7 @@ class Migration:
             self.logged_m,
             *self.models.tables,
             *self.prompts.tables,
-            self.traces.table,
-            self.datasets.table,
+            *(d.table for d in self.objects),
         )
 
     def close(self, exp_rows: list[Row]) -> Summary:
@@ -492,7 +490,7 @@ class Migration:
                 counter[r["state"]] += 1
                 if r["state"] == FAILED:
                     self.summary.failed.append(r)
-        for driver in (self.traces, self.datasets):
+        for driver in self.objects:
             counts, failed = driver.counts(in_scope)
             self.summary.objects[driver.label] = counts
             self.summary.objects_found[driver.label] = driver.found
@@ -590,6 +588,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.prompts.transfer(do_export, do_import)
     m.traces.transfer(exp_rows, do_export, do_import)
     m.datasets.transfer(exp_rows, do_export, do_import)
+    m.scorers.transfer(exp_rows, do_export, do_import)
     if do_import:
         m.tag_all(exp_rows)
     m.models.transfer(do_export, do_import)

@@ -90,10 +90,12 @@ def reconcile(
     runs: Mapping[str, Row],
     logged: Mapping[str, Row],
     registries: Sequence[tuple[RegistryKind, Mapping[str, Row]]],
-    traces: Mapping[str, Row],
+    objects: Sequence[Any] = (),
 ) -> list[Row]:
     """Duplicates on the target and source objects that never moved, for the experiments
-    in scope (`exps`: the experiments manifest) and the objects the manifests hold."""
+    in scope (`exps`: the experiments manifest) and the objects the manifests hold
+    (`registries`: each registry kind's rows; `objects`: the `ObjectDriver`s, which list
+    their source objects themselves)."""
     out: list[Row] = []
     in_scope = {
         k: e for k, e in exps.items() if scope.matches(opts.experiments, k, e.get("name") or "")
@@ -128,14 +130,12 @@ def reconcile(
                 ((m.model_id, m.name) for m in scope.source_logged_models(opts, e.experiment_id)),
                 logged,
             )
-            out += never_moved(
-                "trace",
-                (
-                    (t.trace_id, t.tags.get("mlflow.traceName"))
-                    for t in scope.source_traces(opts, e.experiment_id)
-                ),
-                traces,
-            )
+        moved: dict[str, Row] = {
+            e.experiment_id: {} for e in source_exps if e.experiment_id in exps
+        }
+        for d in objects:  # `ObjectDriver`s: traces, evaluation datasets, scorers
+            listed = ((f[d.key], f.get("name")) for _, f in d.source_objects(moved))
+            out += never_moved(d.object_type, listed, d.rows)
         for kind, rows in registries:
             found = ((m.name, m.name) for m in scope.source_registry(opts, kind))
             out += never_moved(kind.object_type, found, rows)

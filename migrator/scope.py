@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from migrator import mlflow_io, traces_io
-from migrator.capabilities import EVALUATION_DATASETS, LOGGED_MODELS, TRACES, source_has
+from migrator.capabilities import (
+    EVALUATION_DATASETS,
+    LOGGED_MODELS,
+    SCORERS,
+    TRACES,
+    source_has,
+)
 from migrator.config import Options
 from migrator.registry import MODELS, RegistryKind
 
@@ -68,6 +74,12 @@ def source_datasets(opts: Options) -> Iterator[Any]:
     them: all move), paged; none on a server without them."""
     if source_has(opts, EVALUATION_DATASETS):
         yield from mlflow_io.iter_datasets(opts.source)
+
+
+def source_scorers(opts: Options, experiment_id: str) -> Iterator[Any]:
+    """Every registered scorer (its latest version) of one source experiment."""
+    if source_has(opts, SCORERS):
+        yield from mlflow_io.client(opts.source)._tracking_client.store.list_scorers(experiment_id)
 
 
 def source_models(opts: Options) -> Iterator[Any]:

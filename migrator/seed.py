@@ -463,6 +463,27 @@ def seed_datasets(uri: str, traces: dict[str, Any]) -> dict[str, Any]:
     return {"dataset_id": ds.dataset_id, "records": 4}
 
 
+def seed_scorers(uri: str, traces: dict[str, Any]) -> dict[str, Any]:
+    """Scorers registered to `genai/agent`: an LLM judge made by `make_judge` with two versions,
+    and the built-in `Safety` judge."""
+    from mlflow.genai.judges import make_judge
+    from mlflow.genai.scorers import Safety
+
+    apply_client_env()
+    exp = traces["experiment_id"]
+    with pointing_at(uri):  # the scorer registry takes the global URI
+        for words in ("Is {{ outputs }} polite?", "Is {{ outputs }} polite and short?"):
+            judge = make_judge(
+                name="tone",
+                instructions=words,
+                model="openai:/gpt-4o-mini",
+                feedback_value_type=str,
+            )
+            judge.register(experiment_id=exp)
+        Safety(model="openai:/gpt-4o-mini").register(experiment_id=exp)
+    return {"names": ["safety", "tone"], "versions": {"tone": [1, 2], "safety": [1]}}
+
+
 def source_summary(uri: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.entities import ViewType

@@ -86,6 +86,8 @@ def describe_row(r: Row) -> str:
         return str(r["object"])
     if "source_trace_id" in r:
         return f"trace {r['source_trace_id']}"
+    if "source_scorer_key" in r:
+        return f"scorer {r['source_scorer_key']}"
     if "source_dataset_id" in r:
         return f"evaluation dataset {r['source_dataset_id']} ({r.get('name')})"
     if "source_run_id" in r and "source_model_id" not in r:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 class TraceDriver(ObjectDriver):
     key = "source_trace_id"
+    object_type = "trace"
     feature = TRACES
     label = "traces"
     per_batch = 4  # small objects: a job's reads are one or two `batchGet` calls

@@ -38,6 +38,7 @@ KINDS = (
     "prompt_version",
     "trace",
     "evaluation_dataset",
+    "scorer",
 )
 #: Where a manifest row keeps the source and target id of each kind's object.
 _IDS = {
@@ -47,6 +48,7 @@ _IDS = {
     "prompt": ("name", "target_name"),
     "trace": ("source_trace_id", "target_trace_id"),
     "evaluation_dataset": ("source_dataset_id", "target_dataset_id"),
+    "scorer": ("source_scorer_key", "target_scorer_key"),
 }
 OUTCOMES = (
     MATCH,

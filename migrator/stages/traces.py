@@ -113,7 +113,8 @@ def trace_fingerprint(info: Any) -> str:
 
 
 def row_fields(trace: Any) -> Row:
-    """The manifest fields a trace gives (all but the target side and the state)."""
+    """The manifest fields a trace gives (all but the target side, the fingerprint its listing
+    gives, and the state)."""
     info = trace.info
     fields = trace_fields(info)
     return {
@@ -128,7 +129,6 @@ def row_fields(trace: Any) -> Row:
         "source_model_id": info.trace_metadata.get(MODEL_ID_KEY),
         "n_spans": len(trace.data.spans),
         "n_assessments": len(info.assessments or []),
-        "source_fingerprint": trace_fingerprint(info),
     }
 
 
@@ -162,6 +162,7 @@ def export_trace_keeping(item: Row, opts: Options) -> tuple[Row, Any]:
     row = {
         **item,
         **row_fields(trace),
+        "source_fingerprint": item.get("source_fingerprint") or trace_fingerprint(trace.info),
         "state": EXPORTED,
         "error": None,
         "failed_stage": None,

@@ -241,7 +241,7 @@ def test_an_older_api_is_spoken_of_only_where_the_later_one_is_missing(
         (mlflow2_0, ["source: MLflow 2 (version not reported)", "traces (3.0+)"], 1),
         (mlflow2, ["traces (3.0+)", "does not move yet: traces (MLflow 2 API)"], 2),
         (mlflow3, ["not on the source (nothing to migrate): workspaces\n",
-                   "does not move yet: registered scorers, webhooks"], 0),
+                   "does not move yet: webhooks, AI gateway endpoints"], 0),
     ):
         url = serve(answer).url
         text = "\n".join(caps.notes(caps.with_capabilities(Options(source=url), url))) + "\n"
