@@ -251,7 +251,7 @@ def classify(status: int, body: str) -> bool | None:
     return True
 
 
-def _request(
+def request(
     uri: str, method: str, path: str, query: Iterable[tuple[str, str]], body: str | None
 ) -> tuple[int, str]:
     """One request through MLflow's session (its credentials adapter and create-aware retries),
@@ -280,7 +280,7 @@ def _probe_feature(uri: str, feature: Feature) -> bool:
         TransientError: the server kept failing the probe.
     """
     for attempt in range(1, PROBE_ATTEMPTS + 1):
-        status, body = _request(uri, feature.method, feature.path, feature.query, feature.body)
+        status, body = request(uri, feature.method, feature.path, feature.query, feature.body)
         found = classify(status, body)
         if found is not None:
             return found
@@ -295,7 +295,7 @@ def _probe_feature(uri: str, feature: Feature) -> bool:
 
 def server_version(uri: str) -> str:
     """The MLflow version a server reports (`GET /version`), or ""."""
-    status, body = _request(uri, "GET", "/version", (), None)
+    status, body = request(uri, "GET", "/version", (), None)
     text = body.strip()
     if status == 200 and text and len(text) < 40 and text[0].isdigit():
         return text
@@ -360,25 +360,16 @@ def source_has(opts: Options, feature: str) -> bool:
 
 def notes(opts: Options, *, source: bool = True, target: bool = True) -> list[str]:
     """What the servers' capabilities mean for this migration, one line each, said once in
-    the plan and the summary: the kinds the source does not have (nothing of them to move),
-    and the kinds it has that this migrator does not move yet."""
+    the plan and the summary: what each server is, and the kinds the source does not have
+    (nothing of them to move). (What the source has and does not move: `inventory`.)"""
     lines = []
     if source and opts.source:
         src = of(opts, opts.source)
         kinds = [f for f in FEATURES if f.moves is not None and not f.replaced_by]
-        kinds += [  # an older API, spoken of where the server has it and not the later one
-            f for f in FEATURES if f.replaced_by and src.has(f.name) and not src.has(f.replaced_by)
-        ]
-        lacks = [f.named for f in kinds if f.moves is not None and not src.has(f.name)]
-        unmoved = [f.label for f in kinds if f.moves is False and src.has(f.name)]
+        lacks = [f.named for f in kinds if not src.has(f.name)]
         lines.append(f"source: {src.describe()}")
         if lacks:
             lines.append(f"  not on the source (nothing to migrate): {', '.join(lacks)}")
-        if unmoved:
-            lines.append(
-                "  kinds the source offers that this migrator does not move yet: "
-                + ", ".join(unmoved)
-            )
     if target and opts.target:
         lines.append(f"target: {of(opts, opts.target).describe()}")
     return lines

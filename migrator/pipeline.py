@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from migrator import capabilities, credentials, mlflow_io, scope
+from migrator import capabilities, credentials, inventory, mlflow_io, scope
 from migrator.config import Options
 from migrator.dataset_driver import DatasetDriver
 from migrator.errors import ConfigError, Interrupted, TransientError
@@ -573,6 +573,9 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.summary.servers = capabilities.notes(
         opts, source=command != "import", target=command != "export"
     )
+    if command != "import":
+        experiments = (e.experiment_id for e in scope.source_experiments(opts))
+        m.summary.servers += inventory.unmoved_lines(opts, experiments)
     if command == "verify":
         m.summary.verify = m.verify()
         return m.summary

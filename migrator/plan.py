@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from migrator import capabilities, mlflow_io, scope
+from migrator import capabilities, inventory, mlflow_io, scope
 from migrator.config import Options
 from migrator.manifest import IMPORTED, Row, experiments_table, models_table, runs_table
 from migrator.pipeline import preflight
@@ -92,6 +92,9 @@ def run_plan(opts: Options, command: str) -> Plan:
     with_target = bool(opts.target) and command != "export"
     opts = preflight(opts, source=from_source, target=with_target, staging=False)
     plan.servers = capabilities.notes(opts, source=from_source, target=with_target)
+    if from_source:
+        experiments = (e.experiment_id for e in scope.source_experiments(opts))
+        plan.servers += inventory.unmoved_lines(opts, experiments)
     known = _known_runs(opts)
     target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
 
@@ -122,10 +125,14 @@ def run_plan(opts: Options, command: str) -> Plan:
             ep.runs[next_step(known.get(run.info.run_id))] += 1
         inv = plan.inventory
         inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, exp.experiment_id))
-        inv["traces"] += sum(1 for _ in scope.source_traces(opts, exp.experiment_id))
+        for info in scope.source_traces(opts, exp.experiment_id):
+            inv["traces"] += 1
+            inv["assessments"] += len(info.assessments or [])
         plan.experiments.append(ep)
+        inv["scorers"] += sum(1 for _ in scope.source_scorers(opts, exp.experiment_id))
     for prompt in scope.source_registry(opts, PROMPTS):
         plan.inventory["prompts"] += 1
         plan.inventory["prompt versions"] += len(PROMPTS.versions(opts.source, prompt.name))
+    plan.inventory["evaluation datasets"] += sum(1 for _ in scope.source_datasets(opts))
     plan.inventory = Counter({k: n for k, n in plan.inventory.items() if n})
     return plan

@@ -218,7 +218,6 @@ def test_notes_say_once_what_the_source_lacks_and_what_does_not_move(
     text = "\n".join(caps.notes(opts))
     assert "source: MLflow 2.16.2" in text
     assert "not on the source (nothing to migrate): logged models (3.0+), traces (3.0+)" in text
-    assert "does not move yet: traces (MLflow 2 API)" in text
     assert "target: MLflow 3.17.2" in text
     assert text.count("logged models") == 1
 
@@ -231,20 +230,32 @@ def test_features_are_named_once_and_every_probe_is_harmless() -> None:
             assert f.path.endswith("/search") or json.loads(f.body or "{}") == {}, f
 
 
-def test_an_older_api_is_spoken_of_only_where_the_later_one_is_missing(
+def test_inventory_counts_what_does_not_move_and_says_why(
     serve: Callable[[Answer], FakeServer],
 ) -> None:
+    from migrator import inventory
+
     def mlflow2_0(method: str, path: str) -> tuple[int, str]:  # no /version, no traces at all
         return (404, FLASK_404) if "traces" in path or path == "/version" else mlflow2(method, path)
 
-    for answer, says, n_traces in (
-        (mlflow2_0, ["source: MLflow 2 (version not reported)", "traces (3.0+)"], 1),
-        (mlflow2, ["traces (3.0+)", "does not move yet: traces (MLflow 2 API)"], 2),
-        (mlflow3, ["not on the source (nothing to migrate): workspaces\n",
-                   "does not move yet: webhooks, AI gateway endpoints"], 0),
+    def mlflow3_busy(method: str, path: str) -> tuple[int, str]:
+        if path.startswith("/api/2.0/mlflow/webhooks"):
+            return 200, '{"webhooks": [{"id": "w1"}, {"id": "w2"}]}'
+        if path.startswith("/api/3.0/mlflow/label-schemas/list"):  # the default one is not counted
+            return 200, '{"label_schemas": [{"name": "Feedback", "is_default": true}, {"name": "x"}]}'
+        return mlflow3(method, path)
+
+    for answer, says, absent in (
+        (mlflow2_0, [], ["traces of MLflow 2", "webhooks"]),
+        (mlflow2, ["traces of MLflow 2                   0"], ["webhooks"]),
+        (mlflow3_busy, ["webhooks                             2  their signing secrets",
+                        "label schemas                        2", "review queues"],
+         ["traces of MLflow 2", "workspaces"]),
     ):
         url = serve(answer).url
-        text = "\n".join(caps.notes(caps.with_capabilities(Options(source=url), url))) + "\n"
+        opts = caps.with_capabilities(Options(source=url), url)
+        text = "\n".join(inventory.unmoved_lines(opts, ["0", "1"]))
         for line in says:
             assert line in text, text
-        assert text.count("traces") == n_traces, text
+        for kind in absent:
+            assert kind not in text, text
