@@ -2,7 +2,8 @@
 
 Starts a source and a target `mlflow server` (SQLite, proxied artifacts), an S3 server
 (moto) for staging, and local Ray; seeds the source (runs, registered models with version
-gaps, stages and aliases, a logged model made by `mlflow.pyfunc.log_model`); migrates; runs
+gaps, stages and aliases, a logged model made by `mlflow.pyfunc.log_model`, and MLflow 3's
+GenAI objects: traces with assessments, prompts, an evaluation dataset, scorers); migrates; runs
 the same migration again to show that a re-run does nothing, verifies every object, and
 prints the figures.
 """
@@ -17,7 +18,15 @@ from pathlib import Path
 from migrator.config import Options
 from migrator.fanout import SharedExecutor, make_executor
 from migrator.pipeline import run_command
-from migrator.seed import seed_models, seed_source, source_summary
+from migrator.seed import (
+    seed_datasets,
+    seed_models,
+    seed_prompts,
+    seed_scorers,
+    seed_source,
+    seed_traces,
+    source_summary,
+)
 from migrator.services import mlflow_server, s3_server
 
 BUCKET = "migrator-staging"
@@ -39,6 +48,10 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
         t0 = time.monotonic()
         seeded = seed_source(src.url, n_runs)
         seed_models(src.url, seeded)
+        traces = seed_traces(src.url)  # MLflow 3 GenAI objects, in `genai/agent`
+        seed_prompts(src.url, traces)
+        seed_datasets(src.url, traces)
+        seed_scorers(src.url, traces)
         print(f"demo: seeded source in {time.monotonic() - t0:.1f} s: {source_summary(src.url)}")
         opts = Options(
             source=src.url, target=tgt.url, staging=f"s3://{BUCKET}/demo", include_deleted=True
@@ -66,7 +79,8 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
         print(f"demo: target now holds {source_summary(tgt.url)}")
         print(
             f"demo: manifests at s3://{BUCKET}/demo/manifests/ (experiments, runs, "
-            "logged_models, models, model_versions .parquet)"
+            "logged_models, models, model_versions, prompts, traces, evaluation_datasets, "
+            "scorers .parquet)"
         )
         if keep:
             print("demo: servers stay up until Ctrl-C")

@@ -574,7 +574,11 @@ def _run_stages(m: Migration, command: str) -> Summary:
         opts, source=command != "import", target=command != "export"
     )
     if command != "import":
-        experiments = (e.experiment_id for e in scope.source_experiments(opts))
+        experiments = (
+            e.experiment_id
+            for e in scope.source_experiments(opts)
+            if e.lifecycle_stage != "deleted"
+        )
         m.summary.servers += inventory.unmoved_lines(opts, experiments)
     if command == "verify":
         m.summary.verify = m.verify()

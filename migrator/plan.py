@@ -93,7 +93,11 @@ def run_plan(opts: Options, command: str) -> Plan:
     opts = preflight(opts, source=from_source, target=with_target, staging=False)
     plan.servers = capabilities.notes(opts, source=from_source, target=with_target)
     if from_source:
-        experiments = (e.experiment_id for e in scope.source_experiments(opts))
+        experiments = (
+            e.experiment_id
+            for e in scope.source_experiments(opts)
+            if e.lifecycle_stage != "deleted"
+        )
         plan.servers += inventory.unmoved_lines(opts, experiments)
     known = _known_runs(opts)
     target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
@@ -125,11 +129,12 @@ def run_plan(opts: Options, command: str) -> Plan:
             ep.runs[next_step(known.get(run.info.run_id))] += 1
         inv = plan.inventory
         inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, exp.experiment_id))
-        for info in scope.source_traces(opts, exp.experiment_id):
+        for info in scope.source_traces(opts, exp.experiment_id, exp.lifecycle_stage):
             inv["traces"] += 1
             inv["assessments"] += len(info.assessments or [])
         plan.experiments.append(ep)
-        inv["scorers"] += sum(1 for _ in scope.source_scorers(opts, exp.experiment_id))
+        scorers = scope.source_scorers(opts, exp.experiment_id, exp.lifecycle_stage)
+        inv["scorers"] += sum(1 for _ in scorers)
     for prompt in scope.source_registry(opts, PROMPTS):
         plan.inventory["prompts"] += 1
         plan.inventory["prompt versions"] += len(PROMPTS.versions(opts.source, prompt.name))

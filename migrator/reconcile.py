@@ -130,8 +130,10 @@ def reconcile(
                 ((m.model_id, m.name) for m in scope.source_logged_models(opts, e.experiment_id)),
                 logged,
             )
-        moved: dict[str, Row] = {
-            e.experiment_id: {} for e in source_exps if e.experiment_id in exps
+        moved = {
+            e.experiment_id: {"lifecycle_stage": e.lifecycle_stage}
+            for e in source_exps
+            if e.experiment_id in exps
         }
         for d in objects:  # `ObjectDriver`s: traces, evaluation datasets, scorers
             listed = ((f[d.key], f.get("name")) for _, f in d.source_objects(moved))

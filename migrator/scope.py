@@ -62,10 +62,13 @@ def source_logged_models(opts: Options, experiment_id: str) -> Iterator[Any]:
         yield from mlflow_io.iter_logged_models(opts.source, [experiment_id])
 
 
-def source_traces(opts: Options, experiment_id: str) -> Iterator[Any]:
+def source_traces(
+    opts: Options, experiment_id: str, lifecycle_stage: str = "active"
+) -> Iterator[Any]:
     """Every trace (its TraceInfo) of one source experiment, oldest first, paged; none on a
-    server without MLflow 3's traces API."""
-    if source_has(opts, TRACES):
+    server without MLflow 3's traces API, nor in a deleted experiment (the server refuses to
+    list them: restore the experiment to migrate them)."""
+    if source_has(opts, TRACES) and lifecycle_stage != "deleted":
         yield from traces_io.iter_trace_infos(opts.source, experiment_id)
 
 
@@ -76,9 +79,12 @@ def source_datasets(opts: Options) -> Iterator[Any]:
         yield from mlflow_io.iter_datasets(opts.source)
 
 
-def source_scorers(opts: Options, experiment_id: str) -> Iterator[Any]:
-    """Every registered scorer (its latest version) of one source experiment."""
-    if source_has(opts, SCORERS):
+def source_scorers(
+    opts: Options, experiment_id: str, lifecycle_stage: str = "active"
+) -> Iterator[Any]:
+    """Every registered scorer (its latest version) of one source experiment (none in a
+    deleted one, as for traces)."""
+    if source_has(opts, SCORERS) and lifecycle_stage != "deleted":
         yield from mlflow_io.client(opts.source)._tracking_client.store.list_scorers(experiment_id)
 
 

@@ -31,8 +31,8 @@ class ScorerDriver(ObjectDriver):
         super().__init__(m, scorers_table(m.staging))
 
     def source_objects(self, exps: dict[str, Row]) -> Iterator[tuple[Any, Row]]:
-        for exp_id in exps:
-            for sv in scope.source_scorers(self.m.opts, exp_id):
+        for exp_id, exp in exps.items():
+            for sv in scope.source_scorers(self.m.opts, exp_id, exp.get("lifecycle_stage", "")):
                 yield (
                     sv,
                     {

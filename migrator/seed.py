@@ -496,10 +496,16 @@ def source_summary(uri: str) -> dict[str, Any]:
     models = c.search_registered_models()
     versions = sum(len(c.search_model_versions(f"name = '{m.name}'")) for m in models)
     logged = c.search_logged_models(experiment_ids=[e.experiment_id for e in exps])
+    traces = c.search_traces(
+        locations=[e.experiment_id for e in exps], include_spans=False, max_results=500
+    )
+    prompts = c.search_prompts()
     return {
         "experiments": len(exps),
         "runs": len(runs),
         "registered models": len(models),
         "versions": versions,
         "logged models": len(logged),
+        "traces": len(traces),
+        "prompts": len(prompts),
     }

@@ -44,8 +44,8 @@ class TraceDriver(ObjectDriver):
         super().__init__(m, traces_table(m.staging, m.opts.manifest_flush_rows))
 
     def source_objects(self, exps: dict[str, Row]) -> Iterator[tuple[Any, Row]]:
-        for exp_id in exps:
-            for info in scope.source_traces(self.m.opts, exp_id):
+        for exp_id, exp in exps.items():
+            for info in scope.source_traces(self.m.opts, exp_id, exp.get("lifecycle_stage", "")):
                 yield (
                     info,
                     {
