@@ -279,6 +279,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def in_state(row: Mapping[str, Any], state: str, error: str | None = None) -> Row:
+    """The row in `state` (an earlier failure cleared; `error` says why of a `skipped` one),
+    stamped now."""
+    return {**row, "state": state, "error": error, "failed_stage": None, "updated_at": now_ms()}
+
+
 def rows_to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     """Build a table from row dicts (times as epoch ms, maps as dicts); unknown keys are dropped."""
     rows = list(rows)

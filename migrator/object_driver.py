@@ -24,7 +24,7 @@ from migrator.manifest import (
     SKIPPED,
     ManifestTable,
     Row,
-    now_ms,
+    in_state,
     table_to_rows,
 )
 
@@ -128,14 +128,7 @@ class ObjectDriver:
         listed = (fields for _, fields in self.source_objects(exps)) if from_source else ()
         staged = (r for r in self.rows.values() if self.in_scope(r, set(exps)))
         rows = [
-            {
-                **self.rows.get(fields[self.key], {}),
-                **fields,
-                "state": SKIPPED,
-                "error": why,
-                "failed_stage": None,
-                "updated_at": now_ms(),
-            }
+            in_state({**self.rows.get(fields[self.key], {}), **fields}, SKIPPED, why)
             for fields in (listed if from_source else staged)
         ]
         self.record(rows)

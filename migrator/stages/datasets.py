@@ -25,6 +25,7 @@ from migrator.manifest import (
     MISSING_ON_SOURCE,
     MISSING_ON_TARGET,
     Row,
+    in_state,
     now_ms,
 )
 from migrator.mlflow_io import client, fingerprint, matching, or_none, translate_errors
@@ -79,15 +80,8 @@ def export_dataset_keeping(item: Row, opts: Options) -> tuple[Row, dict[str, Any
         "records": [_record(r) for r in records],
     }
     open_staging(opts.staging).write_bytes(dataset_key(source_id), dump_doc(DATASET_FORMAT, doc))
-    row = {
-        **item,
-        **row_fields(doc),
-        "source_fingerprint": item.get("source_fingerprint") or dataset_fingerprint(ds),
-        "state": EXPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
-    }
+    fingerprint = item.get("source_fingerprint") or dataset_fingerprint(ds)
+    row = in_state({**item, **row_fields(doc), "source_fingerprint": fingerprint}, EXPORTED)
     return row, doc
 
 
@@ -193,14 +187,7 @@ def import_dataset_doc(item: Row, opts: Options, doc: dict[str, Any]) -> Row:
         for k in range(0, len(records), 500):
             store.upsert_dataset_records(ds.dataset_id, records[k : k + 500])
     row = {k: v for k, v in item.items() if not k.startswith("_")}
-    return {
-        **row,
-        "target_dataset_id": ds.dataset_id,
-        "state": IMPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
-    }
+    return in_state({**row, "target_dataset_id": ds.dataset_id}, IMPORTED)
 
 
 def import_dataset(item: Row, opts: Options) -> Row:

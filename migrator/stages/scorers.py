@@ -24,6 +24,7 @@ from migrator.manifest import (
     MISSING_ON_SOURCE,
     MISSING_ON_TARGET,
     Row,
+    in_state,
     now_ms,
 )
 from migrator.mlflow_io import client, translate_errors
@@ -84,15 +85,7 @@ def export_scorer_keeping(item: Row, opts: Options) -> tuple[Row, dict[str, Any]
         "filter_string": getattr(config, "filter_string", None),
     }
     open_staging(opts.staging).write_bytes(scorer_key(exp, name), dump_doc(SCORER_FORMAT, doc))
-    row = {
-        **item,
-        **row_fields(doc),
-        "state": EXPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
-    }
-    return row, doc
+    return in_state({**item, **row_fields(doc)}, EXPORTED), doc
 
 
 def row_fields(doc: dict[str, Any]) -> Row:
@@ -159,7 +152,7 @@ def import_scorer_doc(item: Row, opts: Options, doc: dict[str, Any]) -> Row:
             )
     row = {k: v for k, v in item.items() if not k.startswith("_")}
     row["target_scorer_key"] = scorer_key_of(target_exp, name)
-    return {**row, "state": IMPORTED, "error": None, "failed_stage": None, "updated_at": now_ms()}
+    return in_state(row, IMPORTED)
 
 
 def import_scorer(item: Row, opts: Options) -> Row:

@@ -27,7 +27,7 @@ from migrator.errors import PermanentError, StagingError
 from migrator.fanout import failed_row
 from migrator.layout import TRACE_FORMAT, dump_doc, load_doc, trace_key
 from migrator.lineage import TRACE_FIELDS, TRACE_ID_TAG, fit, object_source_tags
-from migrator.manifest import EXPORTED, IMPORTED, Row, now_ms
+from migrator.manifest import EXPORTED, IMPORTED, Row, in_state, now_ms
 from migrator.mlflow_io import fingerprint, translate_errors
 from migrator.staging import open_staging
 from migrator.traces_io import (
@@ -159,16 +159,10 @@ def export_trace_keeping(item: Row, opts: Options) -> tuple[Row, Any]:
         )
     doc = {"exported_at": now_ms(), "trace": trace.to_dict()}
     open_staging(opts.staging).write_bytes(trace_key(source_id), dump_doc(TRACE_FORMAT, doc))
-    row = {
-        **item,
-        **row_fields(trace),
-        "source_fingerprint": item.get("source_fingerprint") or trace_fingerprint(trace.info),
-        "state": EXPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
-    }
-    return row, trace
+    fingerprint = item.get("source_fingerprint") or trace_fingerprint(trace.info)
+    return in_state(
+        {**item, **row_fields(trace), "source_fingerprint": fingerprint}, EXPORTED
+    ), trace
 
 
 def read_trace_doc(opts: Options, source_id: str) -> Any:
@@ -284,6 +278,8 @@ def write_assessments(opts: Options, trace: Any, target_id: str, run_ids: dict[s
     """Every assessment the target trace does not have yet; returns how many were written."""
     import copy
 
+    if not trace.info.assessments:
+        return 0
     kept = target_id == trace.info.trace_id
     have = trace_infos(opts.target, [target_id]).get(target_id)
     existing = {a.assessment_id for a in getattr(have, "assessments", None) or []}
@@ -342,7 +338,7 @@ def import_trace_doc(item: Row, opts: Options, trace: Any) -> Row:
             "next run links the trace to it"
         )
         return failed_row(row, "import", PermanentError(why, obj=obj, stage="import"))
-    return {**row, "state": IMPORTED, "error": None, "failed_stage": None, "updated_at": now_ms()}
+    return in_state(row, IMPORTED)
 
 
 def assessment_runs(item: Row) -> dict[str, str]:
