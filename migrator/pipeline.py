@@ -594,6 +594,8 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.transfer_logged_models(exp_rows, do_export, do_import)
     m.prompts.transfer(do_export, do_import)
     m.traces.transfer(exp_rows, do_export, do_import)
+    if do_export and do_import:
+        m.traces.link_runs(exp_rows)
     m.datasets.transfer(exp_rows, do_export, do_import)
     m.scorers.transfer(exp_rows, do_export, do_import)
     if do_import:

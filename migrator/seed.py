@@ -346,6 +346,8 @@ def _seed_traces() -> dict[str, Any]:
         r.set_outputs({"n": 2})
     ids["manual"] = mlflow.get_last_active_trace_id()
     mlflow.set_trace_tag(ids["manual"], "post.tag", "added later")
+    # A link to the run made afterwards (an association, not the trace's own metadata).
+    mlflow.MlflowClient().link_traces_to_run([ids["manual"]], ids["run_id"])
 
     t = ids["nested"]
     llm_span = next(s for s in mlflow.get_trace(t).data.spans if s.name == "llm")

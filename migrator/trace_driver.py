@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from migrator import scope
+from migrator import scope, traces_io
 from migrator.capabilities import TRACES
 from migrator.fanout import Stage
 from migrator.manifest import Row, traces_table
@@ -77,3 +77,33 @@ class TraceDriver(ObjectDriver):
             "target_model_id": target_model,
             "_waits_for": waits,
         }
+
+    def link_runs(self, exp_rows: list[Row]) -> None:
+        """Traces linked to a run by `link_traces_to_run` (an association the trace itself does
+        not show, unlike `mlflow.sourceRun`): found on the source run by run, in the
+        experiments that have traces, and linked again on the target (a link made twice is
+        one link). Done when a run or trace moved in this command."""
+        m = self.m
+        if not (self.found["new"] or self.found["changed"] or m.summary.actions["imported"]):
+            return  # nothing moved in this command: the links made before stand
+        with_traces = {r["source_experiment_id"] for r in self.rows.values()}
+        targets = {
+            k: r["target_trace_id"] for k, r in self.rows.items() if r.get("target_trace_id")
+        }
+        for exp in exp_rows:
+            exp_id = exp["source_experiment_id"]
+            if exp_id not in with_traces or exp.get("lifecycle_stage") == "deleted":
+                continue
+            for run_id, row in m.runs.items():
+                if row["source_experiment_id"] != exp_id or not row.get("target_run_id"):
+                    continue
+                if row.get("lifecycle_stage") == "deleted":
+                    continue
+                linked = [
+                    targets[t.info.trace_id]
+                    for t in traces_io.traces_of_run(m.opts.source, exp_id, run_id)
+                    if t.info.trace_id in targets
+                    and t.info.trace_metadata.get(SOURCE_RUN_KEY) != run_id
+                ]
+                if linked:
+                    traces_io.link_traces_to_run(m.opts.target, linked, row["target_run_id"])

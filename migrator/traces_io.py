@@ -136,6 +136,23 @@ def create_assessment(uri: str, assessment: Any) -> Any:
     return tracing(uri).store.create_assessment(assessment)
 
 
+def traces_of_run(uri: str, experiment_id: str, run_id: str) -> list[Any]:
+    """The traces (infos) `search_traces(run_id=…)` finds for a run: made in it, or linked."""
+    out, token = [], None
+    while True:
+        page = client(uri).search_traces(
+            locations=[experiment_id],
+            run_id=run_id,
+            include_spans=False,
+            max_results=PAGE,
+            page_token=token,
+        )
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
 def link_traces_to_run(uri: str, trace_ids: Sequence[str], run_id: str) -> None:
     c = client(uri)
     for k in range(0, len(trace_ids), 100):
