@@ -203,12 +203,21 @@ class ServerCapabilities:
     version: str
     """The server's MLflow version (`GET /version`), or "" where it does not say."""
     present: frozenset[str]
+    denied: frozenset[str] = frozenset()
+    """There, but refused to the credentials in use (401/403): nothing of them can be read or
+    written, and the plan and summary say so."""
 
     def has(self, feature: str) -> bool:
         return feature in self.present
 
     def lacks(self) -> list[Feature]:
-        return [f for f in FEATURES if f.name not in self.present]
+        return [f for f in FEATURES if f.name not in self.present | self.denied]
+
+    def why_not(self, feature: str) -> str:
+        """Why a kind cannot be read or written here, for a `skipped` row."""
+        if feature in self.denied:
+            return f"{self.describe()} refuses these credentials for it (HTTP 401/403)"
+        return f"{self.describe()} does not have it"
 
     @property
     def major(self) -> int | None:
@@ -230,9 +239,13 @@ _RETRIED_STATUSES = {408, 429, 500, 502, 503, 504}
 PROBE_ATTEMPTS = 4
 
 
-def classify(status: int, body: str) -> bool | None:
-    """Whether a probe's answer says the endpoint is there (True), is not (False), or nothing
-    yet (None: a failure worth asking again)."""
+#: A probe's answer: the endpoint is there, is not, or refuses these credentials.
+PRESENT, ABSENT, DENIED = "present", "absent", "denied"
+
+
+def classify(status: int, body: str) -> str | None:
+    """What a probe's answer says: `PRESENT`, `ABSENT`, `DENIED` (401/403: the endpoint is
+    there, not for this user), or None (a failure worth asking again)."""
     code = ""
     try:
         parsed = json.loads(body)
@@ -241,14 +254,16 @@ def classify(status: int, body: str) -> bool | None:
     except ValueError:
         parsed = None
     if code in _ABSENT_CODES or status in (405, 501):
-        return False
-    if status == 404:
-        return parsed is not None and code != ""  # a JSON refusal of the probe's arguments
+        return ABSENT
+    if status == 404:  # a JSON refusal of the probe's arguments, or no such route
+        return PRESENT if parsed is not None and code != "" else ABSENT
     if status == 503 and "disabled" in body.lower():
-        return False
+        return ABSENT
+    if status in (401, 403):
+        return DENIED
     if status in _RETRIED_STATUSES:
         return None
-    return True
+    return PRESENT
 
 
 def request(
@@ -273,8 +288,8 @@ def request(
     return resp.status_code, resp.text
 
 
-def _probe_feature(uri: str, feature: Feature) -> bool:
-    """Whether the server has this feature.
+def _probe_feature(uri: str, feature: Feature) -> str:
+    """Whether the server has this feature (`PRESENT`, `ABSENT` or `DENIED`).
 
     Raises:
         TransientError: the server kept failing the probe.
@@ -319,8 +334,13 @@ def probe(uri: str) -> ServerCapabilities:
         present = frozenset(f.name for f in FEATURES if not f.rest_only)
         return ServerCapabilities(uri, mlflow.__version__, present)
     version = server_version(uri)
-    present = frozenset(f.name for f in FEATURES if _probe_feature(uri, f))
-    caps = ServerCapabilities(uri, version, present)
+    found = {f.name: _probe_feature(uri, f) for f in FEATURES}
+    caps = ServerCapabilities(
+        uri,
+        version,
+        frozenset(k for k, v in found.items() if v == PRESENT),
+        frozenset(k for k, v in found.items() if v == DENIED),
+    )
     log.debug("%s: %s, lacks %s", uri, caps.describe(), [f.name for f in caps.lacks()])
     return caps
 
@@ -366,10 +386,16 @@ def notes(opts: Options, *, source: bool = True, target: bool = True) -> list[st
     if source and opts.source:
         src = of(opts, opts.source)
         kinds = [f for f in FEATURES if f.moves is not None and not f.replaced_by]
-        lacks = [f.named for f in kinds if not src.has(f.name)]
+        lacks = [f.named for f in kinds if f in src.lacks()]
+        denied = [f.label for f in kinds if f.name in src.denied]
         lines.append(f"source: {src.describe()}")
         if lacks:
             lines.append(f"  not on the source (nothing to migrate): {', '.join(lacks)}")
+        if denied:
+            lines.append(
+                "  refused to these credentials (HTTP 401/403; not migrated: give the user "
+                f"access to migrate them): {', '.join(denied)}"
+            )
     if target and opts.target:
         lines.append(f"target: {of(opts, opts.target).describe()}")
     return lines

@@ -124,7 +124,7 @@ class ObjectDriver:
     def _skip(self, exps: dict[str, Row], from_source: bool) -> None:
         """The target cannot take this kind: every object in scope is `skipped`, with why."""
         opts = self.m.opts
-        why = f"the target ({of(opts, opts.target).describe()}) cannot take {self.label}"
+        why = f"the target cannot take {self.label}: {of(opts, opts.target).why_not(self.feature)}"
         listed = (fields for _, fields in self.source_objects(exps)) if from_source else ()
         staged = (r for r in self.rows.values() if self.in_scope(r, set(exps)))
         rows = [

@@ -30,27 +30,27 @@ FLASK_404 = "<!doctype html>\n<title>404 Not Found</title>\n<h1>Not Found</h1>"
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (200, "{}", True),
-        (400, '{"error_code": "INVALID_PARAMETER_VALUE", "message": "Missing run_id"}', True),
-        (404, '{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such alias"}', True),
-        (401, '{"error_code": "UNAUTHENTICATED"}', True),
-        (403, "forbidden", True),
-        (404, FLASK_404, False),
-        (404, '{"error_code": "ENDPOINT_NOT_FOUND", "message": "No API route"}', False),
-        (404, "{}", False),
-        (405, "Method Not Allowed", False),
-        (501, '{"error_code": "NOT_IMPLEMENTED"}', False),
-        (400, '{"error_code": "NOT_IMPLEMENTED", "message": "file store"}', False),
+        (200, "{}", "present"),
+        (400, '{"error_code": "INVALID_PARAMETER_VALUE", "message": "Missing run_id"}', "present"),
+        (404, '{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such alias"}', "present"),
+        (401, '{"error_code": "UNAUTHENTICATED"}', "denied"),
+        (403, "Permission denied", "denied"),
+        (404, FLASK_404, "absent"),
+        (404, '{"error_code": "ENDPOINT_NOT_FOUND", "message": "No API route"}', "absent"),
+        (404, "{}", "absent"),
+        (405, "Method Not Allowed", "absent"),
+        (501, '{"error_code": "NOT_IMPLEMENTED"}', "absent"),
+        (400, '{"error_code": "NOT_IMPLEMENTED", "message": "file store"}', "absent"),
         (503, "Endpoint: /api/3.0/mlflow/workspaces disabled because the server is running "
-              "without workspaces support", False),
+              "without workspaces support", "absent"),
         (503, "Service Unavailable", None),
         (500, '{"error_code": "INTERNAL_ERROR"}', None),
         (502, "bad gateway", None),
         (429, "slow down", None),
     ],
 )
-def test_classify(status: int, body: str, expected: bool | None) -> None:
-    assert classify(status, body) is expected
+def test_classify(status: int, body: str, expected: str | None) -> None:
+    assert classify(status, body) == expected
 
 
 Answer = Callable[[str, str], tuple[int, str]]
@@ -259,3 +259,19 @@ def test_inventory_counts_what_does_not_move_and_says_why(
             assert line in text, text
         for kind in absent:
             assert kind not in text, text
+
+
+def test_a_kind_refused_to_the_user_is_said_and_not_read(
+    serve: Callable[[Answer], FakeServer],
+) -> None:
+    def basic_auth(method: str, path: str) -> tuple[int, str]:  # datasets: admins only
+        return (403, "Permission denied") if "datasets" in path else mlflow3(method, path)
+
+    url = serve(basic_auth).url
+    opts = caps.with_capabilities(Options(source=url), url)
+    assert not caps.source_has(opts, caps.EVALUATION_DATASETS)
+    text = "\n".join(caps.notes(opts))
+    assert "refused to these credentials (HTTP 401/403; not migrated: give the user access to " \
+        "migrate them): evaluation datasets" in text
+    assert "evaluation datasets" not in text.split("\n")[1]  # not "absent" either
+    assert "refuses these credentials" in caps.of(opts, url).why_not(caps.EVALUATION_DATASETS)
