@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from migrator import capabilities, credentials, inventory, mlflow_io, scope
 from migrator.config import Options
 from migrator.dataset_driver import DatasetDriver
-from migrator.errors import ConfigError, Interrupted, TransientError
-from migrator.fanout import Executor, Job, Stage, failed_row, jobs_of, run_one
+from migrator.errors import ConfigError, Interrupted, PermanentError, TransientError
+from migrator.fanout import Executor, Job, Stage, describe, failed_row, jobs_of, run_one
 from migrator.faults import crash_point
 from migrator.layout import check_staging_format
 from migrator.lease import Lease
@@ -446,6 +446,20 @@ class Migration:
 
         return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
 
+    def kind(self, label: str, stage: Callable[[], None]) -> None:
+        """Run the stage of one kind of object. A server that refuses the driver's own calls
+        for it (a listing, a permission) fails that kind alone: named in the summary (exit 1),
+        what points at its objects waits (`scope_complete`), and every other kind moves."""
+        try:
+            with mlflow_io.translate_errors("server", "driver"):
+                stage()
+        except PermanentError as e:
+            log.warning("%s: %s", label, e)
+            self.scope_complete = False
+            self.summary.failed.append(
+                {"object": label, "state": FAILED, "failed_stage": "list", "error": describe(e)}
+            )
+
     def _checkpoint(self, rows: list[Row]) -> None:
         """After each batch of results: stop when a server went away or the lease was lost."""
         self.watch.check(rows)
@@ -591,16 +605,17 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.transfer(runs, do_export, do_import)
     if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
         m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
-    m.transfer_logged_models(exp_rows, do_export, do_import)
-    m.prompts.transfer(do_export, do_import)
-    m.traces.transfer(exp_rows, do_export, do_import)
+    # Each kind on its own: one the source or target refuses fails alone, said in the summary.
+    m.kind("logged models", lambda: m.transfer_logged_models(exp_rows, do_export, do_import))
+    m.kind("prompts", lambda: m.prompts.transfer(do_export, do_import))
+    m.kind("traces", lambda: m.traces.transfer(exp_rows, do_export, do_import))
     if do_export and do_import:
-        m.traces.link_runs(exp_rows)
-    m.datasets.transfer(exp_rows, do_export, do_import)
-    m.scorers.transfer(exp_rows, do_export, do_import)
+        m.kind("trace links to runs", lambda: m.traces.link_runs(exp_rows))
+    m.kind("evaluation datasets", lambda: m.datasets.transfer(exp_rows, do_export, do_import))
+    m.kind("scorers", lambda: m.scorers.transfer(exp_rows, do_export, do_import))
     if do_import:
         m.tag_all(exp_rows)
-    m.models.transfer(do_export, do_import)
+    m.kind("registered models", lambda: m.models.transfer(do_export, do_import))
     if do_import:
         m.finish_experiments(exp_rows)
     else:

@@ -73,3 +73,36 @@ def test_matches_any_of_several_patterns() -> None:
 
 def test_matches_exact_name_with_brackets() -> None:
     assert matches(("exp [v2]",), "5", "exp [v2]")
+
+
+def test_a_kind_the_server_refuses_fails_alone_and_is_named() -> None:
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
+
+    from migrator.errors import TransientError
+    from migrator.pipeline import Migration
+    from migrator.summary import Summary
+
+    m = SimpleNamespace(summary=Summary("migrate"), scope_complete=True)
+
+    def refused() -> None:
+        raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+
+    ran: list[str] = []
+    Migration.kind(m, "evaluation datasets", refused)  # type: ignore[arg-type]
+    Migration.kind(m, "scorers", lambda: ran.append("scorers"))  # type: ignore[arg-type]
+    assert ran == ["scorers"]  # the next kind still moves
+    assert m.scope_complete is False  # what points at the failed kind waits
+    [row] = m.summary.failed
+    assert row["object"] == "evaluation datasets" and row["failed_stage"] == "list"
+    assert "PERMISSION_DENIED" in row["error"]
+    assert not m.summary.ok
+    assert "evaluation datasets: list: PermanentError: PERMISSION_DENIED" in m.summary.render()
+
+    def away() -> None:  # a server that is away is not one kind's failure: the command stops
+        raise MlflowException("down", error_code=TEMPORARILY_UNAVAILABLE)
+
+    with pytest.raises(TransientError):
+        Migration.kind(m, "traces", away)  # type: ignore[arg-type]
