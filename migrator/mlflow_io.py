@@ -86,9 +86,15 @@ def _skip_databricks_headers() -> None:
     providers[:] = [p for p in providers if not isinstance(p, DatabricksRequestHeaderProvider)]
 
 
+def tracking_store(uri: str) -> Any:
+    """The tracking store behind a URI's client (its REST store: the calls `MlflowClient` does
+    not offer, or offers only through the global tracking URI)."""
+    return client(uri)._tracking_client.store
+
+
 def host_creds(uri: str) -> Any:
     """MLflow's host credentials of a REST tracking server, for endpoints its client lacks."""
-    return client(uri)._tracking_client.store.get_host_creds()
+    return tracking_store(uri).get_host_creds()
 
 
 def check_tracking_uri(uri: str, role: str) -> None:
@@ -443,7 +449,7 @@ def search_registry(uri: str, filter_string: str = "", page_token: str | None = 
 
 def iter_datasets(uri: str) -> Iterator[Any]:
     """Every evaluation dataset of a server, one page at a time."""
-    store = client(uri)._tracking_client.store
+    store = tracking_store(uri)
     token = None
     while True:
         page = store.search_datasets(max_results=PAGE_SIZE, page_token=token)

@@ -85,7 +85,7 @@ def source_scorers(
     """Every registered scorer (its latest version) of one source experiment (none in a
     deleted one, as for traces)."""
     if source_has(opts, SCORERS) and lifecycle_stage != "deleted":
-        yield from mlflow_io.client(opts.source)._tracking_client.store.list_scorers(experiment_id)
+        yield from mlflow_io.tracking_store(opts.source).list_scorers(experiment_id)
 
 
 def source_models(opts: Options) -> Iterator[Any]:

@@ -100,10 +100,10 @@ class TraceDriver(ObjectDriver):
                 if row.get("lifecycle_stage") == "deleted":
                     continue
                 linked = [
-                    targets[t.info.trace_id]
-                    for t in traces_io.traces_of_run(m.opts.source, exp_id, run_id)
-                    if t.info.trace_id in targets
-                    and t.info.trace_metadata.get(SOURCE_RUN_KEY) != run_id
+                    targets[info.trace_id]
+                    for info in traces_io.iter_trace_infos(m.opts.source, exp_id, run_id)
+                    if info.trace_id in targets
+                    and info.trace_metadata.get(SOURCE_RUN_KEY) != run_id
                 ]
                 if linked:
                     traces_io.link_traces_to_run(m.opts.target, linked, row["target_run_id"])

@@ -50,12 +50,14 @@ def tracing(uri: str) -> Any:
     return TracingClient(uri)
 
 
-def iter_trace_infos(uri: str, experiment_id: str) -> Iterator[Any]:
-    """Every trace of an experiment as its TraceInfo (no spans), oldest first, paged."""
+def iter_trace_infos(uri: str, experiment_id: str, run_id: str | None = None) -> Iterator[Any]:
+    """Every trace of an experiment as its TraceInfo (no spans), oldest first, paged; with
+    `run_id`, those `search_traces(run_id=…)` finds for that run (made in it, or linked)."""
     token = None
     while True:
         page = client(uri).search_traces(
             locations=[experiment_id],
+            run_id=run_id,
             max_results=PAGE,
             page_token=token,
             include_spans=False,
@@ -134,23 +136,6 @@ def write_trace(uri: str, experiment_id: str, info: Any, spans: Sequence[Any]) -
 
 def create_assessment(uri: str, assessment: Any) -> Any:
     return tracing(uri).store.create_assessment(assessment)
-
-
-def traces_of_run(uri: str, experiment_id: str, run_id: str) -> list[Any]:
-    """The traces (infos) `search_traces(run_id=…)` finds for a run: made in it, or linked."""
-    out, token = [], None
-    while True:
-        page = client(uri).search_traces(
-            locations=[experiment_id],
-            run_id=run_id,
-            include_spans=False,
-            max_results=PAGE,
-            page_token=token,
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
 
 
 def link_traces_to_run(uri: str, trace_ids: Sequence[str], run_id: str) -> None:

@@ -28,17 +28,13 @@ from migrator.manifest import (
     in_state,
     now_ms,
 )
-from migrator.mlflow_io import client, fingerprint, matching, or_none, translate_errors
+from migrator.mlflow_io import fingerprint, matching, or_none, tracking_store, translate_errors
 from migrator.once import Lineage, create_once
 from migrator.stages.verify_models import result
 from migrator.stages.verify_runs import compare_map
 from migrator.staging import open_staging
 
 _RECORD_FIELDS = ("inputs", "outputs", "expectations", "tags", "source")
-
-
-def _store(uri: str) -> Any:
-    return client(uri)._tracking_client.store
 
 
 def dataset_fields(ds: Any) -> dict[str, Any]:
@@ -67,7 +63,7 @@ def export_dataset(item: Row, opts: Options) -> Row:
 
 def export_dataset_keeping(item: Row, opts: Options) -> tuple[Row, dict[str, Any]]:
     source_id = item["source_dataset_id"]
-    store = _store(opts.source)
+    store = tracking_store(opts.source)
     with translate_errors(f"evaluation dataset {source_id}", "export"):
         ds = store.get_dataset(source_id)
         records, _ = store._load_dataset_records(source_id, max_results=None)
@@ -146,7 +142,7 @@ def target_records(doc: dict[str, Any], trace_ids: dict[str, str]) -> list[dict[
 
 
 def _find(opts: Options, source_id: str) -> list[Any]:
-    store = _store(opts.target)
+    store = tracking_store(opts.target)
     # No backticks: a backticked key in a dataset filter silently matches nothing.
     found = store.search_datasets(filter_string=matching(f"tags.{DATASET_ID_TAG}", source_id))
     return [d for d in found if (d.tags or {}).get(DATASET_ID_TAG) == source_id]
@@ -162,7 +158,7 @@ def import_dataset_doc(item: Row, opts: Options, doc: dict[str, Any]) -> Row:
     """
     source_id = doc["fields"]["dataset_id"]
     obj = f"evaluation dataset {source_id} ({doc['fields']['name']})"
-    store = _store(opts.target)
+    store = tracking_store(opts.target)
     exps = item.get("_experiments") or {}
     wanted_exps = sorted({exps[e] for e in doc["experiment_ids"] if e in exps})
     tags = wanted_tags(doc, opts)
@@ -209,7 +205,7 @@ def _comparable(records: list[dict[str, Any]]) -> list[str]:
 def verify_dataset(item: Row, opts: Options) -> Row:
     """Name, tags, schema, experiment links and every record against the source's."""
     source_id, target_id = item["source_dataset_id"], item.get("target_dataset_id")
-    src, tgt = _store(opts.source), _store(opts.target)
+    src, tgt = tracking_store(opts.source), tracking_store(opts.target)
     with translate_errors(f"evaluation dataset {source_id}", "verify"):
         source = or_none(src.get_dataset, source_id)
         if source is None:

@@ -27,13 +27,9 @@ from migrator.manifest import (
     in_state,
     now_ms,
 )
-from migrator.mlflow_io import client, translate_errors
+from migrator.mlflow_io import tracking_store, translate_errors
 from migrator.stages.verify_models import result
 from migrator.staging import open_staging
-
-
-def _store(uri: str) -> Any:
-    return client(uri)._tracking_client.store
 
 
 def scorer_versions(uri: str, experiment_id: str, name: str) -> dict[int, Any]:
@@ -41,7 +37,7 @@ def scorer_versions(uri: str, experiment_id: str, name: str) -> dict[int, Any]:
     from mlflow.exceptions import MlflowException
 
     try:
-        found = _store(uri).list_scorer_versions(experiment_id, name)
+        found = tracking_store(uri).list_scorer_versions(experiment_id, name)
     except MlflowException as e:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return {}
@@ -68,7 +64,7 @@ def export_scorer_keeping(item: Row, opts: Options) -> tuple[Row, dict[str, Any]
         versions = scorer_versions(opts.source, exp, name)
         latest = versions[max(versions)] if versions else None
         configs = (
-            _store(opts.source).get_online_scoring_configs([latest.scorer_id])
+            tracking_store(opts.source).get_online_scoring_configs([latest.scorer_id])
             if latest is not None and latest.scorer_id
             else []
         )
@@ -118,7 +114,7 @@ def import_scorer_doc(item: Row, opts: Options, doc: dict[str, Any]) -> Row:
     sampling configuration."""
     name, target_exp = doc["name"], item["target_experiment_id"]
     obj = f"scorer {name!r} of experiment {doc['experiment_id']}"
-    store = _store(opts.target)
+    store = tracking_store(opts.target)
     with translate_errors(obj, "import"):
         have = scorer_versions(opts.target, target_exp, name)
         placeholders: list[int] = []
@@ -190,7 +186,7 @@ def verify_scorer(item: Row, opts: Options) -> Row:
 
         def config(uri: str, versions: dict[int, Any]) -> tuple[Any, Any]:
             latest = versions[max(versions)]
-            found = _store(uri).get_online_scoring_configs([latest.scorer_id])
+            found = tracking_store(uri).get_online_scoring_configs([latest.scorer_id])
             c = found[0] if found else None
             rate = getattr(c, "sample_rate", None) or None
             return rate, getattr(c, "filter_string", None) if rate else None
