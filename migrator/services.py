@@ -56,6 +56,8 @@ class Service:
     backend: str = ""
     artifacts_dir: Path | None = None
     """For an MLflow server: where its proxied artifacts live (<exp>/<run>/artifacts/…)."""
+    artifacts_destination: str = ""
+    """For an MLflow server: its `--artifacts-destination` (that folder, or an S3 URI)."""
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the process group we started, leader and any worker left behind (a server's
@@ -141,10 +143,13 @@ def start_mlflow(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     python: str = sys.executable,
+    artifacts_destination: str = "",
 ) -> Service:
     """`mlflow server` with proxied artifacts in a folder of its own, one worker, no job runner
     (`extra_args`, `env`: e.g. `--app-name basic-auth` and its settings; `python`: the
-    interpreter of another MLflow, e.g. an MLflow 2 venv's from `venv`)."""
+    interpreter of another MLflow, e.g. an MLflow 2 venv's from `venv`;
+    `artifacts_destination`: another store for the proxied artifacts, e.g. `s3://bucket/src`
+    on the moto server, whose address and keys are then in `env`)."""
     port = free_port()
     artifacts = workdir / f"{name}-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -156,7 +161,7 @@ def start_mlflow(
         "--backend-store-uri",
         backend_uri,
         "--artifacts-destination",
-        str(artifacts),
+        artifacts_destination or str(artifacts),
         "--host",
         "127.0.0.1",
         "--port",
@@ -176,6 +181,7 @@ def start_mlflow(
         {**SERVER_ENV, "PATH": path, **(env or {})},
     )
     svc.artifacts_dir = artifacts
+    svc.artifacts_destination = artifacts_destination or str(artifacts)
     return svc
 
 
@@ -283,10 +289,11 @@ def mlflow_server(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     python: str = sys.executable,
+    artifacts_destination: str = "",
 ) -> Iterator[Service]:
     """A fresh MLflow server on a fresh database; both gone afterwards."""
     uri = backend_uri(kind, workdir, name)
-    svc = start_mlflow(name, uri, workdir, extra_args, env, python)
+    svc = start_mlflow(name, uri, workdir, extra_args, env, python, artifacts_destination)
     svc.backend = uri
     try:
         yield svc
