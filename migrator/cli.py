@@ -107,6 +107,23 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _add_artifacts_destinations(p: argparse.ArgumentParser, *, source: bool, target: bool) -> None:
+    """The servers' `--artifacts-destination`, where each side's proxied files are read or
+    written directly (`migrator.artifact_store`)."""
+    for side, used in (("source", source), ("target", target)):
+        if used:
+            p.add_argument(
+                f"--{side}-artifacts-destination",
+                default="",
+                metavar="URI",
+                help=f"the {side} server's --artifacts-destination (s3://bucket/prefix, a folder): "
+                "its proxied artifacts are "
+                + ("read from" if side == "source" else "written to")
+                + " there directly, not through the server (S3 on the staging's endpoint: "
+                "server-side copies)",
+            )
+
+
 def _add_artifacts_depth(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--artifacts",
@@ -132,12 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         target=True,
         staging=True,
     )
-    _add_common(
-        sub.add_parser("export", help="source -> staging"), source=True, target=False, staging=True
-    )
-    _add_common(
-        sub.add_parser("import", help="staging -> target"), source=False, target=True, staging=True
-    )
+    _add_artifacts_destinations(migrate, source=True, target=True)
+    export = sub.add_parser("export", help="source -> staging")
+    _add_common(export, source=True, target=False, staging=True)
+    _add_artifacts_destinations(export, source=True, target=False)
+    import_ = sub.add_parser("import", help="staging -> target")
+    _add_common(import_, source=False, target=True, staging=True)
+    _add_artifacts_destinations(import_, source=False, target=True)
     verify = sub.add_parser("verify", help="compare every migrated object with its source")
     _add_common(verify, source=True, target=True, staging=True)
     _add_artifacts_depth(verify)
@@ -215,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fmt=args.format,
             )
         opts = options_from_args(args)
+        if opts.source_artifacts_destination or opts.target_artifacts_destination:
+            from migrator.artifact_store import check_destinations
+
+            check_destinations(
+                opts, source=args.command != "import", target=args.command != "export"
+            )
         if args.command == "plan" or opts.dry_run:
             from migrator.plan import run_plan
 

@@ -30,6 +30,14 @@ class Options:
     """Only runs started at or after this time (epoch milliseconds)."""
     import_source_tags: bool = True
     """Keep every original system attribute as an `mlflow_exim.*` tag on the target."""
+    source_artifacts_destination: str = ""
+    """The source server's `mlflow server --artifacts-destination` (`s3://bucket/prefix`, a
+    folder, …): its proxied files (`mlflow-artifacts:/<path>`) are read from `<that>/<path>`
+    directly, not through the server; "" reads them through the server
+    (`migrator.artifact_store`)."""
+    target_artifacts_destination: str = ""
+    """The target server's `--artifacts-destination`: proxied files are written there directly
+    (server-side copies from S3 staging on the same endpoint); "" writes through the server."""
     ray_address: str | None = None
     """Ray cluster address; None starts a local Ray."""
     verify: bool = False

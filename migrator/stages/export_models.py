@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from migrator.artifact_store import source_side
 from migrator.artifacts import stage_artifacts
 from migrator.config import Options
 from migrator.errors import PermanentError
@@ -50,7 +51,7 @@ def _stage_version_files(
 
         def stage(root: str, only: str | None = None) -> list[Row]:
             key = lambda path: version_artifact_key(name, n, path)  # noqa: E731
-            return stage_artifacts(opts.source, root, staging, key, keep, only)
+            return stage_artifacts(source_side(opts), root, staging, key, keep, only)
 
         files = stage(uri)
         if files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from migrator.artifact_store import source_side
 from migrator.artifacts import stage_artifacts
 from migrator.capabilities import BULK_METRIC_HISTORY, LOGGED_MODELS, source_has
 from migrator.config import Options
@@ -208,7 +209,7 @@ def export_run_keeping(
     item: Row, opts: Options, keep: str
 ) -> tuple[Row, dict[str, Any], list[dict[str, Any]]]:
     """`export_run`, also returning the run document and metric points it staged; the
-    artifact files stay in `keep` (see `stage_artifacts`)."""
+    artifact files it streamed stay in `keep` (see `stage_artifacts`)."""
     run_id = item["source_run_id"]
     obj = f"run {run_id}"
     staging = open_staging(opts.staging)
@@ -217,7 +218,7 @@ def export_run_keeping(
         info = run_info_dict(run.info)
         points = _metric_points(metrics)
         artifacts = stage_artifacts(
-            opts.source,
+            source_side(opts),
             run.info.artifact_uri,
             staging,
             lambda path: artifact_key(run_id, path),

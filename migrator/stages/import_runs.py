@@ -14,6 +14,7 @@ from typing import Any
 
 from mlflow.entities import RunTag
 
+from migrator.artifact_store import target_side
 from migrator.artifacts import Fetch, from_keep, from_staging, upload_artifacts
 from migrator.config import Options
 from migrator.errors import PermanentError
@@ -226,7 +227,7 @@ def import_document(
         changed = _changed_tags(doc, opts, run.data.tags, obj)
         log_batch_chunked(opts.target, target_id, metrics=points, params=params, tags=changed)
         _log_inputs(opts, target_id, doc)
-        upload_artifacts(opts.target, run.info.artifact_uri, doc["artifacts"], fetch, obj)
+        upload_artifacts(target_side(opts), run.info.artifact_uri, doc["artifacts"], fetch, obj)
         _finish(opts, target_id, doc)
     return {
         **item,
@@ -243,7 +244,8 @@ def import_document(
 def migrate_run(item: Row, opts: Options) -> Row:
     """Export a run and import it in one task (`migrate`): the staging store is written as
     by `export`, but the import takes the document, points and artifact files from memory and
-    local disk instead of reading them back.
+    local disk instead of reading them back (files copied into staging server-side are
+    copied on from there the same way).
 
     Returns:
         The row in state `imported`; a failure names the stage it happened in.
@@ -251,6 +253,10 @@ def migrate_run(item: Row, opts: Options) -> Row:
     from migrator.layout import metrics_table
     from migrator.stages.export_runs import export_run_keeping
 
+    source_id = item["source_run_id"]
     with tempfile.TemporaryDirectory(prefix="migrator-migrate-") as keep:
         exported, doc, points = export_run_keeping(item, opts, keep)
-        return import_document(exported, opts, doc, metrics_table(points), from_keep(keep))
+        fetch = from_keep(
+            keep, open_staging(opts.staging), lambda path: artifact_key(source_id, path)
+        )
+        return import_document(exported, opts, doc, metrics_table(points), fetch)

@@ -15,6 +15,7 @@ import logging
 import tempfile
 from typing import Any
 
+from migrator.artifact_store import source_side, target_side
 from migrator.artifacts import Fetch, from_keep, from_staging, stage_artifacts, upload_artifacts
 from migrator.config import Options
 from migrator.errors import PermanentError, StagingError
@@ -84,7 +85,7 @@ def export_logged_model_keeping(item: Row, opts: Options, keep: str) -> tuple[Ro
     with translate_errors(obj, "export"):
         lm = client(opts.source).get_logged_model(model_id)
         files = stage_artifacts(
-            opts.source,
+            source_side(opts),
             lm.artifact_location,
             staging,
             lambda path: logged_model_artifact_key(model_id, path),
@@ -261,7 +262,7 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
         changed = {k: v for k, v in tags.items() if lm.tags.get(k) != v}
         if changed:
             c.set_logged_model_tags(lm.model_id, changed)
-        upload_artifacts(opts.target, lm.artifact_location, doc["artifacts"], fetch, obj)
+        upload_artifacts(target_side(opts), lm.artifact_location, doc["artifacts"], fetch, obj)
         skipped = _log_metrics(opts, lm, doc, item.get("run_id_map") or {})
         status = doc["fields"]["status"]
         if status in FINAL_STATUSES and _status(lm.status) != status:
@@ -304,6 +305,12 @@ def import_logged_model(item: Row, opts: Options) -> Row:
 
 def migrate_logged_model(item: Row, opts: Options) -> Row:
     """`migrate`: export and import in one task, the import reading the export's local copies."""
+    source_id = item["source_model_id"]
     with tempfile.TemporaryDirectory(prefix="migrator-migrate-") as keep:
         exported, doc = export_logged_model_keeping(item, opts, keep)
-        return import_logged_model_doc(exported, opts, doc, from_keep(keep))
+        fetch = from_keep(
+            keep,
+            open_staging(opts.staging),
+            lambda path: logged_model_artifact_key(source_id, path),
+        )
+        return import_logged_model_doc(exported, opts, doc, fetch)

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from migrator.artifact_store import target_side
 from migrator.artifacts import from_staging, upload_artifacts
 from migrator.config import Options
 from migrator.errors import MigratorError, PermanentError, StagingError
@@ -193,7 +194,7 @@ def _holder(
     )
     staging = open_staging(opts.staging)
     fetch = from_staging(staging, lambda path: version_artifact_key(name, n, path))
-    upload_artifacts(opts.target, lm.artifact_location, vdoc["artifacts"], fetch, obj)
+    upload_artifacts(target_side(opts), lm.artifact_location, vdoc["artifacts"], fetch, obj)
     if str(getattr(lm.status, "name", lm.status)) != "READY":
         c.finalize_logged_model(lm.model_id, LoggedModelStatus.READY)
     return lm
