@@ -18,9 +18,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from migrator import services
-
 from measure import Measurement, combine, run_measured
+
+from migrator import services
 
 PACKAGE = "databricks-mlflow-export-import"
 

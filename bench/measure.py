@@ -38,6 +38,7 @@ class Measurement:
     tree_peak_rss_mb: float
     log: str
     leftover_processes: int = 0
+    driver_peak_rss_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,6 +146,7 @@ def run_measured(
         tree_peak_rss_mb=round(max(sampler.peak_tree, driver_peak) / MB, 1),
         log=str(log_path),
         leftover_processes=leftovers,
+        driver_peak_rss_bytes=driver_peak,
     )
 
 
@@ -158,5 +160,6 @@ def combine(name: str, parts: list[Measurement]) -> Measurement:
         tree_peak_rss_mb=max(p.tree_peak_rss_mb for p in parts),
         log=parts[0].log,
         leftover_processes=sum(p.leftover_processes for p in parts),
+        driver_peak_rss_bytes=max(p.driver_peak_rss_bytes for p in parts),
         extra={f"{name}_steps": [p.as_dict() for p in parts]},
     )

@@ -8,8 +8,8 @@ every tenth round is nested under the previous round's run of the same experimen
 `write_runs` writes a workload through MlflowClient with a thread pool, the way an ideal
 parallel writer would: create_run (tags included), one log_batch (metrics and params),
 the artifacts straight through the run's artifact repository, set_terminated. It seeds the
-source and is also the write floor (`floors.py write`). `seed_tiny` creates bare runs fast,
-for the memory benchmark.
+source and is also the write floor (`floors.py write`). The memory benchmark's bare runs are
+written with SQL (`seed_sql.py`).
 """
 
 from __future__ import annotations
@@ -253,27 +253,3 @@ def seed_models(uri: str, w: Workload, run_ids: dict[int, str]) -> int:
             c.create_model_version(name, f"runs:/{rid}/model", run_id=rid, tags={"v": str(v)})
             made += 1
     return made
-
-
-def seed_tiny(uri: str, w: Workload, start: int, stop: int, threads: int = 8) -> None:
-    """Runs `start`..`stop-1` as bare runs (one create_run each, tags only), for enumeration."""
-    exp_ids = create_experiments(uri, w)
-
-    def one(i: int) -> None:
-        d = run_data_tiny(w, i)
-        client(uri).create_run(
-            exp_ids[w.experiment_of(i)], start_time=d[0], tags=d[1], run_name=f"run-{i:06d}"
-        )
-
-    _in_pool(threads, one, range(start, stop))
-
-
-def run_data_tiny(w: Workload, i: int) -> tuple[int, dict[str, str]]:
-    rng = random.Random(f"{w.seed}:tiny:{i}")
-    return BASE_TIME_MS + i * 1000, {
-        "mlflow.user": rng.choice(USERS),
-        "mlflow.source.name": "train.py",
-        "team": rng.choice(["vision", "nlp", "forecasting", "ranking"]),
-        "dataset": rng.choice(["imagenet-1k", "wiki-2024", "sales-v3", "clicks-q2"]),
-        "priority": rng.choice(["low", "normal", "high"]),
-    }
