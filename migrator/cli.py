@@ -233,12 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fmt=args.format,
             )
         opts = options_from_args(args)
-        if opts.source_artifacts_destination or opts.target_artifacts_destination:
-            from migrator.artifact_store import check_destinations
-
-            check_destinations(
-                opts, source=args.command != "import", target=args.command != "export"
-            )
         if args.command == "plan" or opts.dry_run:
             from migrator.plan import run_plan
 

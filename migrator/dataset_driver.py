@@ -13,9 +13,13 @@ from typing import TYPE_CHECKING, Any
 from migrator import scope
 from migrator.capabilities import EVALUATION_DATASETS
 from migrator.fanout import Stage
+from migrator.ledger import Targets
 from migrator.manifest import Row, evaluation_datasets_table
 from migrator.object_driver import ObjectDriver
 from migrator.stages import datasets as stage
+
+#: What an import takes besides the row: the target ids of experiments and traces.
+INPUTS = ("_experiments", "_traces")
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
@@ -26,9 +30,9 @@ class DatasetDriver(ObjectDriver):
     object_type = "evaluation_dataset"
     feature = EVALUATION_DATASETS
     label = "evaluation datasets"
-    migrate = Stage("migrate", stage.migrate_dataset)
+    migrate = Stage("migrate", stage.migrate_dataset, inputs=INPUTS)
     export = Stage("export", stage.export_dataset)
-    import_ = Stage("import", stage.import_dataset)
+    import_ = Stage("import", stage.import_dataset, inputs=INPUTS)
     verify_stage = Stage("verify", stage.verify_dataset)
 
     def __init__(self, m: Migration) -> None:
@@ -52,7 +56,5 @@ class DatasetDriver(ObjectDriver):
         experiments = {
             k: e["target_experiment_id"] for k, e in m.exps.items() if e.get("target_experiment_id")
         }
-        traces = {
-            k: r["target_trace_id"] for k, r in m.traces.rows.items() if r.get("target_trace_id")
-        }
+        traces = dict(Targets(m.traces.rows, "target_trace_id"))
         return {**row, "_experiments": experiments, "_traces": traces}

@@ -2,9 +2,10 @@
 
 A stage is a plain function `(row, options) -> row`. Work goes out in jobs (a stage and a small
 batch of rows). Executors keep a bounded number of jobs in flight, hand back results in
-completion order, and accept follow-up jobs as results arrive. `RayExecutor` runs them on one
-threaded actor per CPU of the cluster; `InlineExecutor` runs the same jobs in threads of this
-process, for tests and for `--ray-address none`.
+completion order, and accept follow-up jobs as results arrive; `--concurrency` caps the jobs
+in flight. `RayExecutor` runs them on threaded actors of the cluster (and in this process's
+threads until a local Ray is worth starting); `InlineExecutor` runs the same jobs in threads
+of this process, for tests and for `--ray-address none`.
 
 This is the one place that catches broadly: whatever a stage raises for one row becomes a
 `failed` row naming the object, the stage and the error; the other rows go on.
@@ -12,10 +13,9 @@ This is the one place that catches broadly: whatever a stage raises for one row 
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from migrator import credentials
 from migrator.config import Options
-from migrator.errors import MigratorError, TransientError
+from migrator.errors import ConfigError, MigratorError, TransientError
 from migrator.manifest import FAILED, Row, now_ms
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,16 @@ StageFn = Callable[[Row, Options], Row]
 @dataclass(frozen=True)
 class Stage:
     """A named stage function, with an optional `prepare` that reads what a whole job needs
-    in a few calls (the per-row function falls back to reading on its own)."""
+    in a few calls (the per-row function falls back to reading on its own).
+
+    A task's row is its manifest row plus the `inputs` the driver added for the trip (the
+    target ids it links to, what it waits for): `run_one` takes them off the row it returns,
+    so only manifest columns come back (the manifest refuses any other key)."""
 
     name: str
     fn: StageFn
     prepare: Callable[[list[Row], Options], None] | None = None
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Job:
 
 
 OnDone = Callable[[Job, list[Row]], Iterable[Job]]
+#: Objects one stage sends before a local Ray is started (see `RayExecutor`).
+LOCAL_RAY_FROM = 200
 
 
 def jobs_of(stage: Stage, rows: Iterable[Row], size: int) -> Iterator[Job]:
@@ -81,7 +88,19 @@ def failed_row(row: Row, stage: str, error: BaseException | str) -> Row:
 
 
 def run_one(stage: Stage, row: Row, opts: Options) -> Row:
-    """Run a stage on one row; never raises. Transient errors are retried with backoff."""
+    """Run a stage on one row; never raises. Transient errors are retried with backoff. The
+    row that comes back has the stage's `inputs` taken off."""
+    return without_inputs(stage, _run_one(stage, row, opts))
+
+
+def without_inputs(stage: Stage, row: Row) -> Row:
+    """The row without what the driver added for the stage's trip (`Stage.inputs`)."""
+    for k in stage.inputs:
+        row.pop(k, None)
+    return row
+
+
+def _run_one(stage: Stage, row: Row, opts: Options) -> Row:
     attempts = max(1, opts.max_attempts)
     for attempt in range(1, attempts + 1):
         try:
@@ -144,7 +163,10 @@ def _drive(
                 rows = result(handle)
             except Exception as e:  # the worker itself was lost (after Ray's own retries)
                 rows = [
-                    failed_row(r, job.stage.name, f"task lost: {describe(e)}") for r in job.rows
+                    without_inputs(
+                        job.stage, failed_row(r, job.stage.name, f"task lost: {describe(e)}")
+                    )
+                    for r in job.rows
                 ]
             queue.extend(on_done(job, rows))
 
@@ -200,8 +222,17 @@ class StageWorker:
 
 
 class RayExecutor:
-    """Runs jobs on a pool of threaded Ray actors, one per CPU of the cluster, with
-    `concurrency` jobs running and as many again queued; results come by `ray.wait`.
+    """Runs jobs on a pool of threaded Ray actors, with at most `concurrency` jobs in flight
+    across the whole cluster, whatever its size (one actor per CPU up to `concurrency`, the
+    jobs shared out among their threads).
+
+    When Ray comes in (one rule, `LOCAL_RAY_FROM`):
+    - Ray already running in this process (a Ray job's driver), or `--ray-address` given: it
+      is joined at once, in the background, while the driver enumerates; jobs wait for it.
+    - Otherwise work starts at once in this process's threads (as `InlineExecutor`), and a
+      local Ray is started in the background only once one stage has sent more than
+      `LOCAL_RAY_FROM` objects; it takes the new jobs as soon as it is up (8-10 s on two
+      cores), the threads finish theirs. A small migration never pays for Ray.
 
     An actor that dies is restarted and its calls retried by Ray (every stage is safe to run
     twice); a call lost for good marks its rows failed.
@@ -212,11 +243,35 @@ class RayExecutor:
         self._ray: Any = None
         self._started = False
         self._actors: list[Any] = []
+        self._threads: list[int] = []
+        self._pool = ThreadPoolExecutor(max(1, opts.concurrency), thread_name_prefix="stage")
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._starter: threading.Thread | None = None
+        self._local = not opts.ray_address and not _ray_running()
+        if not self._local:
+            self._start()
 
-    def _connect(self) -> Any:
-        """Join or start Ray on first use, so a run with nothing to do never pays for it."""
-        if self._ray is not None:
-            return self._ray
+    def _start(self) -> None:
+        """Join or start Ray in a thread of its own. The thread lives until `close`: Ray's
+        processes die with the thread that started them (their parent-death signal)."""
+        if self._starter is not None:
+            return
+
+        def start() -> None:
+            try:
+                self._connect()
+            except BaseException as e:  # said by `_use_ray`, in the driver's thread
+                self._error = e
+            finally:
+                self._ready.set()
+            self._stop.wait()
+
+        self._starter = threading.Thread(target=start, name="ray-start", daemon=True)
+        self._starter.start()
+
+    def _connect(self) -> None:
         import ray
 
         opts = self._opts
@@ -234,53 +289,80 @@ class RayExecutor:
                     configure_logging=False,
                 )
             self._started = True
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        threads = max(1, math.ceil(opts.concurrency / slots))
-        worker = ray.remote(StageWorker).options(
-            num_cpus=1, max_concurrency=threads, max_restarts=3, max_task_retries=3
-        )
-        # Inline in the actor's creation spec (small): not in runtime_env, which the dashboard
-        # shows, and not in the object store, from which a restarted actor could not be
-        # rebuilt once the ref went out of scope.
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._threads = actor_threads(cpus, opts.concurrency)
+        # Secrets inline in the actor's creation spec (small): not in runtime_env, which the
+        # dashboard shows, and not in the object store, from which a restarted actor could
+        # not be rebuilt once the ref went out of scope.
         secrets = credentials.secret_env()
-        self._actors = [worker.remote(secrets) for _ in range(slots)]
-        self._capacity = slots * threads
+        self._actors = [
+            ray.remote(StageWorker)
+            .options(num_cpus=1, max_concurrency=n, max_restarts=3, max_task_retries=3)
+            .remote(secrets)
+            for n in self._threads
+        ]
         self._ray = ray
-        return ray
+
+    def _use_ray(self, wait: bool) -> bool:
+        """Whether Ray takes the next job (waiting for it when it must)."""
+        if self._starter is None:
+            return False
+        if wait:
+            self._ready.wait()
+        if not self._ready.is_set():
+            return False
+        if self._error is not None:
+            if not self._local:
+                error, self._error = self._error, None
+                raise ConfigError(f"cannot use the Ray cluster: {describe(error)}") from error
+            log.warning("local Ray did not start (%s): going on in threads", describe(self._error))
+            self._error = None
+            self._local = False  # not tried again; `_ray` stays None: threads from now on
+            return False
+        return self._ray is not None
 
     def run(self, jobs: Iterable[Job], opts: Options, on_done: OnDone) -> None:
-        jobs_iter = iter(jobs)
-        first = next(jobs_iter, None)
-        if first is None:
-            return
-        ray = self._connect()
-        opts_ref = ray.put(opts)
-        load = dict.fromkeys(range(len(self._actors)), 0)
+        load = [0] * len(self._actors)
         owner: dict[Any, int] = {}
+        opts_ref: list[Any] = []
+        sent = 0
 
         def submit(job: Job) -> Any:
-            i = min(load, key=load.__getitem__)  # the least busy actor
-            ref = self._actors[i].run.remote(job, opts_ref)
+            nonlocal sent
+            sent += len(job.rows)
+            if self._local and sent > LOCAL_RAY_FROM:
+                self._start()
+            if not self._use_ray(wait=not self._local):
+                return self._pool.submit(run_job, job, opts)
+            if len(load) != len(self._actors):
+                load[:] = [0] * len(self._actors)
+            if not opts_ref:
+                opts_ref.append(self._ray.put(opts))
+            # The actor with the most free threads.
+            i = max(range(len(self._actors)), key=lambda a: self._threads[a] - load[a])
+            future = self._actors[i].run.remote(job, opts_ref[0]).future()
             load[i] += 1
-            owner[ref] = i
-            return ref
+            owner[future] = i
+            return future
 
-        def wait_one(refs: list[Any]) -> list[Any]:
-            done, _ = ray.wait(refs, num_returns=1)
-            for ref in done:
-                load[owner.pop(ref)] -= 1
-            return list(done)
+        def wait_one(futures: list[Any]) -> list[Any]:
+            done = list(wait(futures, return_when=FIRST_COMPLETED).done)
+            for f in done:
+                if f in owner:
+                    load[owner.pop(f)] -= 1
+            return done
 
-        _drive(
-            itertools.chain([first], jobs_iter),
-            on_done,
-            2 * self._capacity,
-            submit,
-            wait_one,
-            ray.get,
-        )
+        try:
+            _drive(jobs, on_done, max(1, opts.concurrency), submit, wait_one, _result)
+        except BaseException:  # the command stops: start nothing more (running jobs end)
+            for f in owner:
+                f.cancel()
+            raise
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._starter is not None:
+            self._ready.wait()
         if self._ray is not None:
             for actor in self._actors:
                 self._ray.kill(actor)
@@ -289,6 +371,29 @@ class RayExecutor:
             self._ray.shutdown()
             self._started = False
         self._ray = None
+        self._stop.set()
+
+
+def _result(future: Any) -> list[Row]:
+    rows: list[Row] = future.result()
+    return rows
+
+
+def _ray_running() -> bool:
+    """Ray already initialised in this process (a test, or the driver of a Ray job that
+    called `ray.init`)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def actor_threads(cpus: int, concurrency: int) -> list[int]:
+    """Threads of each actor: one actor per CPU up to `concurrency`, and `concurrency`
+    threads in all, so a large cluster runs no more jobs at once than asked."""
+    concurrency = max(1, concurrency)
+    actors = max(1, min(cpus, concurrency))
+    return [concurrency // actors + (1 if i < concurrency % actors else 0) for i in range(actors)]
 
 
 class SharedExecutor:

@@ -6,12 +6,18 @@ one small file per flush, names sortable by time). `compact` folds the journal i
 files it folded. A driver killed mid-way leaves journal files behind; the next run folds them in
 first, so at most the rows of one unflushed buffer are lost, and those objects are redone
 safely (every stage is idempotent).
+
+The driver reads a table through its `Ledger` (`open`): the rows are streamed from the
+manifest and the journal into it, row group by row group, and written back from it the same
+way, so neither reading nor writing a manifest holds all its rows in memory.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -22,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from migrator.errors import StagingError
+from migrator.ledger import Ledger
 from migrator.staging import Staging
 
 log = logging.getLogger(__name__)
@@ -340,16 +347,20 @@ class ManifestTable:
         key: str | tuple[str, ...],
         flush_rows: int = 500,
         flush_seconds: float = 2.0,
+        group: str | None = None,
     ) -> None:
         self.staging = staging
         self.name = name
         self.schema = schema
         self.key = key
+        #: The column the ledger indexes besides the state (the experiment, the model name).
+        self.group = group
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self._buffer: list[Row] = []
         self._oldest = 0.0
         self._last_seq = 0
+        self.ledger: Ledger | None = None
 
     @property
     def path(self) -> str:
@@ -360,8 +371,18 @@ class ManifestTable:
         return f"manifests/_journal/{self.name}"
 
     def append(self, rows: Iterable[Row]) -> None:
-        """Buffer rows; written to the journal once `flush_rows` have gathered or the oldest
-        buffered row is `flush_seconds` old (a killed driver loses at most that much state)."""
+        """Record rows: in the ledger when it is open (what the driver decides from), and in
+        the journal, once `flush_rows` have gathered or the oldest buffered row is
+        `flush_seconds` old (a killed driver loses at most that much state).
+
+        Keys of a row that are not columns of the manifest (a task's inputs) are an error:
+        nothing is dropped silently."""
+        rows = list(rows)
+        unknown = {k for r in rows for k in r} - set(self.schema.names)
+        if unknown:
+            raise ValueError(f"{self.name}: not columns of the manifest: {sorted(unknown)}")
+        if self.ledger is not None:
+            self.ledger.put(rows)
         if not self._buffer:
             self._oldest = time.monotonic()
         self._buffer.extend(rows)
@@ -408,10 +429,17 @@ class ManifestTable:
         table = pa.concat_tables(parts)
         return _newest_per_key(table, self.key)
 
-    def compact(self) -> pa.Table:
-        """Fold the journal into the compacted file; returns the compacted table."""
+    def compact(self) -> pa.Table | None:
+        """Fold the journal into the compacted file. Without a ledger, returns the compacted
+        table; with one, the file is written from the ledger, streamed, and None returned."""
         self.flush()
         journal = self._journal_keys()
+        if self.ledger is not None:
+            if journal or not self.staging.exists(self.path):
+                self._write_from(self.ledger)
+                for k in journal:
+                    self.staging.delete(k)
+            return None
         table = self.read_table()
         if journal or not self.staging.exists(self.path):
             self.staging.write_bytes(self.path, _to_parquet(table))
@@ -419,9 +447,90 @@ class ManifestTable:
                 self.staging.delete(k)
         return table
 
+    def open(self, fold: bool = True) -> Ledger:
+        """The table's ledger, loaded from the compacted file and then the journal (newest
+        row per key wins), and (`fold`) the journal folded in (what a killed driver left);
+        row groups at a time. Later `append`s go to it too; `close` removes it. Without
+        `fold` nothing is written (`plan`)."""
+        if self.ledger is not None:
+            return self.ledger
+        ledger = Ledger(self.name, self.key, self.group)
+        try:
+            with tempfile.TemporaryDirectory(prefix="migrator-manifest-") as tmp:
+                local = os.path.join(tmp, "table.parquet")
+                if self.staging.exists(self.path):
+                    self.staging.download_file(self.path, local)
+                    for batch in _read_batches(local, self.path, self.schema):
+                        ledger.put(batch)
+            for k in self._journal_keys():
+                try:
+                    data = self.staging.read_bytes(k)
+                    ledger.put(table_to_rows(_from_parquet(data, k, self.schema)))
+                except StagingError as e:
+                    # A journal file cut short by a crash: its objects are redone.
+                    log.warning("skipping %s", e)
+        except BaseException:
+            ledger.close()
+            raise
+        self.ledger = ledger
+        if fold:
+            self.compact()
+        return ledger
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+    def _write_from(self, ledger: Ledger) -> None:
+        """Write the compacted file from the ledger, `_ROW_GROUP` rows at a time, through a
+        local file (uploaded whole: one atomic replace)."""
+        with tempfile.TemporaryDirectory(prefix="migrator-manifest-") as tmp:
+            local = os.path.join(tmp, "table.parquet")
+            with pq.ParquetWriter(local, self.schema, compression="zstd") as writer:
+                batch: list[Row] = []
+                group: list[pa.Table] = []
+                written = 0
+                for row in ledger.ordered():
+                    batch.append(row)
+                    if len(batch) >= _ROW_GROUP:
+                        group.append(rows_to_table(batch, self.schema))
+                        batch.clear()
+                    if len(group) >= _GROUPED:
+                        writer.write_table(pa.concat_tables(group))
+                        written += 1
+                        group.clear()
+                if batch:
+                    group.append(rows_to_table(batch, self.schema))
+                if group or not written:  # an empty table still has its schema
+                    writer.write_table(pa.concat_tables(group or [self.schema.empty_table()]))
+            self.staging.upload_file(local, self.path)
+
     def load(self) -> dict[Any, Row]:
         """Newest row per key as dicts (times as epoch ms); a composite key is a tuple."""
         return {row_key(r, self.key): r for r in table_to_rows(self.read_table())}
+
+
+#: Rows per batch of a manifest read into, or written from, a ledger (one thread, no
+#: read-ahead): with `_GROUPED` batches per Parquet row group, what the driver holds of a
+#: manifest at any time. (A writer keeps every row group's metadata until it closes: larger
+#: groups, fewer of them.)
+_ROW_GROUP = 500
+_GROUPED = 4
+
+
+def _read_batches(local: str, what: str, schema: pa.Schema) -> Iterable[list[Row]]:
+    """A manifest file's rows, a row group's worth at a time."""
+    try:
+        f = pq.ParquetFile(local, pre_buffer=False)
+        for batch in f.iter_batches(batch_size=_ROW_GROUP, use_threads=False):
+            table = pa.Table.from_batches([batch])
+            missing = [fld for fld in schema if fld.name not in table.column_names]
+            for fld in missing:
+                table = table.append_column(fld, pa.nulls(len(table), fld.type))
+            yield table_to_rows(table.select(schema.names).cast(schema))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise StagingError(f"corrupt manifest file: {type(e).__name__}: {e}", obj=what) from None
 
 
 def row_key(row: Mapping[str, Any], key: str | tuple[str, ...]) -> Any:
@@ -442,7 +551,9 @@ def _newest_per_key(table: pa.Table, key: str | tuple[str, ...]) -> pa.Table:
 
 
 def runs_table(staging: Staging, flush_rows: int = 500) -> ManifestTable:
-    return ManifestTable(staging, "runs", RUNS_SCHEMA, "source_run_id", flush_rows)
+    return ManifestTable(
+        staging, "runs", RUNS_SCHEMA, "source_run_id", flush_rows, group="source_experiment_id"
+    )
 
 
 def experiments_table(staging: Staging) -> ManifestTable:
@@ -454,15 +565,30 @@ def models_table(staging: Staging) -> ManifestTable:
 
 
 def model_versions_table(staging: Staging) -> ManifestTable:
-    return ManifestTable(staging, "model_versions", MODEL_VERSIONS_SCHEMA, ("name", "version"))
+    return ManifestTable(
+        staging, "model_versions", MODEL_VERSIONS_SCHEMA, ("name", "version"), group="name"
+    )
 
 
 def logged_models_table(staging: Staging) -> ManifestTable:
-    return ManifestTable(staging, "logged_models", LOGGED_MODELS_SCHEMA, "source_model_id")
+    return ManifestTable(
+        staging,
+        "logged_models",
+        LOGGED_MODELS_SCHEMA,
+        "source_model_id",
+        group="source_experiment_id",
+    )
 
 
 def traces_table(staging: Staging, flush_rows: int = 500) -> ManifestTable:
-    return ManifestTable(staging, "traces", TRACES_SCHEMA, "source_trace_id", flush_rows)
+    return ManifestTable(
+        staging,
+        "traces",
+        TRACES_SCHEMA,
+        "source_trace_id",
+        flush_rows,
+        group="source_experiment_id",
+    )
 
 
 def evaluation_datasets_table(staging: Staging) -> ManifestTable:

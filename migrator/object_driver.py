@@ -25,7 +25,6 @@ from migrator.manifest import (
     ManifestTable,
     Row,
     in_state,
-    table_to_rows,
 )
 
 if TYPE_CHECKING:
@@ -50,10 +49,14 @@ class ObjectDriver:
     import_: Stage
     verify_stage: Stage
 
+    @property
+    def tables(self) -> tuple[ManifestTable]:
+        return (self.table,)
+
     def __init__(self, m: Migration, table: ManifestTable) -> None:
         self.m = m
         self.table = table
-        self.rows: dict[str, Row] = {r[self.key]: r for r in table_to_rows(table.compact())}
+        self.rows = table.open()
         self.found: Counter[str] = Counter()
         """Objects on the source by what the manifest knew: new, changed, unchanged."""
 
@@ -91,7 +94,7 @@ class ObjectDriver:
     def _staged_items(self, exps: dict[str, Row]) -> Iterator[Row]:
         """Objects exported (by `export`) and not imported yet, for `import`."""
         experiment_ids = set(exps)
-        for row in list(self.rows.values()):
+        for row in self.rows.rows(states=(EXPORTED, FAILED)):
             todo = row["state"] == EXPORTED or (
                 row["state"] == FAILED and row.get("failed_stage") == "import"
             )
@@ -113,7 +116,7 @@ class ObjectDriver:
 
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             self.record(results)
-            m._checkpoint(results)
+            m.checkpoint(results)
             return []
 
         size = max(1, opts.batch_size) * self.per_batch
@@ -128,26 +131,28 @@ class ObjectDriver:
         listed = (fields for _, fields in self.source_objects(exps)) if from_source else ()
         staged = (r for r in self.rows.values() if self.in_scope(r, set(exps)))
         rows = [
-            in_state({**self.rows.get(fields[self.key], {}), **fields}, SKIPPED, why)
+            in_state({**(self.rows.get(fields[self.key]) or {}), **fields}, SKIPPED, why)
             for fields in (listed if from_source else staged)
         ]
         self.record(rows)
 
     def record(self, rows: list[Row]) -> None:
-        for r in rows:
-            for k in [k for k in r if k.startswith("_")]:  # a task's inputs, not the row's
-                del r[k]
-            self.rows[r[self.key]] = r
         self.table.append(rows)
 
     def counts(self, experiment_ids: set[str]) -> tuple[Counter[str], list[Row]]:
         """The final state of every object in scope, and the failed ones."""
-        rows = [r for r in self.rows.values() if self.in_scope(r, experiment_ids)]
-        return Counter(r["state"] for r in rows), [r for r in rows if r["state"] == FAILED]
+        counts: Counter[str] = Counter()
+        failed = []
+        for r in self.rows.values():
+            if self.in_scope(r, experiment_ids):
+                counts[r["state"]] += 1
+                if r["state"] == FAILED:
+                    failed.append(r)
+        return counts, failed
 
     def verify_items(self, exps: dict[str, Row], experiment_ids: set[str]) -> Iterator[Row]:
         """Every migrated object in scope, as its verification takes it."""
         target_key = "target" + self.key[len("source") :]
-        for r in list(self.rows.values()):
+        for r in self.rows.values():
             if r.get(target_key) and r["state"] != SKIPPED and self.in_scope(r, experiment_ids):
                 yield self.item(r, exps)

@@ -1,112 +1,61 @@
-"""The driver: orders the stages, decides per object what is left to do, and sums up.
+"""The driver: orders the stages of a command, and sums up.
 
-Resume rule (as dlt's): first finish what the manifests say is pending, then new work. Every
-run is in one state — absent, exported, imported, tagged or failed (with the stage) — and the
-next stage follows from it, so re-running the same command does only what is missing.
+Each kind of object has a driver of its own (`ExperimentDriver`, `RunDriver`,
+`LoggedModelDriver`, the registry's, the `ObjectDriver`s), which decides from its manifest's
+ledger what is left to do for each object in scope and sends the work through the fan-out.
+Resume rule (as dlt's): first finish what the manifests say is pending, then new work.
 
 Order: experiments (inline: few) → per run export → import (pipelined through the fan-out)
-→ logged models (need their runs' target ids) → tag (needs every parent's and logged model's
-target id) → registered models and versions (need the runs and logged models they point at)
-→ finish experiments (delete those deleted at source, once nothing more goes into them).
+→ logged models (need their runs' target ids) → prompts → traces → datasets → scorers → tag
+(needs every parent's and logged model's target id) → registered models and versions (need
+the runs and logged models they point at) → finish experiments (delete those deleted at
+source, once nothing more goes into them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from migrator import capabilities, credentials, inventory, mlflow_io, scope
+import pyarrow as pa
+
+from migrator import artifact_store, capabilities, credentials, inventory, mlflow_io, scope
 from migrator.config import Options
 from migrator.dataset_driver import DatasetDriver
 from migrator.errors import ConfigError, Interrupted, PermanentError, TransientError
-from migrator.fanout import Executor, Job, Stage, describe, failed_row, jobs_of, run_one
-from migrator.faults import crash_point
+from migrator.experiment_driver import ExperimentDriver
+from migrator.fanout import Executor, describe
 from migrator.layout import check_staging_format
 from migrator.lease import Lease
-from migrator.manifest import (
-    EXPORTED,
-    FAILED,
-    IMPORTED,
-    TAGGED,
-    ManifestTable,
-    Row,
-    experiments_table,
-    logged_models_table,
-    runs_table,
-    table_to_rows,
-)
+from migrator.logged_model_driver import LoggedModelDriver
+from migrator.manifest import FAILED, ManifestTable, Row
 from migrator.reconcile import reconcile
 from migrator.registry import MODELS, PROMPTS
 from migrator.registry_driver import RegistryDriver
-from migrator.scope import matches
+from migrator.run_driver import RunDriver
 from migrator.scorer_driver import ScorerDriver
-from migrator.stages import experiments as exp_stage
-from migrator.stages import logged_models as lm_stage
-from migrator.stages import models as models_stage
-from migrator.stages.export_models import export_model
-from migrator.stages.export_runs import export_run, prefetch
-from migrator.stages.import_runs import import_run, migrate_run
-from migrator.stages.tag_runs import tag_run, with_targets
 from migrator.staging import open_staging
-from migrator.states import next_step, still_moving
 from migrator.summary import Summary, format_counts
 from migrator.trace_driver import TraceDriver
-from migrator.verify import VERIFY, VERIFY_LOGGED, verify_migration
+from migrator.verify import verify_migration
 from migrator.watch import ServerWatch
 
 log = logging.getLogger(__name__)
 
-EXPORT = Stage("export", export_run, prefetch)
-#: `migrate`: export and import a run in one task (the import reuses the export's local copies).
-MIGRATE = Stage("migrate", migrate_run, prefetch)
-IMPORT = Stage("import", import_run)
-TAG = Stage("tag", tag_run)
-EXPORT_LOGGED = Stage("export", lm_stage.export_logged_model)
-IMPORT_LOGGED = Stage("import", lm_stage.import_logged_model)
-MIGRATE_LOGGED = Stage("migrate", lm_stage.migrate_logged_model)
-TAG_LOGGED = Stage("tag", lm_stage.tag_logged_model)
-EXPORT_MODEL = Stage("export", export_model)
-FINISH_EXPERIMENT = Stage("finish", exp_stage.finish_experiment)
-IMPORT_MODEL = Stage("import", models_stage.import_model)
 PROGRESS_EVERY_S = 5.0
-_DONE = {
-    "export": ("exported",),
-    "import": ("imported",),
-    "migrate": ("exported", "imported"),
-    "tag": ("tagged",),
-}
-#: Run statuses that mean "not finished": such runs are exported again by the next `migrate`.
-UNFINISHED = ("RUNNING", "SCHEDULED")
-RESYNC = "_resync"
-
-
-def _waits(parent: str) -> str:
-    return (
-        f"waits for its parent run {parent}, which has not migrated yet (it failed): the next "
-        "run links it"
-    )
-
-
-def _found_as(known: Row | None, row: Row, step: str) -> str:
-    """How a run in scope stood before this command: new, re-synced, unchanged or resumed."""
-    if known is None:
-        return "new"
-    if row.get(RESYNC):
-        return "re-synced"
-    return "unchanged" if step == "done" else "resumed"
+D = TypeVar("D")
 
 
 class Migration:
-    """One staging URI: the manifests, the fan-out, and the order of the stages."""
+    """One staging URI: the drivers of every kind, the fan-out, the watch on the servers and
+    the lease, and the summary."""
 
     def __init__(self, opts: Options, executor: Executor, command: str) -> None:
         self.opts = opts
         self.executor = executor
         self.staging = open_staging(opts.staging)
-        self.runs_m: ManifestTable = runs_table(self.staging, opts.manifest_flush_rows)
-        self.exps_m: ManifestTable = experiments_table(self.staging)
         self.summary = Summary(command, staging=self.staging.uri)
         #: Every experiment in scope is in (none failed): an object the manifests do not know
         #: is then outside the scope, not merely not reached yet (`still_moving`).
@@ -122,327 +71,50 @@ class Migration:
             opts.server_grace_s,
         )
         self._last_progress = time.monotonic()
-        # Fold what a killed driver left in the journal before deciding anything.
-        self.runs = {r["source_run_id"]: r for r in table_to_rows(self.runs_m.compact())}
-        self.exps = {r["source_experiment_id"]: r for r in table_to_rows(self.exps_m.compact())}
-        self.logged_m = logged_models_table(self.staging)
-        self.logged = {r["source_model_id"]: r for r in table_to_rows(self.logged_m.compact())}
-        self.traces = TraceDriver(self)
-        self.datasets = DatasetDriver(self)
-        self.scorers = ScorerDriver(self)
+        # Arrow's default allocator keeps what it freed: the driver's peak would follow its
+        # largest manifest batch ever read; the system's gives it back.
+        pa.set_memory_pool(pa.system_memory_pool())
+        self._drivers: list[Any] = []
+        try:  # each loads its ledger from the manifests, folding what a killed driver left
+            self.experiments = self._add(ExperimentDriver(self))
+            self.exps = self.experiments.rows
+            self.runs = self._add(RunDriver(self))
+            self.logged = self._add(LoggedModelDriver(self))
+            self.traces = self._add(TraceDriver(self))
+            self.datasets = self._add(DatasetDriver(self))
+            self.scorers = self._add(ScorerDriver(self))
+            self.models = self._add(RegistryDriver(self, MODELS))
+            self.prompts = self._add(RegistryDriver(self, PROMPTS))
+        except BaseException:
+            self.release()
+            raise
         self.objects = (self.traces, self.datasets, self.scorers)
-        self.models = RegistryDriver(self, MODELS)
-        self.prompts = RegistryDriver(self, PROMPTS)
         self.registries = (self.models, self.prompts)
 
-    # ---- experiments -------------------------------------------------------------------
-
-    def export_experiments(self) -> list[Row]:
-        """Stage every source experiment in scope; returns their rows. Experiments are few:
-        in this process, one at a time, with the fan-out's retries (`run_one`)."""
-        rows = []
-        for exp in scope.source_experiments(self.opts):
-
-            def export(row: Row, opts: Options, exp: Any = exp) -> Row:
-                out = exp_stage.export_experiment(exp, self.staging)
-                if row.get("target_experiment_id"):
-                    out["target_experiment_id"] = row["target_experiment_id"]
-                return out
-
-            known = self.exps.get(exp.experiment_id) or {}
-            row = {
-                "source_experiment_id": exp.experiment_id,
-                "name": exp.name,
-                "target_experiment_id": known.get("target_experiment_id"),
-            }
-            rows.append(self._record_experiment(run_one(Stage("export", export), row, self.opts)))
-        return rows
-
-    def staged_experiments(self) -> list[Row]:
-        """Experiments in scope as the manifest knows them (for `import`, which has no source)."""
-        return [
-            r
-            for r in self.exps.values()
-            if matches(self.opts.experiments, r["source_experiment_id"], r.get("name") or "")
-        ]
-
-    def import_experiments(self, rows: list[Row]) -> list[Row]:
-        stage = Stage(
-            "import", lambda row, opts: exp_stage.import_experiment(row, opts, self.staging)
-        )
-        out = []
-        for row in rows:
-            if row.get("state") == FAILED and row.get("failed_stage") == "export":
-                out.append(row)
-                continue
-            out.append(self._record_experiment(run_one(stage, row, self.opts)))
-        return out
-
-    def finish_experiments(self, rows: list[Row]) -> None:
-        for row in rows:
-            if row.get("state") != FAILED:
-                row = self._record_experiment(run_one(FINISH_EXPERIMENT, row, self.opts))
-            if row["state"] == FAILED:
-                self.summary.failed.append(row)
-            self.summary.experiments[row["state"]] += 1
-
-    def _record_experiment(self, row: Row) -> Row:
-        self.exps[row["source_experiment_id"]] = row
-        self.exps_m.append([row])
-        return row
-
-    # ---- runs ----------------------------------------------------------------------------
-
-    def source_runs(self, exp_rows: list[Row]) -> Iterator[Row]:
-        """Every source run in scope, paged, as a manifest row (the known one, or a new one)."""
-        for exp in exp_rows:
-            if exp.get("state") == FAILED:
-                continue
-            for run in scope.source_runs(self.opts, exp["source_experiment_id"]):
-                known = self.runs.get(run.info.run_id)
-                row = (
-                    dict(known)
-                    if known
-                    else {
-                        "source_run_id": run.info.run_id,
-                        "source_experiment_id": exp["source_experiment_id"],
-                    }
-                )
-                row["target_experiment_id"] = exp.get("target_experiment_id")
-                if (
-                    known
-                    and known.get("state") in (IMPORTED, TAGGED)
-                    and known.get("status") in UNFINISHED
-                    and known.get("source_fingerprint") != self._fingerprint(run)
-                ):
-                    row[RESYNC] = True  # unfinished at the last export, changed since
-                crash_point("runs-found")
-                yield row
-
-    def _fingerprint(self, run: Any) -> str:
-        sizes = mlflow_io.artifact_sizes(self.opts.source, run.info.artifact_uri)
-        return mlflow_io.run_fingerprint(run, sizes)
-
-    def staged_runs(self, exp_rows: list[Row], only_state: str | None = None) -> Iterator[Row]:
-        """Runs in scope as the manifest knows them (for `import`), optionally in one state."""
-        targets = {
-            e["source_experiment_id"]: e.get("target_experiment_id")
-            for e in exp_rows
-            if e.get("state") != FAILED
-        }
-        for row in list(self.runs.values()):
-            if only_state and row.get("state") != only_state:
-                continue
-            if row["source_experiment_id"] in targets:
-                yield {**row, "target_experiment_id": targets[row["source_experiment_id"]]}
-
-    def transfer(self, rows: Iterable[Row], do_export: bool, do_import: bool) -> None:
-        """Export and/or import runs through the fan-out; when both are asked for, one task
-        does both for a run (`migrate_run`)."""
-        size = max(1, self.opts.batch_size)
-        first = MIGRATE if do_import else EXPORT
-
-        def jobs() -> Iterator[Job]:
-            pending: dict[str, list[Row]] = {"export": [], "import": []}
-            for row in rows:
-                known = self.runs.get(row["source_run_id"])
-                step = "export" if row.get(RESYNC) else next_step(known)
-                self.summary.found[_found_as(known, row, step)] += 1
-                if step == "export" and not do_export:
-                    continue
-                if step == "import" and not do_import:
-                    continue
-                if step not in pending:
-                    continue
-                pending[step].append(row)
-                if len(pending[step]) >= size:
-                    yield Job(first if step == "export" else IMPORT, pending[step])
-                    pending[step] = []
-            for step, batch in pending.items():
-                if batch:
-                    yield Job(first if step == "export" else IMPORT, batch)
-
-        def on_done(job: Job, results: list[Row]) -> list[Job]:
-            self._record_runs(job.stage.name, results)
-            return []
-
-        self.executor.run(jobs(), self.opts, on_done)
-
-    def tag_all(self, exp_rows: list[Row]) -> None:
-        """Apply source tags and parent links to every imported run in scope."""
-        crash_point("before-tags")
-        in_scope = {e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED}
-        size = max(1, self.opts.batch_size) * 4
-        missing_parents = 0
-        logged = self.logged_model_ids()
-
-        def items() -> Iterator[Row]:
-            nonlocal missing_parents
-            for row in list(self.runs.values()):
-                if row["source_experiment_id"] in in_scope and next_step(row) == "tag":
-                    item = with_targets(row, self.runs, logged)
-                    parent = row.get("source_parent_run_id")
-                    if parent and not item.get("target_parent_run_id"):
-                        if still_moving(
-                            self.runs.get(parent), self.scope_complete
-                        ):  # link it later
-                            self._record_runs("tag", [failed_row(row, "tag", _waits(parent))])
-                            continue
-                        missing_parents += 1
-                    yield item
-
-        def on_done(job: Job, results: list[Row]) -> list[Job]:
-            self._record_runs("tag", results)
-            return []
-
-        self.executor.run(jobs_of(TAG, items(), size), self.opts, on_done)
-        if missing_parents:
-            log.warning(
-                "%d runs have a parent that was not migrated (filtered out or failed): their "
-                "mlflow.parentRunId is left unset; the source value is in "
-                "mlflow_exim.mlflow_tag.parentRunId",
-                missing_parents,
-            )
-
-    def _record_runs(self, stage: str, rows: list[Row]) -> None:
-        for r in rows:
-            crash_point("run-tagged" if stage == "tag" else "run-done")
-            r.pop(RESYNC, None)
-            self.runs[r["source_run_id"]] = r
-            if r["state"] == FAILED:
-                self.summary.actions[f"{r.get('failed_stage') or stage} failed"] += 1
-            else:
-                self.summary.actions.update(_DONE[stage])
-        self.runs_m.append(rows)
-        self._checkpoint(rows)
-        now = time.monotonic()
-        if now - self._last_progress >= PROGRESS_EVERY_S:
-            self._last_progress = now
-            log.info("progress: %s", format_counts(self.summary.actions))
-
-    # ---- logged models (MLflow 3) ---------------------------------------------------------
-
-    def logged_model_ids(self) -> dict[str, str]:
-        """Source → target id of every migrated logged model."""
-        return {k: r["target_model_id"] for k, r in self.logged.items() if r.get("target_model_id")}
-
-    def _target_run(self, source_run_id: str | None) -> str | None:
-        row = self.runs.get(source_run_id or "")
-        return row.get("target_run_id") if row else None
-
-    def _logged_item(self, row: Row, exps: dict[str, Row], run_ids: Iterable[str]) -> Row:
-        """A logged model's row with the target ids its import needs, and the runs its metrics
-        were logged against that are still moving (`still_moving`: its import waits)."""
-        run_ids = set(run_ids)
-        ids = {r: t for r in run_ids if (t := self._target_run(r))}
-        waits = [
-            r
-            for r in sorted(run_ids - set(ids))
-            if still_moving(self.runs.get(r), self.scope_complete)
-        ]
-        return {
-            **row,
-            "target_experiment_id": exps[row["source_experiment_id"]]["target_experiment_id"],
-            "target_run_id": self._target_run(row.get("source_run_id")),
-            "run_id_map": ids,
-            "waits_for_runs": waits,
-        }
-
-    def transfer_logged_models(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
-        """Every logged model of the migrated experiments: new and changed ones from the
-        source, or (for `import`) the staged ones not yet imported."""
-        exps = {e["source_experiment_id"]: e for e in exp_rows if e.get("state") != FAILED}
-
-        def items() -> Iterator[Row]:
-            if do_export:
-                for exp_id in exps:
-                    for lm in scope.source_logged_models(self.opts, exp_id):
-                        known = self.logged.get(lm.model_id)
-                        if (
-                            known
-                            and known.get("state") in (IMPORTED, TAGGED)
-                            and known.get("last_updated_timestamp") == lm.last_updated_timestamp
-                        ):
-                            continue
-                        row = {
-                            **(known or {}),
-                            "source_model_id": lm.model_id,
-                            "source_experiment_id": exp_id,
-                            "source_run_id": lm.source_run_id,
-                        }
-                        runs = {m.run_id for m in lm.metrics or [] if m.run_id}
-                        yield self._logged_item(row, exps, runs) if do_import else row
-                return
-            for row in list(self.logged.values()):
-                todo = row["state"] == EXPORTED or (
-                    row["state"] == FAILED and row.get("failed_stage") == "import"
-                )
-                if todo and row["source_experiment_id"] in exps:
-                    yield self._logged_item(row, exps, row.get("metric_run_ids") or [])
-
-        stage = (
-            MIGRATE_LOGGED
-            if do_export and do_import
-            else EXPORT_LOGGED
-            if do_export
-            else IMPORT_LOGGED
-        )
-
-        def on_done(job: Job, results: list[Row]) -> list[Job]:
-            for r in results:
-                r.pop("run_id_map", None)
-                r.pop("waits_for_runs", None)
-                self.logged[r["source_model_id"]] = r
-            self.logged_m.append(results)
-            self._checkpoint(results)
-            return []
-
-        size = max(1, self.opts.batch_size)
-        self.executor.run(jobs_of(stage, items(), size), self.opts, on_done)
-        if do_import:
-            self.logged_m.flush()  # target ids recorded before the markers go
-            todo = [
-                r
-                for r in self.logged.values()
-                if r["source_experiment_id"] in exps
-                and (r["state"] == IMPORTED or r.get("failed_stage") == "tag")
-            ]
-            if self.opts.import_source_tags:  # nothing to call: no need for the fan-out
-                on_done(
-                    Job(TAG_LOGGED, todo), [lm_stage.tag_logged_model(r, self.opts) for r in todo]
-                )
-            else:
-                self.executor.run(jobs_of(TAG_LOGGED, todo, size * 4), self.opts, on_done)
+    def _add(self, driver: D) -> D:
+        self._drivers.append(driver)
+        return driver
 
     def verify(self) -> Any:
-        """Verify every experiment and run in scope (the manifests say what moved where)."""
-        exp_rows = self.staged_experiments()
-        in_scope = {e["source_experiment_id"] for e in exp_rows if e.get("target_experiment_id")}
-        logged = self.logged_model_ids()
+        """Verify every object in scope (the manifests say what moved where)."""
+        exp_rows = self.experiments.staged()
+        in_scope = [e["source_experiment_id"] for e in exp_rows if e.get("target_experiment_id")]
         exps = {e["source_experiment_id"]: e for e in exp_rows}
-        runs = (
-            with_targets(r, self.runs, logged)
-            for r in list(self.runs.values())
-            if r["source_experiment_id"] in in_scope
-        )
-        logged_models = (
-            self._logged_item(r, exps, r.get("metric_run_ids") or [])
-            for r in list(self.logged.values())
-            if r["source_experiment_id"] in in_scope and r["state"] != FAILED
-        )
-        work: list[tuple[str, Stage, Iterable[Row]]] = [
-            ("run", VERIFY, runs),
-            ("logged_model", VERIFY_LOGGED, logged_models),
+        work: list[tuple[str, Any, Any]] = [
+            self.runs.verify_work(in_scope),
+            self.logged.verify_work(exps, in_scope),
             *((r.kind.object_type, r.verify_stage, r.verify_items()) for r in self.registries),
             *(
-                (d.object_type, d.verify_stage, d.verify_items(exps, in_scope))
+                (d.object_type, d.verify_stage, d.verify_items(exps, set(in_scope)))
                 for d in self.objects
             ),
         ]
 
         def other_sides() -> list[Row]:
             registries = [(r.kind, r.models) for r in self.registries]
-            return reconcile(self.opts, self.exps, self.runs, self.logged, registries, self.objects)
+            return reconcile(
+                self.opts, self.exps, self.runs.rows, self.logged.rows, registries, self.objects
+            )
 
         return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
 
@@ -460,42 +132,39 @@ class Migration:
                 {"object": label, "state": FAILED, "failed_stage": "list", "error": describe(e)}
             )
 
-    def _checkpoint(self, rows: list[Row]) -> None:
-        """After each batch of results: stop when a server went away or the lease was lost."""
+    def checkpoint(self, rows: list[Row]) -> None:
+        """After each batch of results: stop when a server went away or the lease was lost;
+        say how far the command is, every few seconds."""
         self.watch.check(rows)
         if self.lease is not None:
             self.lease.check()
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            log.info("progress: %s", format_counts(self.summary.actions))
 
     def flush(self) -> None:
         """Write every buffered manifest row to the journal (before the command ends early)."""
         for table in self._tables():
             table.flush()
 
-    def _tables(self) -> tuple[ManifestTable, ...]:
-        return (
-            self.runs_m,
-            self.exps_m,
-            self.logged_m,
-            *self.models.tables,
-            *self.prompts.tables,
-            *(d.table for d in self.objects),
-        )
+    def _tables(self) -> list[ManifestTable]:
+        return [t for d in self._drivers for t in d.tables]
+
+    def release(self) -> None:
+        """Remove the ledgers (the manifests in staging are the record)."""
+        for table in self._tables():
+            table.close()
 
     def close(self, exp_rows: list[Row]) -> Summary:
-        """Write the manifests and count the final state of every run in scope."""
+        """Write the manifests and count the final state of every object in scope."""
         for table in self._tables():
             table.compact()
-        in_scope = {e["source_experiment_id"] for e in exp_rows}
+        in_scope = [e["source_experiment_id"] for e in exp_rows]
+        self.runs.final(in_scope)
+        self.logged.final(in_scope)
         models, prompts = self.models.final_rows(), self.prompts.final_rows()
         scoped = (
-            (
-                self.summary.runs,
-                [r for r in self.runs.values() if r["source_experiment_id"] in in_scope],
-            ),
-            (
-                self.summary.logged_models,
-                [r for r in self.logged.values() if r["source_experiment_id"] in in_scope],
-            ),
             *zip((self.summary.models, self.summary.versions), models, strict=True),
             *zip((self.summary.prompts, self.summary.prompt_versions), prompts, strict=True),
         )
@@ -505,7 +174,7 @@ class Migration:
                 if r["state"] == FAILED:
                     self.summary.failed.append(r)
         for driver in self.objects:
-            counts, failed = driver.counts(in_scope)
+            counts, failed = driver.counts(set(in_scope))
             self.summary.objects[driver.label] = counts
             self.summary.objects_found[driver.label] = driver.found
             self.summary.failed += failed
@@ -529,6 +198,7 @@ def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True
         if not opts.target:
             raise ConfigError("--target is required")
         mlflow_io.check_tracking_uri(opts.target, "target")
+    artifact_store.check_destinations(opts, source=source, target=target)
     if staging:
         check_staging_format(open_staging(opts.staging), write=False)
     return capabilities.with_capabilities(
@@ -575,6 +245,8 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
             raise
         finally:
             executor.close()
+            if m is not None:
+                m.release()
     finally:
         lease.release()
 
@@ -597,16 +269,16 @@ def _run_stages(m: Migration, command: str) -> Summary:
     if command == "verify":
         m.summary.verify = m.verify()
         return m.summary
-    exp_rows = m.export_experiments() if do_export else m.staged_experiments()
+    exp_rows = m.experiments.export() if do_export else m.experiments.staged()
     if do_import:
-        exp_rows = m.import_experiments(exp_rows)
+        exp_rows = m.experiments.import_(exp_rows)
     m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
-    runs = m.source_runs(exp_rows) if do_export else m.staged_runs(exp_rows)
-    m.transfer(runs, do_export, do_import)
+    runs = m.runs.from_source(exp_rows) if do_export else m.runs.from_staging(exp_rows)
+    m.runs.transfer(runs, do_export, do_import)
     if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
-        m.transfer(m.staged_runs(exp_rows, only_state=EXPORTED), False, True)
+        m.runs.transfer(m.runs.exported_not_imported(exp_rows), False, True)
     # Each kind on its own: one the source or target refuses fails alone, said in the summary.
-    m.kind("logged models", lambda: m.transfer_logged_models(exp_rows, do_export, do_import))
+    m.kind("logged models", lambda: m.logged.transfer(exp_rows, do_export, do_import))
     m.kind("prompts", lambda: m.prompts.transfer(do_export, do_import))
     m.kind("traces", lambda: m.traces.transfer(exp_rows, do_export, do_import))
     if do_export and do_import:
@@ -614,15 +286,12 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.kind("evaluation datasets", lambda: m.datasets.transfer(exp_rows, do_export, do_import))
     m.kind("scorers", lambda: m.scorers.transfer(exp_rows, do_export, do_import))
     if do_import:
-        m.tag_all(exp_rows)
+        m.runs.tag_all(exp_rows)
     m.kind("registered models", lambda: m.models.transfer(do_export, do_import))
     if do_import:
-        m.finish_experiments(exp_rows)
+        m.experiments.finish(exp_rows)
     else:
-        for e in exp_rows:
-            m.summary.experiments[e["state"]] += 1
-            if e["state"] == FAILED:
-                m.summary.failed.append(e)
+        m.experiments.count(exp_rows)
     summary = m.close(exp_rows)
     if opts.verify and command == "migrate":
         summary.verify = m.verify()

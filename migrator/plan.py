@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 
 from migrator import capabilities, inventory, mlflow_io, scope
 from migrator.config import Options
-from migrator.manifest import IMPORTED, Row, experiments_table, models_table, runs_table
+from migrator.ledger import Ledger
+from migrator.manifest import (
+    IMPORTED,
+    ManifestTable,
+    Row,
+    experiments_table,
+    models_table,
+    runs_table,
+)
 from migrator.pipeline import preflight
 from migrator.registry import PROMPTS
-from migrator.scope import matches
 from migrator.staging import open_staging
 from migrator.states import next_step
 
@@ -70,12 +77,15 @@ class Plan:
         return "\n".join(lines)
 
 
-def _known_runs(opts: Options) -> dict[str, Row]:
+def _known_runs(opts: Options) -> ManifestTable | None:
+    """The runs manifest, read into its ledger without folding the journal (nothing is
+    written); None when there is no staging store yet."""
     try:
-        staging = open_staging(opts.staging)
+        table = runs_table(open_staging(opts.staging))
+        table.open(fold=False)
     except Exception:
-        return {}
-    return runs_table(staging).load()
+        return None
+    return table
 
 
 def _known_models(opts: Options) -> dict[str, Row]:
@@ -99,7 +109,18 @@ def run_plan(opts: Options, command: str) -> Plan:
             if e.lifecycle_stage != "deleted"
         )
         plan.servers += inventory.unmoved_lines(opts, experiments)
-    known = _known_runs(opts)
+    table = _known_runs(opts)
+    try:
+        return _plan(opts, command, plan, from_source, table.ledger if table else None)
+    finally:
+        if table is not None:
+            table.close()
+
+
+def _plan(opts: Options, command: str, plan: Plan, from_source: bool, known: Ledger | None) -> Plan:
+    def step(run_id: str) -> str:
+        return next_step(known.get(run_id) if known is not None else None)
+
     target = mlflow_io.client(opts.target) if opts.target and command != "export" else None
 
     def on_target(name: str) -> bool | None:
@@ -107,15 +128,13 @@ def run_plan(opts: Options, command: str) -> Plan:
 
     if not from_source:
         staging = open_staging(opts.staging)
-        for e in experiments_table(staging).load().values():
-            if matches(opts.experiments, e["source_experiment_id"], e["name"] or ""):
-                ep = ExperimentPlan(
-                    e["source_experiment_id"], e["name"], e["lifecycle_stage"], on_target(e["name"])
-                )
-                for r in known.values():
-                    if r["source_experiment_id"] == ep.source_id:
-                        ep.runs[next_step(r)] += 1
-                plan.experiments.append(ep)
+        for e in scope.staged_experiments(opts, experiments_table(staging).load().values()):
+            ep = ExperimentPlan(
+                e["source_experiment_id"], e["name"], e["lifecycle_stage"], on_target(e["name"])
+            )
+            for r in known.rows(groups=[ep.source_id]) if known is not None else ():
+                ep.runs[next_step(r)] += 1
+            plan.experiments.append(ep)
         return plan
 
     known_models = _known_models(opts)
@@ -126,7 +145,7 @@ def run_plan(opts: Options, command: str) -> Plan:
     for exp in scope.source_experiments(opts):
         ep = ExperimentPlan(exp.experiment_id, exp.name, exp.lifecycle_stage, on_target(exp.name))
         for run in scope.source_runs(opts, exp.experiment_id):
-            ep.runs[next_step(known.get(run.info.run_id))] += 1
+            ep.runs[step(run.info.run_id)] += 1
         inv = plan.inventory
         inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, exp.experiment_id))
         for info in scope.source_traces(opts, exp.experiment_id, exp.lifecycle_stage):

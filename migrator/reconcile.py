@@ -17,11 +17,14 @@ from typing import Any
 
 from migrator import mlflow_io, scope
 from migrator.config import Options
+from migrator.ledger import Column, Ledger
 from migrator.lineage import DUPLICATE_OF_TAG, SOURCE_MODEL_ID_TAG, SOURCE_RUN_ID_TAG
 from migrator.manifest import Row, now_ms
 from migrator.registry import RegistryKind
 
 DUPLICATE, NOT_MIGRATED = "duplicate", "not_migrated"
+#: A manifest's rows by source id: the driver's ledger, or a dict (tests).
+Rows = Mapping[str, Row] | Ledger
 
 
 def _row(
@@ -40,7 +43,7 @@ def _row(
 
 
 def duplicates(
-    kind: str, found: Iterable[tuple[str, str, Any]], manifest: Mapping[str, str | None]
+    kind: str, found: Iterable[tuple[str, str, Any]], manifest: Mapping[Any, Any]
 ) -> Iterator[Row]:
     """Rows for target objects `(target id, source id, name)` carrying a source id the
     manifest knows (`manifest`: source id → the target id it names) but not named by it."""
@@ -54,7 +57,7 @@ def duplicates(
 
 
 def never_moved(
-    kind: str, source: Iterable[tuple[str, Any]], known: Mapping[str, Any]
+    kind: str, source: Iterable[tuple[str, Any]], known: Mapping[str, Any] | Ledger
 ) -> Iterator[Row]:
     """Rows for source objects `(source id, name)` in scope that have no manifest row."""
     for source_id, name in source:
@@ -86,10 +89,10 @@ def _tagged_logged_models(uri: str, experiment_id: str) -> Iterator[tuple[str, s
 
 def reconcile(
     opts: Options,
-    exps: Mapping[str, Row],
-    runs: Mapping[str, Row],
-    logged: Mapping[str, Row],
-    registries: Sequence[tuple[RegistryKind, Mapping[str, Row]]],
+    exps: Rows,
+    runs: Rows,
+    logged: Rows,
+    registries: Sequence[tuple[RegistryKind, Rows]],
     objects: Sequence[Any] = (),
 ) -> list[Row]:
     """Duplicates on the target and source objects that never moved, for the experiments
@@ -98,13 +101,15 @@ def reconcile(
     their source objects themselves)."""
     out: list[Row] = []
     in_scope = {
-        k: e for k, e in exps.items() if scope.matches(opts.experiments, k, e.get("name") or "")
+        str(k): e
+        for k, e in exps.items()
+        if scope.matches(opts.experiments, str(k), e.get("name") or "")
     }
     targets = sorted(
         {e["target_experiment_id"] for e in in_scope.values() if e.get("target_experiment_id")}
     )
-    run_targets = {k: r.get("target_run_id") for k, r in runs.items()}
-    model_targets = {k: r.get("target_model_id") for k, r in logged.items()}
+    run_targets = Column(runs, "target_run_id")
+    model_targets = Column(logged, "target_model_id")
     with mlflow_io.translate_errors("target", "verify"):
         for exp_id in targets:
             out += duplicates("run", _tagged_runs(opts.target, exp_id), run_targets)

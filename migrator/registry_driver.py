@@ -10,7 +10,7 @@ experiments their links name, and before the traces that link to their versions.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from migrator import scope
@@ -23,7 +23,6 @@ from migrator.manifest import (
     MODELS_SCHEMA,
     ManifestTable,
     Row,
-    table_to_rows,
 )
 from migrator.registry import RegistryKind
 from migrator.scope import matches
@@ -42,7 +41,9 @@ def registry_tables(staging: Staging, kind: RegistryKind) -> tuple[ManifestTable
     """The manifests of a kind: one row per object (`name`), one per version (`name, version`)."""
     return (
         ManifestTable(staging, kind.models_table, MODELS_SCHEMA, "name"),
-        ManifestTable(staging, kind.versions_table, MODEL_VERSIONS_SCHEMA, ("name", "version")),
+        ManifestTable(
+            staging, kind.versions_table, MODEL_VERSIONS_SCHEMA, ("name", "version"), group="name"
+        ),
     )
 
 
@@ -53,13 +54,17 @@ class RegistryDriver:
         self.m = m
         self.kind = kind
         self.models_m, self.versions_m = registry_tables(m.staging, kind)
-        self.models = {r["name"]: r for r in table_to_rows(self.models_m.compact())}
-        #: Version rows by name, then number (an object's versions are read together).
-        self.versions: dict[str, dict[int, Row]] = {}
-        for r in table_to_rows(self.versions_m.compact()):
-            self.versions.setdefault(r["name"], {})[r["version"]] = r
-        self.export = Stage("export", functools.partial(export_model, kind=kind))
-        self.import_ = Stage("import", functools.partial(models_stage.import_model, kind=kind))
+        self.models = self.models_m.open()
+        #: Version rows, grouped by name (an object's versions are read together).
+        self.versions = self.versions_m.open()
+        self.export = Stage(
+            "export",
+            functools.partial(export_model, kind=kind),
+            inputs=("known_model", "known_versions"),
+        )
+        self.import_ = Stage(
+            "import", functools.partial(models_stage.import_model, kind=kind), inputs=("refs",)
+        )
         self.verify_stage = Stage("verify", functools.partial(verify_model, kind=kind))
 
     @property
@@ -69,18 +74,18 @@ class RegistryDriver:
     def in_scope(self) -> list[Row]:
         """Rows of the objects in scope (`--models` names registered models; prompts all)."""
         if self.kind.prompts:
-            return list(self.models.values())
+            return list(self.models.rows())
         patterns = self.m.opts.models
-        return [r for r in self.models.values() if matches(patterns, r["name"], r["name"])]
+        return [r for r in self.models.rows() if matches(patterns, r["name"], r["name"])]
 
     def versions_of(self, name: str) -> list[Row]:
-        return [r for _, r in sorted(self.versions.get(name, {}).items())]
+        return sorted(self.versions.rows(groups=[name]), key=lambda v: v["version"])
 
     def record(self, row: Row) -> None:
+        """A model's row from a task, and its version rows (`_versions`: both the task's input
+        and its output)."""
         crash_point("model-done")
         versions = row.pop("_versions", None) or []
-        for k in ("known_model", "known_versions", "refs"):
-            row.pop(k, None)
         if row["state"] == FAILED:  # the model failed: its versions that were not done with it
             versions = [
                 v
@@ -90,19 +95,15 @@ class RegistryDriver:
             ]
         # Rows the export found unchanged are the manifest's own: nothing to write again.
         if self.models.get(row["name"]) != row:
-            self.models[row["name"]] = row
             self.models_m.append([row])
-        known = self.versions.setdefault(row["name"], {})
-        changed = [v for v in versions if known.get(v["version"]) != v]
-        for v in changed:
-            known[v["version"]] = v
-        self.versions_m.append(changed)
+        known = {v["version"]: v for v in self.versions_of(row["name"])}
+        self.versions_m.append([v for v in versions if known.get(v["version"]) != v])
 
     def items(self, rows: Iterable[Row]) -> Iterator[Row]:
         """Each model row with its version rows (`_versions`) and the target ids they point at
         (`refs`: runs, logged models, experiments), as its import and its verification take it."""
         m = self.m
-        logged = m.logged_model_ids()
+        logged = m.logged.targets
         experiments = {
             k: e["target_experiment_id"] for k, e in m.exps.items() if e.get("target_experiment_id")
         }
@@ -111,7 +112,7 @@ class RegistryDriver:
             refs = {**self._refs(versions, logged), "experiments": experiments}
             yield {**row, "_versions": versions, "refs": refs}
 
-    def _refs(self, versions: list[Row], logged: dict[str, str]) -> Row:
+    def _refs(self, versions: list[Row], logged: Mapping[str, str]) -> Row:
         """The target runs and logged models versions point at, and (`pending`) the ones still
         moving (`still_moving`): a version waits for those rather than being registered from
         a copy of its files."""
@@ -122,14 +123,14 @@ class RegistryDriver:
         for v in versions:
             kind, ref, _ = source_ref(v.get("source") or "", v.get("run_id"))
             for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
-                if target := m._target_run(rid):
+                if target := m.runs.targets.get(rid or ""):
                     runs[rid] = target  # type: ignore[index]
-                elif still_moving(m.runs.get(rid), m.scope_complete):  # type: ignore[arg-type]
+                elif still_moving(m.runs.rows.get(rid), m.scope_complete):
                     pending.add(rid)  # type: ignore[arg-type]
             for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
                 if mid in logged:
                     models[mid] = logged[mid]  # type: ignore[index]
-                elif still_moving(m.logged.get(mid), m.scope_complete):  # type: ignore[arg-type]
+                elif still_moving(m.logged.rows.get(mid), m.scope_complete):
                     pending.add(mid)  # type: ignore[arg-type]
         return {"runs": runs, "models": models, "pending": sorted(pending)}
 
@@ -142,7 +143,7 @@ class RegistryDriver:
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             for r in results:
                 self.record(r)
-            m._checkpoint(results)
+            m.checkpoint(results)
             return []
 
         if do_export:
@@ -150,7 +151,7 @@ class RegistryDriver:
                 {
                     "name": rm.name,
                     "known_model": self.models.get(rm.name),
-                    "known_versions": self.versions.get(rm.name, {}),
+                    "known_versions": {v["version"]: v for v in self.versions_of(rm.name)},
                 }
                 for rm in scope.source_registry(opts, self.kind)
             )

@@ -7,7 +7,7 @@ that never moved) all enumerate through here, so they can never disagree.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from migrator import mlflow_io, traces_io
@@ -19,6 +19,7 @@ from migrator.capabilities import (
     source_has,
 )
 from migrator.config import Options
+from migrator.manifest import Row
 from migrator.registry import MODELS, RegistryKind
 
 
@@ -27,6 +28,14 @@ def matches(patterns: tuple[str, ...], object_id: str, name: str) -> bool:
     if not patterns:
         return True
     return any(p in (object_id, name) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def staged_experiments(opts: Options, rows: Iterable[Row]) -> list[Row]:
+    """Experiments in scope as the manifest knows them (`import`, `verify`, `plan` of an
+    import: no source to list)."""
+    return [
+        r for r in rows if matches(opts.experiments, r["source_experiment_id"], r.get("name") or "")
+    ]
 
 
 def view_type(opts: Options) -> int:

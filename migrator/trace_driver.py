@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from migrator import scope, traces_io
 from migrator.capabilities import TRACES
 from migrator.fanout import Stage
+from migrator.ledger import Targets
 from migrator.manifest import Row, traces_table
 from migrator.object_driver import ObjectDriver
 from migrator.stages import traces as stage
@@ -35,9 +36,9 @@ class TraceDriver(ObjectDriver):
     feature = TRACES
     label = "traces"
     per_batch = 4  # small objects: a job's reads are one or two `batchGet` calls
-    migrate = Stage("migrate", stage.migrate_trace, stage.prefetch_migrate)
+    migrate = Stage("migrate", stage.migrate_trace, stage.prefetch_migrate, inputs=("_waits_for",))
     export = Stage("export", stage.export_trace, stage.prefetch)
-    import_ = Stage("import", stage.import_trace, stage.prefetch_held)
+    import_ = Stage("import", stage.import_trace, stage.prefetch_held, inputs=("_waits_for",))
     verify_stage = Stage("verify", verify_trace, prefetch_verify)
 
     def __init__(self, m: Migration) -> None:
@@ -64,11 +65,12 @@ class TraceDriver(ObjectDriver):
         """The row with the target experiment, run and logged model, and what it waits for."""
         m = self.m
         run, model = row.get("source_run_id"), row.get("source_model_id")
-        target_run, target_model = m._target_run(run), m.logged_model_ids().get(model or "")
+        target_run = m.runs.targets.get(run or "")
+        target_model = m.logged.targets.get(model or "")
         waits = []
-        if run and not target_run and still_moving(m.runs.get(run), m.scope_complete):
+        if run and not target_run and still_moving(m.runs.rows.get(run), m.scope_complete):
             waits.append(f"run {run}")
-        if model and not target_model and still_moving(m.logged.get(model), m.scope_complete):
+        if model and not target_model and still_moving(m.logged.rows.get(model), m.scope_complete):
             waits.append(f"logged model {model}")
         return {
             **row,
@@ -86,16 +88,19 @@ class TraceDriver(ObjectDriver):
         m = self.m
         if not (self.found["new"] or self.found["changed"] or m.summary.actions["imported"]):
             return  # nothing moved in this command: the links made before stand
-        with_traces = {r["source_experiment_id"] for r in self.rows.values()}
-        targets = {
-            k: r["target_trace_id"] for k, r in self.rows.items() if r.get("target_trace_id")
+        with_traces = {
+            e["source_experiment_id"]
+            for e in exp_rows
+            if self.rows.counts([e["source_experiment_id"]])
         }
+        targets = Targets(self.rows, "target_trace_id")
         for exp in exp_rows:
             exp_id = exp["source_experiment_id"]
             if exp_id not in with_traces or exp.get("lifecycle_stage") == "deleted":
                 continue
-            for run_id, row in m.runs.items():
-                if row["source_experiment_id"] != exp_id or not row.get("target_run_id"):
+            for row in m.runs.rows.rows(groups=[exp_id]):
+                run_id = row["source_run_id"]
+                if not row.get("target_run_id"):
                     continue
                 if row.get("lifecycle_stage") == "deleted":
                     continue

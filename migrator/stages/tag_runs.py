@@ -8,7 +8,7 @@ in other experiments). Deleting the run comes last: MLflow refuses tags on a del
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from migrator.config import Options
@@ -34,19 +34,19 @@ def run_info_from_row(row: Row) -> dict[str, Any]:
     }
 
 
-def with_targets(row: Row, runs: dict[str, Row], logged: dict[str, str] | None = None) -> Row:
+def with_targets(row: Row, runs: Mapping[str, str], logged: Mapping[str, str] | None = None) -> Row:
     """The row plus what the tag stage links it to on the target: `target_parent_run_id` when
-    its source parent was migrated (in `runs`), and `target_model_links` for its links to
-    logged models that were migrated (`logged`: source → target model id)."""
+    its source parent was migrated (`runs`: source → target run id), and `target_model_links`
+    for its links to logged models that were migrated (`logged`: source → target model id)."""
     item = dict(row)
     logged = logged or {}
     parent = runs.get(row.get("source_parent_run_id") or "")
-    if parent and parent.get("target_run_id"):
-        item["target_parent_run_id"] = parent["target_run_id"]
+    if parent:
+        item["target_parent_run_id"] = parent
     links = [
         {**link, "model_id": logged[link["model_id"]]}
         for link in row.get("model_links") or []
-        if link["model_id"] in (logged or {})
+        if link["model_id"] in logged
     ]
     if links:
         item["target_model_links"] = links

@@ -244,3 +244,69 @@ def test_forwarded_env_leaves_secrets_out(monkeypatch: pytest.MonkeyPatch) -> No
     assert secrets["AWS_SECRET_ACCESS_KEY"] == "s3cret"
     assert secrets["MIGRATOR_TARGET_TRACKING_PASSWORD"] == "pw"
     assert "AWS_ENDPOINT_URL" not in secrets
+
+
+@pytest.mark.parametrize(
+    ("cpus", "concurrency", "threads"),
+    [(64, 8, [1] * 8), (2, 8, [4, 4]), (3, 8, [3, 3, 2]), (1, 1, [1]), (4, 0, [1])],
+)
+def test_concurrency_caps_jobs_across_the_cluster(
+    cpus: int, concurrency: int, threads: list[int]
+) -> None:
+    """`--concurrency` is the number of jobs running at once, on a cluster of any size."""
+    assert fanout.actor_threads(cpus, concurrency) == threads
+
+
+def _counting_stage() -> tuple[Stage, list[int]]:
+    import threading
+    import time as clock
+
+    lock = threading.Lock()
+    running = [0]
+    peak: list[int] = [0]
+
+    def fn(row: dict, opts: Options) -> dict:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        clock.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return {**row, "state": "exported"}
+
+    return Stage("export", fn), peak
+
+
+@pytest.mark.parametrize("make", [InlineExecutor, lambda o: fanout.RayExecutor(o)])
+def test_no_more_jobs_run_at_once_than_concurrency(make) -> None:  # type: ignore[no-untyped-def]
+    opts = Options(concurrency=3, ray_address="" if make is not InlineExecutor else "none")
+    executor = make(opts) if make is not InlineExecutor else InlineExecutor()
+    stage, peak = _counting_stage()
+    jobs = [Job(stage, _rows(str(i))) for i in range(40)]
+    done: list[dict] = []
+    try:
+        executor.run(jobs, opts, lambda job, rows: done.extend(rows) or [])
+    finally:
+        executor.close()
+    assert len(done) == 40 and peak[0] == 3
+
+
+def test_a_small_local_migration_never_starts_ray() -> None:
+    """Below `LOCAL_RAY_FROM` objects, a local run stays in this process's threads."""
+    code = (
+        "import sys\n"
+        "from migrator import fanout\n"
+        "from migrator.config import Options\n"
+        "opts = Options(concurrency=2)\n"
+        "ex = fanout.RayExecutor(opts)\n"
+        "stage = fanout.Stage('export', lambda r, o: {**r, 'state': 'exported'})\n"
+        "rows = [{'source_run_id': str(i)} for i in range(fanout.LOCAL_RAY_FROM)]\n"
+        "out = []\n"
+        "ex.run(fanout.jobs_of(stage, rows, 8), opts, lambda j, r: out.extend(r) or [])\n"
+        "ex.close()\n"
+        "assert len(out) == fanout.LOCAL_RAY_FROM, len(out)\n"
+        "print('ray' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

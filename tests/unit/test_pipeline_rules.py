@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from migrator.pipeline import next_step
 from migrator.scope import matches
+from migrator.states import next_step
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,92 @@
+"""The driver's part for experiments: staged and created first (everything else goes into
+them), finished last (an experiment deleted at the source is deleted on the target once
+nothing more goes into it), and `experiments.parquet`.
+
+Experiments are few: each goes through the fan-out's retries (`run_one`) in this process, one
+at a time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from migrator import scope
+from migrator.config import Options
+from migrator.fanout import Stage, run_one
+from migrator.manifest import FAILED, ManifestTable, Row, experiments_table
+from migrator.stages import experiments as stage
+
+if TYPE_CHECKING:
+    from migrator.pipeline import Migration
+
+FINISH = Stage("finish", stage.finish_experiment)
+
+
+class ExperimentDriver:
+    """The experiments of one migration: their ledger, and their stages."""
+
+    def __init__(self, m: Migration) -> None:
+        self.m = m
+        self.table = experiments_table(m.staging)
+        self.rows = self.table.open()
+
+    @property
+    def tables(self) -> tuple[ManifestTable]:
+        return (self.table,)
+
+    def export(self) -> list[Row]:
+        """Stage every source experiment in scope; returns their rows."""
+        m = self.m
+        rows = []
+        for exp in scope.source_experiments(m.opts):
+
+            def export(row: Row, opts: Options, exp: Any = exp) -> Row:
+                out = stage.export_experiment(exp, m.staging)
+                if row.get("target_experiment_id"):
+                    out["target_experiment_id"] = row["target_experiment_id"]
+                return out
+
+            known = self.rows.get(exp.experiment_id) or {}
+            row = {
+                "source_experiment_id": exp.experiment_id,
+                "name": exp.name,
+                "target_experiment_id": known.get("target_experiment_id"),
+            }
+            rows.append(self._record(run_one(Stage("export", export), row, m.opts)))
+        return rows
+
+    def staged(self) -> list[Row]:
+        """Experiments in scope as the manifest knows them (for `import`, which has no source)."""
+        return scope.staged_experiments(self.m.opts, self.rows.values())
+
+    def import_(self, rows: list[Row]) -> list[Row]:
+        m = self.m
+        imp = Stage("import", lambda row, opts: stage.import_experiment(row, opts, m.staging))
+        out = []
+        for row in rows:
+            if row.get("state") == FAILED and row.get("failed_stage") == "export":
+                out.append(row)
+                continue
+            out.append(self._record(run_one(imp, row, m.opts)))
+        return out
+
+    def finish(self, rows: list[Row]) -> None:
+        summary = self.m.summary
+        for row in rows:
+            if row.get("state") != FAILED:
+                row = self._record(run_one(FINISH, row, self.m.opts))
+            if row["state"] == FAILED:
+                summary.failed.append(row)
+            summary.experiments[row["state"]] += 1
+
+    def count(self, rows: list[Row]) -> None:
+        """The state of each experiment, into the summary (a command that does not import)."""
+        summary = self.m.summary
+        for e in rows:
+            summary.experiments[e["state"]] += 1
+            if e["state"] == FAILED:
+                summary.failed.append(e)
+
+    def _record(self, row: Row) -> Row:
+        self.table.append([row])
+        return row

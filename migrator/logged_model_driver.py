@@ -1,0 +1,141 @@
+"""The driver's part for MLflow 3 logged models: every logged model of the migrated
+experiments, after the runs they came from and logged metrics against (their target ids are
+needed), and `logged_models.parquet`.
+
+A logged model nothing changed on since it moved (`last_updated_timestamp`) is not read again;
+one whose metric runs are still moving waits (`still_moving`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from migrator import scope
+from migrator.fanout import Job, Stage, jobs_of
+from migrator.ledger import Ledger, Targets
+from migrator.manifest import (
+    EXPORTED,
+    FAILED,
+    IMPORTED,
+    TAGGED,
+    ManifestTable,
+    Row,
+    logged_models_table,
+)
+from migrator.stages import logged_models as stage
+from migrator.states import still_moving
+from migrator.verify import VERIFY_LOGGED
+
+if TYPE_CHECKING:
+    from migrator.pipeline import Migration
+
+#: What an import (and verify) takes besides the row: the target runs its metrics remap to,
+#: and the runs it waits for.
+INPUTS = ("run_id_map", "waits_for_runs")
+EXPORT = Stage("export", stage.export_logged_model)
+IMPORT = Stage("import", stage.import_logged_model, inputs=INPUTS)
+MIGRATE = Stage("migrate", stage.migrate_logged_model, inputs=INPUTS)
+TAG = Stage("tag", stage.tag_logged_model)
+
+
+class LoggedModelDriver:
+    """The logged models of one migration: their ledger, and the stages that move them."""
+
+    def __init__(self, m: Migration) -> None:
+        self.m = m
+        self.table = logged_models_table(m.staging)
+        self.rows: Ledger = self.table.open()
+        #: Source → target logged model id, looked up in the ledger.
+        self.targets: Targets = Targets(self.rows, "target_model_id")
+
+    @property
+    def tables(self) -> tuple[ManifestTable]:
+        return (self.table,)
+
+    def item(self, row: Row, exps: dict[str, Row], run_ids: Iterable[str]) -> Row:
+        """A logged model's row with the target ids its import needs, and the runs its metrics
+        were logged against that are still moving (its import waits)."""
+        m = self.m
+        run_ids = set(run_ids)
+        ids = {r: t for r in run_ids if (t := m.runs.targets.get(r))}
+        waits = [
+            r
+            for r in sorted(run_ids - set(ids))
+            if still_moving(m.runs.rows.get(r), m.scope_complete)
+        ]
+        return {
+            **row,
+            "target_experiment_id": exps[row["source_experiment_id"]]["target_experiment_id"],
+            "target_run_id": m.runs.targets.get(row.get("source_run_id") or ""),
+            "run_id_map": ids,
+            "waits_for_runs": waits,
+        }
+
+    def _from_source(self, exps: dict[str, Row], do_import: bool) -> Iterator[Row]:
+        for exp_id in exps:
+            for lm in scope.source_logged_models(self.m.opts, exp_id):
+                known = self.rows.get(lm.model_id)
+                if (
+                    known
+                    and known.get("state") in (IMPORTED, TAGGED)
+                    and known.get("last_updated_timestamp") == lm.last_updated_timestamp
+                ):
+                    continue
+                row = {
+                    **(known or {}),
+                    "source_model_id": lm.model_id,
+                    "source_experiment_id": exp_id,
+                    "source_run_id": lm.source_run_id,
+                }
+                runs = {mt.run_id for mt in lm.metrics or [] if mt.run_id}
+                yield self.item(row, exps, runs) if do_import else row
+
+    def _staged(self, exps: dict[str, Row]) -> Iterator[Row]:
+        for row in self.rows.rows(groups=list(exps), states=(EXPORTED, FAILED)):
+            if row["state"] == EXPORTED or row.get("failed_stage") == "import":
+                yield self.item(row, exps, row.get("metric_run_ids") or [])
+
+    def transfer(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
+        """Every logged model of the migrated experiments: new and changed ones from the
+        source, or (for `import`) the staged ones not yet imported."""
+        m, opts = self.m, self.m.opts
+        exps = {e["source_experiment_id"]: e for e in exp_rows if e.get("state") != FAILED}
+        items = self._from_source(exps, do_import) if do_export else self._staged(exps)
+        step = MIGRATE if do_export and do_import else EXPORT if do_export else IMPORT
+
+        def on_done(job: Job, results: list[Row]) -> list[Job]:
+            self.table.append(results)
+            m.checkpoint(results)
+            return []
+
+        size = max(1, opts.batch_size)
+        m.executor.run(jobs_of(step, items, size), opts, on_done)
+        if not do_import:
+            return
+        self.table.flush()  # target ids recorded before the markers go
+        todo = (
+            r
+            for r in self.rows.rows(groups=list(exps), states=(IMPORTED, FAILED))
+            if r["state"] == IMPORTED or r.get("failed_stage") == "tag"
+        )
+        if opts.import_source_tags:  # nothing to call: no need for the fan-out
+            for job in jobs_of(TAG, todo, 500):
+                on_done(job, [stage.tag_logged_model(r, opts) for r in job.rows])
+        else:
+            m.executor.run(jobs_of(TAG, todo, size * 4), opts, on_done)
+
+    def verify_work(
+        self, exps: dict[str, Row], in_scope: list[str]
+    ) -> tuple[str, Stage, Iterator[Row]]:
+        items = (
+            self.item(r, exps, r.get("metric_run_ids") or [])
+            for r in self.rows.rows(groups=in_scope)
+            if r["state"] != FAILED
+        )
+        return "logged_model", VERIFY_LOGGED, items
+
+    def final(self, in_scope: list[str]) -> None:
+        summary = self.m.summary
+        summary.logged_models.update(self.rows.counts(in_scope))
+        summary.failed += self.rows.rows(groups=in_scope, states=(FAILED,))
