@@ -62,8 +62,11 @@ def read_experiment_doc(staging: Staging, experiment_id: str) -> dict[str, Any]:
     return doc
 
 
-def experiment_lineage(c: Any, name: str, source_id: str) -> Lineage:
-    """A target experiment is found by its name (unique on a server, deleted ones too)."""
+def experiment_lineage(
+    c: Any, name: str, source_id: str, tags: dict[str, str] | None = None
+) -> Lineage:
+    """A target experiment is found by its name (unique on a server, deleted ones too); a new
+    one is made with its `tags` in the same call."""
 
     def find() -> list[Any]:
         found = c.get_experiment_by_name(name)
@@ -73,7 +76,7 @@ def experiment_lineage(c: Any, name: str, source_id: str) -> Lineage:
         kind="experiment",
         obj=f"experiment {name!r} ({source_id})",
         find=find,
-        create=lambda: c.get_experiment(c.create_experiment(name)),
+        create=lambda: c.get_experiment(c.create_experiment(name, tags=tags)),
         order=lambda e: e.experiment_id,
         target_id=lambda e: str(e.experiment_id),
     )
@@ -86,16 +89,17 @@ def import_experiment(row: Row, opts: Options, staging: Staging) -> Row:
     fields, tags = doc["fields"], doc["tags"]
     c = client(opts.target)
     with translate_errors(f"experiment {fields['name']!r} ({source_id})", "import"):
-        if source_id == DEFAULT_EXPERIMENT_ID:
-            target = c.get_experiment(DEFAULT_EXPERIMENT_ID)
-        else:
-            target = create_once(experiment_lineage(c, fields["name"], source_id), look_first=True)
-        if target.lifecycle_stage != "active":
-            c.restore_experiment(target.experiment_id)  # runs can only go into an active one
         wanted = dict(tags)
         if opts.import_source_tags:
             wanted.update(experiment_source_tags(fields, tags))
         wanted = fit(wanted, MAX_EXPERIMENT_TAG_VALUE_LENGTH)
+        if source_id == DEFAULT_EXPERIMENT_ID:
+            target = c.get_experiment(DEFAULT_EXPERIMENT_ID)
+        else:
+            lineage = experiment_lineage(c, fields["name"], source_id, wanted)
+            target = create_once(lineage, look_first=True)
+        if target.lifecycle_stage != "active":
+            c.restore_experiment(target.experiment_id)  # runs can only go into an active one
         for k, v in wanted.items():
             if target.tags.get(k) != v:
                 c.set_experiment_tag(target.experiment_id, k, v)
