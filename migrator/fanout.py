@@ -55,8 +55,9 @@ class Job:
 
 
 OnDone = Callable[[Job, list[Row]], Iterable[Job]]
-#: Objects one stage sends before a local Ray is started (see `RayExecutor`).
-LOCAL_RAY_FROM = 200
+#: Objects one stage sends before a local Ray is started (see `RayExecutor`);
+#: `MIGRATOR_LOCAL_RAY_FROM` sets another (0: at once, as a cluster would be).
+LOCAL_RAY_FROM = int(os.environ.get("MIGRATOR_LOCAL_RAY_FROM", "200"))
 
 
 def jobs_of(stage: Stage, rows: Iterable[Row], size: int) -> Iterator[Job]:
@@ -274,6 +275,10 @@ class RayExecutor:
     def _connect(self) -> None:
         import ray
 
+        # Started from a thread on purpose (the driver's own SIGTERM handling stays): Ray's
+        # note that it set no SIGTERM handler says nothing to the user.
+        logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_NOTE)
+
         opts = self._opts
         if not ray.is_initialized():
             env = {"env_vars": forwarded_env()}
@@ -372,6 +377,18 @@ class RayExecutor:
             self._started = False
         self._ray = None
         self._stop.set()
+
+
+class _DropNote(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+_NO_SIGTERM_NOTE = _DropNote("SIGTERM handler is not set")
 
 
 def _result(future: Any) -> list[Row]:

@@ -120,10 +120,8 @@ def _find_or_create(opts: Options, staging: Staging, item: Row, doc: dict[str, A
     if item.get("target_run_id"):
         run = c.get_run(item["target_run_id"])
     else:
-        intent = intent_key(info["run_id"])
-        earlier = staging.exists(intent)
-        if not earlier:
-            staging.write_bytes(intent, b"")
+        # One conditional write: it fails (None) when an earlier attempt left its intent.
+        earlier = staging.put_if(intent_key(info["run_id"]), b"", None) is None
 
         def create() -> Any:
             return c._tracking_client.store.create_run(

@@ -104,7 +104,7 @@ def test_ray_job_submit_runs_the_migration(source: Source, target_server: Any,
                                            ray_cluster: str, tmp_path: Path) -> None:
     target = target_server()
     staging = tmp_path / "staging"
-    entry = [sys.executable, str(REPO / "jobs" / "migrate.py"), "migrate",
+    entry = [sys.executable, str(REPO / "jobs" / "migrate.py"),  # `migrate` by default
              "--source", source.url, "--target", target.url, "--staging", str(staging),
              "--experiments", "demo/regression"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
