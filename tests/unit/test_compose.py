@@ -128,28 +128,61 @@ def test_compose_check_rejects_a_broken_file(tmp_path: Path, broken: str, messag
 # ---- consistency with the code --------------------------------------------------------------
 
 
-def test_migrator_command_matches_the_cli() -> None:
+def job_entry(argv: list[str]) -> list[str]:
+    """The arguments `jobs/migrate.py` gives the CLI (`migrate` unless a command comes first)."""
+    import importlib.util as util
+
+    spec = util.spec_from_file_location("jobs_migrate", REPO / "jobs" / "migrate.py")
+    assert spec is not None and spec.loader is not None
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result: list[str] = module.job_argv(argv, "http://ray-head:8265")
+    return result
+
+
+def test_migrator_submits_the_job_to_the_cluster() -> None:
     services = load_compose()["services"]
     migrator = services["migrator"]
     argv = as_argv(migrator.get("command"))
-    assert argv[:2] == ["python", "jobs/migrate.py"], argv
+    assert argv[:3] == ["ray", "job", "submit"], argv
+    assert option(argv, "--address") == "http://ray-head:8265"
+    entry = argv[argv.index("--") + 1 :]
+    assert entry[:2] == ["python", "jobs/migrate.py"], entry
     assert (REPO / "jobs" / "migrate.py").is_file()
 
-    args = build_parser().parse_args(argv[2:])  # the real parser: unknown flags fail here
+    args = build_parser().parse_args(job_entry(entry[2:]))  # the real parser: unknown flags fail
     assert args.command == "migrate"
     assert args.source == "http://source:5000"
     assert args.target == "http://target:5000"
     assert args.staging.startswith("s3://migrator-staging/"), args.staging
-    assert args.ray_address and args.ray_address.split(":")[0] == "ray-head"
+    assert args.ray_address == "auto"  # inside the job: the job's cluster
+    assert env_of(migrator).get("RAY_AUTH_MODE") == "disabled"
 
-    # the driver attaches to a raylet on its own host: the container must join the cluster first
-    entry = " ".join(as_argv(migrator.get("entrypoint")))
-    assert "ray start --address=ray-head:6379" in entry, entry
 
-    env = env_of(migrator)
+@pytest.mark.parametrize("node", ["ray-head", "ray-worker"])
+def test_every_ray_node_can_reach_staging_and_the_cluster(node: str) -> None:
+    """The job's driver runs on the head and its tasks on every node: each reads the S3
+    endpoint and keys the code reads (`staging.s3_endpoint_url`, boto3), and the cluster's
+    ports are the ones the code and the migrator service use."""
+    services = load_compose()["services"]
+    svc = services[node]
+    minio_env = env_of(services["minio"])
+    env = env_of(svc)
     assert env.get("AWS_ENDPOINT_URL") == "http://minio:9000"
-    assert env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")
+    assert env.get("MLFLOW_S3_ENDPOINT_URL") == "http://minio:9000"
+    assert env.get("AWS_ACCESS_KEY_ID") == minio_env["MINIO_ROOT_USER"]
+    assert env.get("AWS_SECRET_ACCESS_KEY") == minio_env["MINIO_ROOT_PASSWORD"]
+    assert env.get("AWS_DEFAULT_REGION")
     assert env.get("RAY_AUTH_MODE") == "disabled"
+    argv = as_argv(svc.get("command"))
+    assert argv[:2] == ["ray", "start"] and "--block" in argv
+    if node == "ray-head":
+        assert "--head" in argv and option(argv, "--port") == "6379"
+        assert option(argv, "--dashboard-host") == "0.0.0.0"  # job submission on 8265
+        assert "127.0.0.1:8265:8265" in svc["ports"]
+    else:
+        assert option(argv, "--address") == "ray-head:6379"
+        assert svc["depends_on"]["ray-head"]["condition"] == "service_healthy"
 
 
 def test_mlflow_servers() -> None:
