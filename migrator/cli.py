@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
 from migrator.config import Options
@@ -208,9 +209,37 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (`ray job stop`, a scheduler, `kill`) ends a command as Ctrl-C does: what was
+    done is recorded, and the exit code says interrupted."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. Exit codes, the same for every command and `jobs/migrate.py`:
+    0 done (all match), 1 objects failed or differ, 2 bad usage or preflight failure,
+    3 interrupted (a server gone part way, Ctrl-C, SIGTERM): the same command resumes."""
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
+    with _stop_on_sigterm():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             from migrator.demo import run_demo
@@ -249,6 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except Interrupted as e:
         print(f"migrator: interrupted: {redact(str(e))}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(
+            "migrator: interrupted: stopped by the user or a signal; what was done is "
+            "recorded, the same command resumes",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except MigratorError as e:
         print(f"migrator: failed: {redact(str(e))}", file=sys.stderr)

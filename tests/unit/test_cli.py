@@ -155,3 +155,27 @@ def test_an_unforeseen_error_is_one_line_never_a_traceback(
     assert len(lines) == 1, err
     assert lines[0].startswith("migrator: failed: unexpected KeyError: 'an answer nobody foresaw'")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_command_exits_3_with_one_line(
+    how: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C, or SIGTERM (`ray job stop`, a scheduler): exit 3, one line, no traceback."""
+    import os
+    import signal
+
+    from migrator import pipeline
+
+    def interrupted(command: str, opts: object, factory: object) -> None:
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_command", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
+    code = cli.main(["migrate", "--source", "http://s", "--target", "http://t"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.startswith("migrator: interrupted:") and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) == before  # given back
