@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
+from migrator import logs
 from migrator.config import Options
 from migrator.credentials import redact
 from migrator.errors import ConfigError, Interrupted, MigratorError
@@ -105,7 +106,7 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
         "--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once"
     )
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="runs per task")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_logging(p)
 
 
 def _add_artifacts_destinations(p: argparse.ArgumentParser, *, source: bool, target: bool) -> None:
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--summary", action="store_true", help="counts by object type and state")
     audit.add_argument("--version", type=int, help="with --model or --prompt: just this version")
     audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    audit.add_argument("-v", "--verbose", action="store_true")
+    _add_logging(audit)
     plan = sub.add_parser("plan", help="what would move; writes nothing")
     _add_common(plan, source=True, target=False, staging=True)
     plan.add_argument("--target", default="", help="target tracking URI (shows what exists there)")
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--runs", type=int, default=40, help="runs to seed on the source")
     demo.add_argument("--keep", action="store_true", help="keep servers up until Ctrl-C")
-    demo.add_argument("-v", "--verbose", action="store_true")
+    _add_logging(demo)
     return parser
 
 
@@ -192,21 +193,30 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(**{k: v for k, v in vars(args).items() if k in fields})
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    """The log options of every command (`migrator.logs`)."""
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (--log-level debug)")
+    p.add_argument("--log-level", choices=logs.LEVELS, default="info", help="terminal log level")
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="json: one JSON object per line (for log shippers)",
     )
-    from migrator.credentials import RedactingFilter
+    p.add_argument(
+        "--log-file",
+        default=logs.DEFAULT_FILE,
+        help=f"every line, libraries' too (default ./{logs.DEFAULT_FILE}; '' for none)",
+    )
 
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
-    for noisy in ("mlflow", "urllib3", "botocore", "boto3", "s3transfer", "alembic", "ray"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Its retries are logged once, by migrator.transport.
-    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = "debug" if getattr(args, "verbose", False) else getattr(args, "log_level", "info")
+    logs.setup(
+        level,
+        getattr(args, "log_format", "text"),
+        getattr(args, "log_file", logs.DEFAULT_FILE),
+    )
 
 
 @contextlib.contextmanager
@@ -234,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 done (all match), 1 objects failed or differ, 2 bad usage or preflight failure,
     3 interrupted (a server gone part way, Ctrl-C, SIGTERM): the same command resumes."""
     args = build_parser().parse_args(argv)
-    setup_logging(getattr(args, "verbose", False))
+    setup_logging(args)
     with _stop_on_sigterm():
         return _main(args)
 
