@@ -13,6 +13,7 @@ from migrator import logs
 from migrator.config import Options
 from migrator.credentials import redact
 from migrator.errors import ConfigError, Interrupted, MigratorError
+from migrator.progress import MODES
 
 log = logging.getLogger("migrator")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3
@@ -106,6 +107,12 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool, target: bool, stagi
         "--concurrency", type=int, default=DEFAULTS.concurrency, help="tasks in flight at once"
     )
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="runs per task")
+    p.add_argument(
+        "--progress",
+        choices=MODES,
+        default=DEFAULTS.progress,
+        help="a live display on a terminal, log lines otherwise (auto), or either, or none",
+    )
     _add_logging(p)
 
 
@@ -190,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     fields = {f for f in Options.__dataclass_fields__}
-    return Options(**{k: v for k, v in vars(args).items() if k in fields})
+    opts = Options(**{k: v for k, v in vars(args).items() if k in fields})
+    if getattr(args, "log_format", "text") == "json" and opts.progress == "auto":
+        opts = opts.replace(progress="log")  # a log shipper reads lines, not a display
+    return opts
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:

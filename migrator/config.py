@@ -59,6 +59,8 @@ class Options:
     lease_ttl_s: float = 60.0
     """A driver whose lease on the staging store has had no heartbeat for this long is taken
     to be gone, and its lease is taken over (`migrator.lease`)."""
+    progress: str = "auto"
+    """`auto` (a live display on a terminal, log lines otherwise), `bar`, `log` or `none`."""
     manifest_flush_rows: int = 500
     """Status rows buffered by the driver before a journal file is written."""
     capabilities: tuple[ServerCapabilities, ...] = ()

@@ -106,6 +106,8 @@ class LoggedModelDriver:
 
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             self.table.append(results)
+            if job.stage is not TAG:
+                m.progress.advance("logged models", results)
             m.checkpoint(results)
             return []
 

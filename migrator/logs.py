@@ -70,6 +70,19 @@ class _Terminal(logging.Filter):
         return record.levelno >= (self.level if own else max(self.level, logging.WARNING))
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line comes (a live progress display
+    redirects it, to keep its lines above the display)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def setup(
     level: str = "info",
     fmt: str = "text",
@@ -87,7 +100,7 @@ def setup(
     formatter: logging.Formatter = (
         JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT, datefmt="%H:%M:%S")
     )
-    terminal = logging.StreamHandler(stream or sys.stderr)
+    terminal: logging.Handler = logging.StreamHandler(stream) if stream else _Stderr()
     terminal.setFormatter(formatter)
     terminal.addFilter(_Terminal(chosen))
     handlers: list[logging.Handler] = [terminal]

@@ -86,6 +86,7 @@ class ObjectDriver:
                 and known.get("source_fingerprint") == fields["source_fingerprint"]
             ):
                 self.found["unchanged"] += 1
+                self.m.progress.advance(self.label, unchanged=1)
                 continue
             self.found["changed" if known else "new"] += 1
             row = {**(known or {}), **fields}
@@ -138,6 +139,7 @@ class ObjectDriver:
 
     def record(self, rows: list[Row]) -> None:
         self.table.append(rows)
+        self.m.progress.advance(self.label, rows)
 
     def counts(self, experiment_ids: set[str]) -> tuple[Counter[str], list[Row]]:
         """The final state of every object in scope, and the failed ones."""

@@ -31,20 +31,20 @@ from migrator.layout import check_staging_format
 from migrator.lease import Lease
 from migrator.logged_model_driver import LoggedModelDriver
 from migrator.manifest import FAILED, ManifestTable, Row
+from migrator.progress import Progress
 from migrator.reconcile import reconcile
 from migrator.registry import MODELS, PROMPTS
 from migrator.registry_driver import RegistryDriver
 from migrator.run_driver import RunDriver
 from migrator.scorer_driver import ScorerDriver
 from migrator.staging import open_staging
-from migrator.summary import Summary, format_counts
+from migrator.summary import Summary
 from migrator.trace_driver import TraceDriver
 from migrator.verify import verify_migration
 from migrator.watch import ServerWatch
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 5.0
 D = TypeVar("D")
 
 
@@ -70,7 +70,7 @@ class Migration:
             },
             opts.server_grace_s,
         )
-        self._last_progress = time.monotonic()
+        self.progress = Progress(opts.progress)
         # Arrow's default allocator keeps what it freed: the driver's peak would follow its
         # largest manifest batch ever read; the system's gives it back.
         pa.set_memory_pool(pa.system_memory_pool())
@@ -133,15 +133,10 @@ class Migration:
             )
 
     def checkpoint(self, rows: list[Row]) -> None:
-        """After each batch of results: stop when a server went away or the lease was lost;
-        say how far the command is, every few seconds."""
+        """After each batch of results: stop when a server went away or the lease was lost."""
         self.watch.check(rows)
         if self.lease is not None:
             self.lease.check()
-        now = time.monotonic()
-        if now - self._last_progress >= PROGRESS_EVERY_S:
-            self._last_progress = now
-            log.info("progress: %s", format_counts(self.summary.actions))
 
     def flush(self) -> None:
         """Write every buffered manifest row to the journal (before the command ends early)."""
@@ -232,7 +227,7 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
         try:
             m = Migration(opts, executor, command)
             m.lease = lease
-            with mlflow_io.translate_errors("server", "driver"):
+            with m.progress, mlflow_io.translate_errors("server", "driver"):
                 return _run_stages(m, command)
         except TransientError as e:  # the driver's own calls: spent their retries
             raise Interrupted(
@@ -273,6 +268,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
     if do_import:
         exp_rows = m.experiments.import_(exp_rows)
     m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
+    m.runs.count_ahead(exp_rows, from_source=do_export)
     runs = m.runs.from_source(exp_rows) if do_export else m.runs.from_staging(exp_rows)
     m.runs.transfer(runs, do_export, do_import)
     if do_import and do_export:  # runs exported by an earlier `export`, not yet imported

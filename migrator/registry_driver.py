@@ -143,6 +143,8 @@ class RegistryDriver:
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             for r in results:
                 self.record(r)
+            if job.stage is self.import_:
+                m.progress.advance(self.kind.label + "s", results)
             m.checkpoint(results)
             return []
 

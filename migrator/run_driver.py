@@ -119,6 +119,25 @@ class RunDriver:
     def from_staging(self, exp_rows: list[Row]) -> Iterator[tuple[Row, str]]:
         return ((row, next_step(row)) for row in self.staged(exp_rows))
 
+    def count_ahead(self, exp_rows: list[Row], from_source: bool) -> None:
+        """The total of runs in scope for the progress display: counted on the source by
+        a paged search in a thread of its own (for `import`: the manifest's)."""
+        exps = [e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED]
+        if not from_source:
+            self.m.progress.total("runs", sum(self.rows.counts(exps).values()), final=True)
+            return
+
+        def count() -> Iterator[int]:
+            n = 0
+            for exp in exps:
+                for _ in scope.source_runs(self.m.opts, exp):
+                    n += 1
+                    if n % 1000 == 0:
+                        yield n
+            yield n
+
+        self.m.progress.count_ahead("runs", count)
+
     # ---- moving them ---------------------------------------------------------------------
 
     def transfer(self, runs: Iterable[tuple[Row, str]], do_export: bool, do_import: bool) -> None:
@@ -133,9 +152,12 @@ class RunDriver:
             for row, step in runs:
                 m.summary.found[_found_as(row, step)] += 1
                 step = "export" if step == "resync" else step
-                if step not in pending:
-                    continue
-                if (step == "export" and not do_export) or (step == "import" and not do_import):
+                if (
+                    step not in pending
+                    or (step == "export" and not do_export)
+                    or (step == "import" and not do_import)
+                ):
+                    m.progress.advance("runs", unchanged=1)
                     continue
                 pending[step].append(row)
                 if len(pending[step]) >= size:
@@ -189,6 +211,8 @@ class RunDriver:
 
     def record(self, stage: str, rows: list[Row]) -> None:
         m = self.m
+        if stage != "tag":
+            m.progress.advance("runs", rows)
         for r in rows:
             crash_point("run-tagged" if stage == "tag" else "run-done")
             if r["state"] == FAILED:

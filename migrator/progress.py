@@ -1,0 +1,205 @@
+"""How far a long command is, while it runs: per kind of object, done / total, failures, rate,
+bytes moved and the time left.
+
+`--progress auto` (default) draws a live display (rich) when stderr is a terminal, and writes a
+plain log line every few seconds when it is not (Ray job logs, CI, a pipe); `bar` and `log`
+force either; `none` says nothing until the summary. The total of runs is counted ahead, by a
+paged search of the source in a thread of its own, while the work goes on: until it is known,
+the display shows what is done and no time left.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from migrator.manifest import FAILED, SKIPPED, Row
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "bar", "log", "none")
+LOG_EVERY_S = 5.0
+
+
+@dataclass
+class Kind:
+    """One kind of object's progress."""
+
+    label: str
+    done: int = 0
+    failed: int = 0
+    nbytes: int = 0
+    total: int | None = None
+    counted: bool = False
+    """The total is final (the counting ahead ended)."""
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self, now: float) -> float:
+        return self.done / max(now - self.started, 1e-6)
+
+    def eta_s(self, now: float) -> float | None:
+        if not self.counted or self.total is None or not self.done:
+            return None
+        return max(self.total - self.done, 0) / max(self.rate(now), 1e-9)
+
+    def line(self, now: float) -> str:
+        of = f"/{self.total}" if self.total is not None else ""
+        parts = [f"{self.label} {self.done}{of}"]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        parts.append(f"{self.rate(now):.1f}/s")
+        if self.nbytes:
+            parts.append(_size(self.nbytes))
+        eta = self.eta_s(now)
+        if eta is not None:
+            parts.append(f"ETA {_duration(eta)}")
+        return ", ".join(parts)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """The progress of one command; `advance` from the driver's thread as results arrive."""
+
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if _is_terminal(self.stream) else "log"
+        self.mode = mode
+        self.kinds: dict[str, Kind] = {}
+        self._lock = threading.Lock()
+        self._last_log = time.monotonic()
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Progress:
+        if self.mode == "bar":
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as Bar,
+            )
+
+            self._bar = Bar(
+                TextColumn("{task.description:<14}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[extra]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+                refresh_per_second=4,
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._refresh_bar()
+            self._bar.stop()
+            self._bar = None
+
+    # ---- what the driver says ------------------------------------------------------------
+
+    def total(self, label: str, n: int, final: bool) -> None:
+        """The objects of a kind counted so far (`final`: all of them)."""
+        with self._lock:
+            kind = self._kind(label)
+            kind.total, kind.counted = n, final
+        self._show()
+
+    def advance(self, label: str, rows: Iterable[Row] = (), unchanged: int = 0) -> None:
+        """Objects of a kind done (their result rows: failed ones counted as such, bytes
+        summed), and `unchanged` ones found with nothing to do."""
+        with self._lock:
+            kind = self._kind(label)
+            kind.done += unchanged
+            for r in rows:
+                kind.done += 1
+                if r.get("state") == FAILED:
+                    kind.failed += 1
+                elif r.get("state") != SKIPPED:
+                    kind.nbytes += int(r.get("artifact_bytes") or 0)
+        self._show()
+
+    def count_ahead(self, label: str, count: Callable[[], Iterable[int]]) -> threading.Thread:
+        """Count a kind's total in a thread: `count` yields running totals, the last final."""
+
+        def run() -> None:
+            n = 0
+            try:
+                for n in count():
+                    self.total(label, n, final=False)
+                self.total(label, n, final=True)
+            except Exception as e:  # only the display loses its total
+                log.debug("counting %s ahead failed: %s", label, e)
+
+        thread = threading.Thread(target=run, name=f"count-{label}", daemon=True)
+        if self.mode != "none":
+            thread.start()
+        return thread
+
+    # ---- showing it -------------------------------------------------------------------------
+
+    def _kind(self, label: str) -> Kind:
+        if label not in self.kinds:
+            self.kinds[label] = Kind(label)
+        return self.kinds[label]
+
+    def _show(self) -> None:
+        if self.mode == "bar":
+            self._refresh_bar()
+        elif self.mode == "log":
+            now = time.monotonic()
+            if now - self._last_log >= LOG_EVERY_S:
+                self._last_log = now
+                log.info("progress: %s", self.line())
+
+    def line(self) -> str:
+        now = time.monotonic()
+        with self._lock:
+            return "; ".join(k.line(now) for k in self.kinds.values()) or "starting"
+
+    def _refresh_bar(self) -> None:
+        if self._bar is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for label, kind in self.kinds.items():
+                extra = f"{kind.rate(now):.1f}/s"
+                if kind.failed:
+                    extra += f" [red]{kind.failed} failed[/red]"
+                if kind.nbytes:
+                    extra += f" {_size(kind.nbytes)}"
+                total = kind.total if kind.counted else None
+                if label not in self._tasks:
+                    self._tasks[label] = self._bar.add_task(label, total=total, extra=extra)
+                self._bar.update(self._tasks[label], completed=kind.done, total=total, extra=extra)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
