@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import TextIO
@@ -121,8 +122,16 @@ def setup(
         h.addFilter(RedactingFilter())
         h._migrator = True  # type: ignore[attr-defined]
         root.addHandler(h)
+    # MLflow writes its own lines to stderr through a handler of its own: it is told not to
+    # (here, and in the workers, which get MLFLOW_* variables), and undone where it did.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    mlflow_log = logging.getLogger("mlflow")
+    for h in list(mlflow_log.handlers):
+        mlflow_log.removeHandler(h)
+    mlflow_log.propagate = True
     for lib in LIBRARIES:  # kept in the file from INFO: their DEBUG is every request
         logging.getLogger(lib).setLevel(logging.INFO if level != "debug" else logging.DEBUG)
     # Its retries are logged once, by migrator.transport.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    logging.captureWarnings(False)  # (again: whoever replaced `showwarning` since)
     logging.captureWarnings(True)

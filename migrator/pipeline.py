@@ -116,7 +116,9 @@ class Migration:
                 self.opts, self.exps, self.runs.rows, self.logged.rows, registries, self.objects
             )
 
-        return verify_migration(self.opts, self.executor, self.staging, exp_rows, work, other_sides)
+        return verify_migration(
+            self.opts, self.executor, self.staging, exp_rows, work, other_sides, self.progress
+        )
 
     def kind(self, label: str, stage: Callable[[], None]) -> None:
         """Run the stage of one kind of object. A server that refuses the driver's own calls

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from migrator.config import Options
 from migrator.errors import MigratorError
 from migrator.fanout import Executor, Job, Stage, describe, jobs_of
-from migrator.manifest import ERROR, MATCH, Row, now_ms, write_verify
+from migrator.manifest import ERROR, FAILED, MATCH, Row, now_ms, write_verify
+from migrator.progress import Progress
 from migrator.reconcile import DUPLICATE, NOT_MIGRATED
 from migrator.stages.experiments import verify_experiment
 from migrator.stages.verify_models import verify_logged_model
@@ -108,6 +109,7 @@ def verify_migration(
     exp_rows: list[Row],
     work: list[tuple[str, Stage, Iterable[Row]]],
     other_sides: Callable[[], list[Row]] = list,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Verify the experiments in `exp_rows` (inline) and the objects in `work` (each an object
     type, its verify stage and its items, through the fan-out); a model's version rows come
@@ -147,10 +149,16 @@ def verify_migration(
     for object_type, stage, items in work:
 
         def on_done(job: Job, results: list[Row], object_type: str = object_type) -> list[Job]:
+            done = [r if "object_type" in r else error_row(object_type, r) for r in results]
             for r in results:
                 # A row that raised comes back from the fan-out as a failed manifest row.
-                rows.append(r if "object_type" in r else error_row(object_type, r))
                 rows.extend(r.pop("_versions", None) or [])
+            rows.extend(done)
+            if progress is not None:  # what does not match counts as failed
+                progress.advance(
+                    f"verify {object_type}s",
+                    ({"state": "ok" if r["outcome"] == MATCH else FAILED} for r in done),
+                )
             return []
 
         executor.run(jobs_of(stage, items, size), opts, on_done)
