@@ -28,12 +28,28 @@ from migrator.seed import (
     source_summary,
 )
 from migrator.services import mlflow_server, s3_server
+from migrator.staging import Staging, open_staging
 
 BUCKET = "migrator-staging"
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+#: Where the demo leaves its manifests (its servers and S3 store are gone when it ends).
+OUTPUT = Path("demo-output")
+
+
+def keep_manifests(staging: Staging, dest: Path) -> Path:
+    """Copy the staging store's manifests (not the journal or the lease) to a local folder
+    that outlives the demo; returns it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for key in staging.list_keys("manifests"):
+        name = key.rsplit("/", 1)[-1]
+        if key.count("/") == 1 and name.endswith(".parquet"):
+            staging.download_file(key, str(dest / name))
+    return dest
 
 
 def run_demo(n_runs: int = 40, keep: bool = False) -> int:
@@ -77,10 +93,12 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
             f"no-op re-run {rerun:.1f} s; driver peak RSS {_peak_rss_mb():.0f} MB"
         )
         print(f"demo: target now holds {source_summary(tgt.url)}")
+        kept = keep_manifests(open_staging(opts.staging), OUTPUT / "manifests")
         print(
-            f"demo: manifests at s3://{BUCKET}/demo/manifests/ (experiments, runs, "
-            "logged_models, models, model_versions, prompts, traces, evaluation_datasets, "
-            "scorers .parquet)"
+            f"demo: the manifests stay in {kept}/ (experiments, runs, logged_models, models, "
+            "model_versions, prompts, traces, evaluation_datasets, scorers, verify .parquet); "
+            "open one with:\n"
+            f"  python -c \"import pandas as pd; print(pd.read_parquet('{kept}/runs.parquet'))\""
         )
         if keep:
             print("demo: servers stay up until Ctrl-C")

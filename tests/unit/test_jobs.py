@@ -28,3 +28,4 @@ SPEC.loader.exec_module(jobs_migrate)
 )
 def test_job_arguments(argv: list[str], address: str | None, expected: list[str]) -> None:
     assert jobs_migrate.job_argv(argv, address) == expected
+

@@ -1,0 +1,18 @@
+"""`migrator demo`: what it leaves behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def test_the_demo_keeps_its_manifests(tmp_path: Path) -> None:
+    """The demo's S3 store is gone when it ends: its manifests are copied out first."""
+    from migrator.demo import keep_manifests
+    from migrator.staging import LocalStaging
+
+    staging = LocalStaging(str(tmp_path / "staging"))
+    for key in ("manifests/runs.parquet", "manifests/verify.parquet",
+                "manifests/_journal/runs/1.parquet", "manifests/_lease.json", "runs/r/run.json"):
+        staging.write_bytes(key, b"x")
+    kept = keep_manifests(staging, tmp_path / "out" / "manifests")
+    assert sorted(p.name for p in kept.iterdir()) == ["runs.parquet", "verify.parquet"]
