@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="what would move; writes nothing")
     _add_common(plan, source=True, target=False, staging=True)
     plan.add_argument("--target", default="", help="target tracking URI (shows what exists there)")
+    report = sub.add_parser("report", help="one HTML page from the manifests and the last verify")
+    report.add_argument("--staging", default=DEFAULTS.staging, help="staging URI")
+    report.add_argument("--out", default="report.html", help="the HTML file (default report.html)")
+    _add_logging(report)
     demo = sub.add_parser(
         "demo", help="embedded end-to-end demo: seeded source, target, S3, local Ray"
     )
@@ -281,6 +285,12 @@ def _main(args: argparse.Namespace) -> int:
                 target_trace_id=args.target_trace_id,
                 fmt=args.format,
             )
+        if args.command == "report":
+            from migrator import report as report_page
+
+            path = report_page.write(args.staging, args.out)
+            print(f"migrator: report written to {path}")
+            return EXIT_OK
         opts = options_from_args(args)
         if args.command == "plan" or opts.dry_run:
             from migrator.plan import run_plan

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from migrator import report
 from migrator.config import Options
 from migrator.fanout import SharedExecutor, make_executor
 from migrator.pipeline import run_command
@@ -94,6 +95,8 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
         )
         print(f"demo: target now holds {source_summary(tgt.url)}")
         kept = keep_manifests(open_staging(opts.staging), OUTPUT / "manifests")
+        page = report.write(opts.staging, str(OUTPUT / "report.html"))
+        print(f"demo: the migration report page: {page.resolve().as_uri()}")
         print(
             f"demo: the manifests stay in {kept}/ (experiments, runs, logged_models, models, "
             "model_versions, prompts, traces, evaluation_datasets, scorers, verify .parquet); "

@@ -54,14 +54,15 @@ class Kind:
             parts.append(f"{self.failed} failed")
         parts.append(f"{self.rate(now):.1f}/s")
         if self.nbytes:
-            parts.append(_size(self.nbytes))
+            parts.append(human_size(self.nbytes))
         eta = self.eta_s(now)
         if eta is not None:
             parts.append(f"ETA {_duration(eta)}")
         return ", ".join(parts)
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes as people read them (decimal units)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -191,7 +192,7 @@ class Progress:
                 if kind.failed:
                     extra += f" [red]{kind.failed} failed[/red]"
                 if kind.nbytes:
-                    extra += f" {_size(kind.nbytes)}"
+                    extra += f" {human_size(kind.nbytes)}"
                 total = kind.total if kind.counted else None
                 if label not in self._tasks:
                     self._tasks[label] = self._bar.add_task(label, total=total, extra=extra)
