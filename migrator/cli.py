@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_artifacts_destinations(export, source=True, target=False)
     import_ = sub.add_parser("import", help="staging -> target")
     _add_common(import_, source=False, target=True, staging=True)
+    import_.add_argument(
+        "--from-export-import",
+        metavar="DIR",
+        help="first bring in a directory written by mlflow-export-import (export-experiments "
+        "or export-all) as staged runs",
+    )
     _add_artifacts_destinations(import_, source=False, target=True)
     verify = sub.add_parser("verify", help="compare every migrated object with its source")
     _add_common(verify, source=True, target=True, staging=True)
@@ -299,6 +305,17 @@ def _main(args: argparse.Namespace) -> int:
             return EXIT_OK
         from migrator.fanout import make_executor
         from migrator.pipeline import run_command
+
+        if getattr(args, "from_export_import", None):
+            from migrator.from_exim import stage_directory
+
+            staged, failed = stage_directory(args.from_export_import, opts)
+            log.info(
+                "staged %d runs from %s (%d could not be read: named in the summary)",
+                staged,
+                args.from_export_import,
+                failed,
+            )
 
         summary = run_command(args.command, opts, make_executor)
         print(redact(summary.render()))
