@@ -89,7 +89,7 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
             shared.shutdown()
         n = sum(first.runs.values())
         print(
-            f"demo: {n} runs migrated in {wall:.1f} s including Ray start-up "
+            f"demo: {n} runs migrated in {wall:.1f} s "
             f"({n / wall:.1f} runs/s; {first.elapsed:.1f} s in the pipeline); "
             f"no-op re-run {rerun:.1f} s; driver peak RSS {_peak_rss_mb():.0f} MB"
         )

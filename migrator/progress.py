@@ -84,6 +84,7 @@ class Progress:
             mode = "bar" if _is_terminal(self.stream) else "log"
         self.mode = mode
         self.kinds: dict[str, Kind] = {}
+        self.started = time.monotonic()
         self._lock = threading.Lock()
         self._last_log = time.monotonic()
         self._bar: Any = None
@@ -164,8 +165,10 @@ class Progress:
     # ---- showing it -------------------------------------------------------------------------
 
     def _kind(self, label: str) -> Kind:
+        """A kind's progress; its rate counts from the command's start (a kind whose first
+        object comes late has not been idle since)."""
         if label not in self.kinds:
-            self.kinds[label] = Kind(label)
+            self.kinds[label] = Kind(label, started=self.started)
         return self.kinds[label]
 
     def _show(self) -> None:

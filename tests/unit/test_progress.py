@@ -83,3 +83,11 @@ def test_no_total_yet_no_eta_and_none_says_nothing(caplog: pytest.LogCaptureFixt
     quiet = Progress("none", io.StringIO())
     thread = quiet.count_ahead("runs", lambda: iter([1, 2]))
     assert not thread.is_alive() and quiet.kinds == {}
+
+
+def test_a_late_kind_has_a_sane_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([100.0, 110.0, 110.0, 110.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    p = Progress("none", io.StringIO())  # started at 100
+    p.advance("evaluation datasets", [{"state": "imported"}])  # first object at 110
+    assert "0.1/s" in p.line()  # 1 in 10 s, not 1 in 0 s
