@@ -278,8 +278,11 @@ class RayExecutor:
         # Started from a thread on purpose (the driver's own SIGTERM handling stays): Ray's
         # note that it set no SIGTERM handler says nothing to the user.
         logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_NOTE)
-
         opts = self._opts
+        if not opts.ray_address:  # the local Ray is ours: its token is its own business
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+                _NO_TOKEN_NOTE
+            )
         if not ray.is_initialized():
             env = {"env_vars": forwarded_env()}
             if opts.ray_address:
@@ -389,6 +392,7 @@ class _DropNote(logging.Filter):
 
 
 _NO_SIGTERM_NOTE = _DropNote("SIGTERM handler is not set")
+_NO_TOKEN_NOTE = _DropNote("Token authentication is enabled for this Ray cluster")
 
 
 def _result(future: Any) -> list[Row]:
