@@ -32,7 +32,7 @@ def emit_all() -> None:
     logging.getLogger("migrator.pipeline").info("moved 3 runs")
     logging.getLogger("migrator.pipeline").debug("a detail")
     logging.getLogger("mlflow.store").info("Waiting up to 300 seconds for model version")
-    logging.getLogger("ray").warning("a warning that matters")
+    logging.getLogger("botocore.credentials").warning("a warning that matters")
     # What `warnings.warn` calls (pytest records warnings itself before they get there).
     warnings.showwarning(FutureWarning("a library's warning"), FutureWarning, "lib.py", 1)
 
