@@ -216,7 +216,11 @@ def iter_experiments(uri: str, view_type: int) -> Iterator[Any]:
 
 
 def iter_runs(
-    uri: str, experiment_ids: Sequence[str], view_type: int, filter_string: str = ""
+    uri: str,
+    experiment_ids: Sequence[str],
+    view_type: int,
+    filter_string: str = "",
+    page_size: int = PAGE_SIZE,
 ) -> Iterator[Any]:
     """Every run of the given experiments, oldest first, one page at a time."""
     token = None
@@ -225,7 +229,7 @@ def iter_runs(
             experiment_ids=list(experiment_ids),
             filter_string=filter_string,
             run_view_type=view_type,
-            max_results=PAGE_SIZE,
+            max_results=page_size,
             order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
             page_token=token,
         )

@@ -59,9 +59,17 @@ def source_experiments(opts: Options) -> Iterator[Any]:
             yield exp
 
 
+#: Runs per page of the enumeration: a page (the server's answer and its Run objects) is what
+#: the driver holds of the source at a time, so it is kept small; a request per 200 runs is
+#: nothing next to the runs' own.
+RUN_PAGE = 200
+
+
 def source_runs(opts: Options, experiment_id: str) -> Iterator[Any]:
     """Every run in scope of one source experiment, oldest first, paged."""
-    yield from mlflow_io.iter_runs(opts.source, [experiment_id], view_type(opts), run_filter(opts))
+    yield from mlflow_io.iter_runs(
+        opts.source, [experiment_id], view_type(opts), run_filter(opts), RUN_PAGE
+    )
 
 
 def source_logged_models(opts: Options, experiment_id: str) -> Iterator[Any]:
