@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -483,28 +484,10 @@ class ManifestTable:
             self.ledger = None
 
     def _write_from(self, ledger: Ledger) -> None:
-        """Write the compacted file from the ledger, `_ROW_GROUP` rows at a time, through a
-        local file (uploaded whole: one atomic replace)."""
-        with tempfile.TemporaryDirectory(prefix="migrator-manifest-") as tmp:
-            local = os.path.join(tmp, "table.parquet")
-            with pq.ParquetWriter(local, self.schema, compression="zstd") as writer:
-                batch: list[Row] = []
-                group: list[pa.Table] = []
-                written = 0
-                for row in ledger.ordered():
-                    batch.append(row)
-                    if len(batch) >= _ROW_GROUP:
-                        group.append(rows_to_table(batch, self.schema))
-                        batch.clear()
-                    if len(group) >= _GROUPED:
-                        writer.write_table(pa.concat_tables(group))
-                        written += 1
-                        group.clear()
-                if batch:
-                    group.append(rows_to_table(batch, self.schema))
-                if group or not written:  # an empty table still has its schema
-                    writer.write_table(pa.concat_tables(group or [self.schema.empty_table()]))
-            self.staging.upload_file(local, self.path)
+        """Write the compacted file from the ledger, streamed (`RowsFile`)."""
+        with RowsFile(self.schema) as out:
+            out.add(ledger.ordered())
+            out.upload(self.staging, self.path)
 
     def load(self) -> dict[Any, Row]:
         """Newest row per key as dicts (times as epoch ms); a composite key is a tuple."""
@@ -517,6 +500,67 @@ class ManifestTable:
 #: groups, fewer of them.)
 _ROW_GROUP = 500
 _GROUPED = 4
+
+
+class RowsFile:
+    """A Parquet file written from rows pushed to it, `_ROW_GROUP` rows converted at a time and
+    `_GROUPED` such batches per row group, in a local temporary folder; `upload` puts it in
+    staging whole (one atomic replace). What it holds is one row group, whatever the number
+    of rows: the compaction of a manifest and the rows of a verification both go through it."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.rows = 0
+        self._tmp = tempfile.TemporaryDirectory(prefix="migrator-manifest-")
+        self._local = os.path.join(self._tmp.name, "table.parquet")
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self._local, schema, compression="zstd"
+        )
+        self._batch: list[Row] = []
+        self._group: list[pa.Table] = []
+
+    def add(self, rows: Iterable[Row]) -> None:
+        for row in rows:
+            self._batch.append(row)
+            self.rows += 1
+            if len(self._batch) >= _ROW_GROUP:
+                self._convert()
+
+    def _convert(self) -> None:
+        if self._batch:
+            self._group.append(rows_to_table(self._batch, self.schema))
+            self._batch = []
+        if len(self._group) >= _GROUPED:
+            self._write_group()
+
+    def _write_group(self) -> None:
+        assert self._writer is not None
+        if self._group:
+            self._writer.write_table(pa.concat_tables(self._group))
+            self._group = []
+
+    def upload(self, staging: Staging, key: str) -> None:
+        """Finish the file (an empty one still has its schema) and put it at `key`."""
+        if self._writer is None:
+            raise ValueError(f"{key}: the rows file was already uploaded")
+        if self._batch:
+            self._convert()
+        self._write_group()
+        self._writer.close()
+        self._writer = None
+        staging.upload_file(self._local, key)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> RowsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _read_batches(local: str, what: str, schema: pa.Schema) -> Iterable[list[Row]]:
@@ -601,15 +645,43 @@ def scorers_table(staging: Staging) -> ManifestTable:
     return ManifestTable(staging, "scorers", SCORERS_SCHEMA, "source_scorer_key")
 
 
-def write_verify(staging: Staging, rows: list[Row]) -> str:
-    """Replace `manifests/verify.parquet` with this verification's rows; returns its key."""
-    key = "manifests/verify.parquet"
-    staging.write_bytes(key, _to_parquet(rows_to_table(rows, VERIFY_SCHEMA)))
-    return key
+VERIFY_KEY = "manifests/verify.parquet"
+
+
+def write_verify(staging: Staging, rows: Iterable[Row]) -> str:
+    """Replace `manifests/verify.parquet` with these rows; returns its key."""
+    with RowsFile(VERIFY_SCHEMA) as out:
+        out.add(rows)
+        out.upload(staging, VERIFY_KEY)
+    return VERIFY_KEY
 
 
 def read_verify(staging: Staging) -> list[Row]:
-    key = "manifests/verify.parquet"
-    if not staging.exists(key):
+    if not staging.exists(VERIFY_KEY):
         return []
-    return table_to_rows(_from_parquet(staging.read_bytes(key), key, VERIFY_SCHEMA))
+    return table_to_rows(_from_parquet(staging.read_bytes(VERIFY_KEY), VERIFY_KEY, VERIFY_SCHEMA))
+
+
+def verify_counts(staging: Staging) -> Counter[tuple[str, str]]:
+    """(object type, outcome) → objects of the last verification, read a row group at a time
+    (two columns only): what a report needs of a verification of millions of objects."""
+    counts: Counter[tuple[str, str]] = Counter()
+    if not staging.exists(VERIFY_KEY):
+        return counts
+    with tempfile.TemporaryDirectory(prefix="migrator-manifest-") as tmp:
+        local = os.path.join(tmp, "verify.parquet")
+        staging.download_file(VERIFY_KEY, local)
+        try:
+            f = pq.ParquetFile(local, pre_buffer=False)
+            for batch in f.iter_batches(
+                batch_size=_ROW_GROUP * _GROUPED,
+                columns=["object_type", "outcome"],
+                use_threads=False,
+            ):
+                kinds, outcomes = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+                counts.update(zip(kinds, outcomes, strict=True))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise StagingError(
+                f"corrupt manifest file: {type(e).__name__}: {e}", obj=VERIFY_KEY
+            ) from None
+    return counts

@@ -27,10 +27,10 @@ from migrator.manifest import (
     logged_models_table,
     model_versions_table,
     models_table,
-    read_verify,
     runs_table,
     scorers_table,
     traces_table,
+    verify_counts,
 )
 from migrator.progress import human_size
 from migrator.registry import PROMPTS
@@ -84,7 +84,7 @@ def build(staging_uri: str) -> str:
         r["source_experiment_id"]: r.get("name") or r["source_experiment_id"]
         for r in experiments_table(staging).read_table().to_pylist()
     }
-    verify = Counter((r["object_type"], r["outcome"]) for r in read_verify(staging))
+    verify = verify_counts(staging)
     return _page(staging.uri, counts, failures, bytes_moved, runs, exps, verify)
 
 

@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from migrator.config import Options
 from migrator.errors import MigratorError
 from migrator.fanout import Executor, Job, Stage, describe, jobs_of
-from migrator.manifest import ERROR, FAILED, MATCH, Row, now_ms, write_verify
+from migrator.manifest import (
+    ERROR,
+    FAILED,
+    MATCH,
+    VERIFY_KEY,
+    VERIFY_SCHEMA,
+    Row,
+    RowsFile,
+    now_ms,
+)
 from migrator.progress import Progress
 from migrator.reconcile import DUPLICATE, NOT_MIGRATED
 from migrator.stages.experiments import verify_experiment
@@ -66,23 +75,39 @@ _SHOWN = 50
 
 @dataclass
 class VerifyReport:
-    rows: list[Row] = field(default_factory=list)
+    """What a verification found: counts per (object type, outcome), and the first `_SHOWN`
+    objects that do not match (every row is in `manifests/verify.parquet`, not in memory)."""
+
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    bad: list[Row] = field(default_factory=list)
+    n_bad: int = 0
     elapsed: float = 0.0
     path: str = ""
 
+    @classmethod
+    def of(cls, rows: Iterable[Row], elapsed: float = 0.0, path: str = "") -> VerifyReport:
+        report = cls(elapsed=elapsed, path=path)
+        report.add(rows)
+        return report
+
+    def add(self, rows: Iterable[Row]) -> None:
+        for r in rows:
+            self.counts[(r["object_type"], r["outcome"])] += 1
+            if r["outcome"] != MATCH:
+                self.n_bad += 1
+                if len(self.bad) < _SHOWN:
+                    self.bad.append(r)
+
     @property
     def ok(self) -> bool:
-        return all(r["outcome"] == MATCH for r in self.rows)
-
-    def counts(self) -> Counter[tuple[str, str]]:
-        return Counter((r["object_type"], r["outcome"]) for r in self.rows)
+        return self.n_bad == 0
 
     def render(self) -> str:
-        n_runs = sum(r["object_type"] == "run" for r in self.rows)
+        counts = self.counts
+        n_runs = sum(n for (kind, _), n in counts.items() if kind == "run")
         rate = n_runs / self.elapsed if self.elapsed > 0 else 0.0
-        counts = self.counts()
         lines = [
-            f"verify: {len(self.rows)} objects in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
+            f"verify: {sum(counts.values())} objects in {self.elapsed:.1f} s ({rate:.1f} runs/s)",
             "  " + f"{'':19}" + "".join(f"{o:>{_W}}" for o in OUTCOMES),
         ]
         for kind in KINDS:
@@ -91,13 +116,12 @@ class VerifyReport:
             lines.append(
                 "  " + f"{kind:19}" + "".join(f"{counts[(kind, o)]:>{_W}}" for o in OUTCOMES)
             )
-        bad = [r for r in self.rows if r["outcome"] != MATCH]
-        for r in bad[:_SHOWN]:
+        for r in self.bad:
             what = f"{r['object_type']} {r['source_id']} ({r.get('name')})"
             why = r.get("details") or r.get("error") or ""
             lines.append(f"    {what}: {r['outcome']}" + (f": {why}" if why else ""))
-        if len(bad) > _SHOWN:
-            lines.append(f"    … and {len(bad) - _SHOWN} more (see {self.path})")
+        if self.n_bad > len(self.bad):
+            lines.append(f"    … and {self.n_bad - len(self.bad)} more (see {self.path})")
         lines.append(f"  result: {'all match' if self.ok else 'DIFFERENCES FOUND'}  ({self.path})")
         return "\n".join(lines)
 
@@ -116,54 +140,63 @@ def verify_migration(
     back with it.
     `other_sides` gives the rows only the servers can show (duplicates, never moved)."""
     started = time.monotonic()
-    rows: list[Row] = []
-    try:
-        rows.extend(other_sides())
-    except MigratorError as err:
-        rows.append(
-            {
-                "object_type": err.obj or "server",
-                "source_id": "",
-                "outcome": ERROR,
-                "error": f"looking for duplicates and unmigrated objects: {describe(err)}",
-                "verified_at": now_ms(),
-            }
-        )
-    for e in exp_rows:
+    report = VerifyReport()
+    with RowsFile(VERIFY_SCHEMA) as out:
+
+        def keep(rows: list[Row]) -> None:
+            out.add(rows)
+            report.add(rows)
+
         try:
-            rows.append(verify_experiment(e, opts))
+            keep(other_sides())
         except MigratorError as err:
-            rows.append(
-                {
-                    "object_type": "experiment",
-                    "source_id": e["source_experiment_id"],
-                    "target_id": e.get("target_experiment_id"),
-                    "name": e.get("name"),
-                    "outcome": ERROR,
-                    "error": describe(err),
-                    "verified_at": now_ms(),
-                }
+            keep(
+                [
+                    _error(
+                        err.obj or "server",
+                        "",
+                        f"looking for duplicates and unmigrated objects: {describe(err)}",
+                    )
+                ]
             )
-    size = max(1, opts.batch_size)
+        for e in exp_rows:
+            try:
+                keep([verify_experiment(e, opts)])
+            except MigratorError as err:
+                row = _error("experiment", e["source_experiment_id"], describe(err))
+                keep([{**row, "target_id": e.get("target_experiment_id"), "name": e.get("name")}])
+        size = max(1, opts.batch_size)
 
-    for object_type, stage, items in work:
+        for object_type, stage, items in work:
 
-        def on_done(job: Job, results: list[Row], object_type: str = object_type) -> list[Job]:
-            done = [r if "object_type" in r else error_row(object_type, r) for r in results]
-            for r in results:
-                # A row that raised comes back from the fan-out as a failed manifest row.
-                rows.extend(r.pop("_versions", None) or [])
-            rows.extend(done)
-            if progress is not None:  # what does not match counts as failed
-                progress.advance(
-                    f"verify {object_type}s",
-                    ({"state": "ok" if r["outcome"] == MATCH else FAILED} for r in done),
-                )
-            return []
+            def on_done(job: Job, results: list[Row], object_type: str = object_type) -> list[Job]:
+                done = [r if "object_type" in r else error_row(object_type, r) for r in results]
+                for r in results:
+                    # A row that raised comes back from the fan-out as a failed manifest row.
+                    keep(r.pop("_versions", None) or [])
+                keep(done)
+                if progress is not None:  # what does not match counts as failed
+                    progress.advance(
+                        f"verify {object_type}s",
+                        ({"state": "ok" if r["outcome"] == MATCH else FAILED} for r in done),
+                    )
+                return []
 
-        executor.run(jobs_of(stage, items, size), opts, on_done)
-    path = write_verify(staging, rows)
-    return VerifyReport(rows, time.monotonic() - started, f"{staging.uri}/{path}")
+            executor.run(jobs_of(stage, items, size), opts, on_done)
+        out.upload(staging, VERIFY_KEY)
+    report.elapsed = time.monotonic() - started
+    report.path = f"{staging.uri}/{VERIFY_KEY}"
+    return report
+
+
+def _error(object_type: str, source_id: str, error: str) -> Row:
+    return {
+        "object_type": object_type,
+        "source_id": source_id,
+        "outcome": ERROR,
+        "error": error,
+        "verified_at": now_ms(),
+    }
 
 
 def error_row(object_type: str, r: Row) -> Row:

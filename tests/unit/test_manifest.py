@@ -406,3 +406,47 @@ def test_model_and_logged_model_tables_round_trip(staging: LocalStaging) -> None
     assert row["artifact_files"] == files
     assert row["creation_timestamp"] == 1670836055960
     assert set(row) == set(manifest.LOGGED_MODELS_SCHEMA.names)
+
+
+# ---- RowsFile: a manifest written from rows pushed to it ---------------------------------
+
+
+def test_rows_file_writes_every_row_in_order_in_bounded_row_groups(staging: LocalStaging) -> None:
+    n = manifest._ROW_GROUP * manifest._GROUPED * 2 + 7
+    with manifest.RowsFile(RUNS_SCHEMA) as out:
+        for i in range(0, n, 100):
+            out.add(_row(f"r{j:05d}") for j in range(i, min(n, i + 100)))
+        out.upload(staging, "manifests/x.parquet")
+    assert out.rows == n
+    f = pq.ParquetFile(str(staging.root / "manifests/x.parquet"))
+    assert f.metadata.num_rows == n
+    assert max(f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)) == (
+        manifest._ROW_GROUP * manifest._GROUPED
+    )
+    ids = f.read(columns=["source_run_id"]).column(0).to_pylist()
+    assert ids == [f"r{j:05d}" for j in range(n)]
+
+
+def test_rows_file_of_no_rows_is_an_empty_manifest_with_its_schema(staging: LocalStaging) -> None:
+    with manifest.RowsFile(RUNS_SCHEMA) as out:
+        out.upload(staging, "manifests/empty.parquet")
+        with pytest.raises(ValueError, match="already uploaded"):
+            out.upload(staging, "manifests/empty.parquet")
+    table = pq.read_table(str(staging.root / "manifests/empty.parquet"))
+    assert table.num_rows == 0 and table.schema.names == RUNS_SCHEMA.names
+
+
+def test_rows_file_left_without_upload_writes_nothing_to_staging(staging: LocalStaging) -> None:
+    with pytest.raises(RuntimeError):
+        with manifest.RowsFile(RUNS_SCHEMA) as out:
+            out.add([_row("r1")])
+            raise RuntimeError("the command stopped")
+    assert not staging.exists("manifests/x.parquet")
+    assert not list(staging.list_keys("manifests"))
+
+
+def test_verify_counts_of_a_corrupt_verify_manifest_names_it(staging: LocalStaging) -> None:
+    staging.write_bytes(manifest.VERIFY_KEY, b"PAR1 not really")
+    with pytest.raises(StagingError, match="verify.parquet"):
+        manifest.verify_counts(staging)
+    assert manifest.verify_counts(LocalStaging(str(staging.root / "none"))) == {}

@@ -701,10 +701,10 @@ def _count_line(text: str, kind: str) -> dict[str, int]:
 
 def test_report_ok_only_when_every_row_matches() -> None:
     rows = [_vrow("experiment", "1", MATCH), _vrow("run", "r1", MATCH)]
-    assert VerifyReport(rows).ok
+    assert VerifyReport.of(rows).ok
     for outcome in OUTCOMES:
         if outcome != MATCH:
-            assert not VerifyReport([*rows, _vrow("run", "r2", outcome)]).ok, outcome
+            assert not VerifyReport.of([*rows, _vrow("run", "r2", outcome)]).ok, outcome
 
 
 def test_report_render_counts_per_type_and_outcome() -> None:
@@ -720,7 +720,7 @@ def test_report_render_counts_per_type_and_outcome() -> None:
         _vrow("run", "r6", MISSING_ON_SOURCE),
         _vrow("run", "r7", ERROR, error="PermanentError: boom"),
     ]
-    report = VerifyReport(rows, elapsed=2.0, path="/tmp/s/manifests/verify.parquet")
+    report = VerifyReport.of(rows, elapsed=2.0, path="/tmp/s/manifests/verify.parquet")
     text = report.render()
     assert text.splitlines()[0] == "verify: 10 objects in 2.0 s (3.5 runs/s)"
     assert _count_line(text, "experiment") == {
@@ -751,12 +751,12 @@ def test_report_render_counts_per_type_and_outcome() -> None:
     assert text.splitlines()[-1] == (
         "  result: DIFFERENCES FOUND  (/tmp/s/manifests/verify.parquet)"
     )
-    assert report.counts()[("run", DIFFER)] == 2
+    assert report.counts[("run", DIFFER)] == 2
 
 
 def test_report_render_all_match() -> None:
     rows = [_vrow("experiment", "1", MATCH), *(_vrow("run", f"r{i}", MATCH) for i in range(4))]
-    text = VerifyReport(rows, elapsed=0.0, path="p").render()
+    text = VerifyReport.of(rows, elapsed=0.0, path="p").render()
     assert text.splitlines()[0] == "verify: 5 objects in 0.0 s (0.0 runs/s)"
     assert _count_line(text, "run")[MATCH] == 4
     assert _count_line(text, "experiment")[MATCH] == 1
@@ -767,7 +767,52 @@ def test_report_render_all_match() -> None:
 
 def test_report_render_caps_the_list_of_bad_objects() -> None:
     rows = [_vrow("run", f"r{i}", DIFFER, details="x") for i in range(verify_mod._SHOWN + 3)]
-    text = VerifyReport(rows, elapsed=1.0, path="P").render()
+    text = VerifyReport.of(rows, elapsed=1.0, path="P").render()
     listed = [ln for ln in text.splitlines() if ln.startswith("    run r")]
     assert len(listed) == verify_mod._SHOWN
     assert "    … and 3 more (see P)" in text.splitlines()
+
+
+# --------------------------------------------------------------------------- streamed verification
+
+
+def _verify_stage(row: dict[str, Any], opts: Options) -> dict[str, Any]:
+    """A fake verify stage: every tenth run differs; run 'boom' raises."""
+    if row["source_run_id"] == "boom":
+        raise PermanentError("no such run")
+    i = int(row["source_run_id"][1:])
+    outcome = DIFFER if i % 10 == 0 else MATCH
+    return _vrow("run", row["source_run_id"], outcome, details="x" if outcome == DIFFER else None)
+
+
+def test_verify_migration_streams_rows_to_the_manifest_and_keeps_only_counts(
+    tmp_path: Any,
+) -> None:
+    from migrator.fanout import InlineExecutor, Stage
+    from migrator.manifest import read_verify, verify_counts
+    from migrator.staging import LocalStaging
+
+    staging = LocalStaging(str(tmp_path))
+    n = 2345  # several row groups of the verify manifest
+    items = [{"source_run_id": f"r{i}", "source_experiment_id": "1"} for i in range(n)]
+    items.append({"source_run_id": "boom", "source_experiment_id": "1"})
+    opts = Options(concurrency=2, batch_size=7)
+    report = verify_mod.verify_migration(
+        opts,
+        InlineExecutor(),
+        staging,
+        [],
+        [("run", Stage("verify", _verify_stage), iter(items))],
+    )
+    differ = sum(1 for i in range(n) if i % 10 == 0)
+    assert report.counts == {("run", MATCH): n - differ, ("run", DIFFER): differ, ("run", ERROR): 1}
+    assert report.n_bad == differ + 1 and not report.ok
+    # only the first objects that do not match are held, for the listing
+    assert len(report.bad) == verify_mod._SHOWN
+    assert f"… and {differ + 1 - verify_mod._SHOWN} more" in report.render()
+    rows = read_verify(staging)
+    assert len(rows) == n + 1
+    assert {r["source_id"] for r in rows} == {f"r{i}" for i in range(n)} | {"boom"}
+    assert next(r for r in rows if r["source_id"] == "boom")["error"]
+    assert verify_counts(staging) == report.counts
+    assert report.path.endswith("manifests/verify.parquet")
