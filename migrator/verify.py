@@ -78,7 +78,7 @@ class VerifyReport:
     """What a verification found: counts per (object type, outcome), and the first `_SHOWN`
     objects that do not match (every row is in `manifests/verify.parquet`, not in memory)."""
 
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    tally: Counter[tuple[str, str]] = field(default_factory=Counter)
     bad: list[Row] = field(default_factory=list)
     n_bad: int = 0
     elapsed: float = 0.0
@@ -92,7 +92,7 @@ class VerifyReport:
 
     def add(self, rows: Iterable[Row]) -> None:
         for r in rows:
-            self.counts[(r["object_type"], r["outcome"])] += 1
+            self.tally[(r["object_type"], r["outcome"])] += 1
             if r["outcome"] != MATCH:
                 self.n_bad += 1
                 if len(self.bad) < _SHOWN:
@@ -102,8 +102,11 @@ class VerifyReport:
     def ok(self) -> bool:
         return self.n_bad == 0
 
+    def counts(self) -> Counter[tuple[str, str]]:
+        return self.tally
+
     def render(self) -> str:
-        counts = self.counts
+        counts = self.tally
         n_runs = sum(n for (kind, _), n in counts.items() if kind == "run")
         rate = n_runs / self.elapsed if self.elapsed > 0 else 0.0
         lines = [

@@ -134,7 +134,7 @@ def test_faults_on_every_server_leave_every_object_exactly_once(
     assert_exactly_once(direct, source, target.url)
     report = run_command("verify", direct, make_executor).verify
     assert report.ok, report.render()
-    assert {outcome for _, outcome in report.counts} == {"match"}
+    assert {outcome for _, outcome in report.counts()} == {"match"}
 
 
 def _wait_for_runs(staging: Path, n: int, timeout: float = 120) -> None:

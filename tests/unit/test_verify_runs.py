@@ -751,7 +751,7 @@ def test_report_render_counts_per_type_and_outcome() -> None:
     assert text.splitlines()[-1] == (
         "  result: DIFFERENCES FOUND  (/tmp/s/manifests/verify.parquet)"
     )
-    assert report.counts[("run", DIFFER)] == 2
+    assert report.counts()[("run", DIFFER)] == 2
 
 
 def test_report_render_all_match() -> None:
@@ -805,7 +805,7 @@ def test_verify_migration_streams_rows_to_the_manifest_and_keeps_only_counts(
         [("run", Stage("verify", _verify_stage), iter(items))],
     )
     differ = sum(1 for i in range(n) if i % 10 == 0)
-    assert report.counts == {("run", MATCH): n - differ, ("run", DIFFER): differ, ("run", ERROR): 1}
+    assert report.counts() == {("run", MATCH): n - differ, ("run", DIFFER): differ, ("run", ERROR): 1}
     assert report.n_bad == differ + 1 and not report.ok
     # only the first objects that do not match are held, for the listing
     assert len(report.bad) == verify_mod._SHOWN
@@ -814,5 +814,5 @@ def test_verify_migration_streams_rows_to_the_manifest_and_keeps_only_counts(
     assert len(rows) == n + 1
     assert {r["source_id"] for r in rows} == {f"r{i}" for i in range(n)} | {"boom"}
     assert next(r for r in rows if r["source_id"] == "boom")["error"]
-    assert verify_counts(staging) == report.counts
+    assert verify_counts(staging) == report.counts()
     assert report.path.endswith("manifests/verify.parquet")
