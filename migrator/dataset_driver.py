@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 from migrator import scope
 from migrator.capabilities import EVALUATION_DATASETS
 from migrator.fanout import Stage
-from migrator.ledger import Targets
 from migrator.manifest import Row, evaluation_datasets_table
 from migrator.object_driver import ObjectDriver
 from migrator.stages import datasets as stage
 
-#: What an import takes besides the row: the target ids of experiments and traces.
-INPUTS = ("_experiments", "_traces")
+#: What an import takes besides the row: the target ids of the experiments. (The target ids of
+#: the traces its records come from the task looks up in the traces manifest itself.)
+INPUTS = ("_experiments",)
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
@@ -49,12 +49,16 @@ class DatasetDriver(ObjectDriver):
                 },
             )
 
+    def transfer(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
+        if do_import:  # the tasks look the migrated traces up in its compacted file
+            self.m.traces.table.compact()
+        super().transfer(exp_rows, do_export, do_import)
+
     def item(self, row: Row, exps: dict[str, Row]) -> Row:
-        """The row with the target ids of the experiments it is linked to and of the traces
-        its records may come from."""
-        m = self.m
+        """The row with the target ids of the experiments it may be linked to."""
         experiments = {
-            k: e["target_experiment_id"] for k, e in m.exps.items() if e.get("target_experiment_id")
+            k: e["target_experiment_id"]
+            for k, e in self.m.exps.items()
+            if e.get("target_experiment_id")
         }
-        traces = dict(Targets(m.traces.rows, "target_trace_id"))
-        return {**row, "_experiments": experiments, "_traces": traces}
+        return {**row, "_experiments": experiments}

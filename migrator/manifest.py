@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -478,6 +478,20 @@ class ManifestTable:
             self.compact()
         return ledger
 
+    def lookup(self, column: str, keys: set[str]) -> dict[str, Any]:
+        """Key → `column` of the rows whose key is in `keys` (when set), from the compacted
+        file in staging, read a row group at a time: for a task, which has no ledger, that
+        needs a few rows of another kind's manifest (an evaluation dataset's records point at
+        traces). Rows still in the journal are not seen: the driver compacts first."""
+        if not isinstance(self.key, str):
+            raise TypeError(f"{self.name}: lookup needs a single key column")
+        found: dict[str, Any] = {}
+        for batch in column_batches(self.staging, self.path, [self.key, column]):
+            for k, v in zip(batch[0].to_pylist(), batch[1].to_pylist(), strict=True):
+                if k in keys and v is not None:
+                    found[k] = v
+        return found
+
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
@@ -663,25 +677,26 @@ def read_verify(staging: Staging) -> list[Row]:
 
 
 def verify_counts(staging: Staging) -> Counter[tuple[str, str]]:
-    """(object type, outcome) → objects of the last verification, read a row group at a time
-    (two columns only): what a report needs of a verification of millions of objects."""
+    """(object type, outcome) → objects of the last verification, two columns read a row
+    group at a time: what a report needs of a verification of millions of objects."""
     counts: Counter[tuple[str, str]] = Counter()
-    if not staging.exists(VERIFY_KEY):
-        return counts
+    for batch in column_batches(staging, VERIFY_KEY, ["object_type", "outcome"]):
+        counts.update(zip(batch[0].to_pylist(), batch[1].to_pylist(), strict=True))
+    return counts
+
+
+def column_batches(staging: Staging, key: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Some columns of a manifest file in staging, a row group's worth at a time (nothing
+    when it is not there): for readers that need a few columns of many rows."""
+    if not staging.exists(key):
+        return
     with tempfile.TemporaryDirectory(prefix="migrator-manifest-") as tmp:
-        local = os.path.join(tmp, "verify.parquet")
-        staging.download_file(VERIFY_KEY, local)
+        local = os.path.join(tmp, "table.parquet")
+        staging.download_file(key, local)
         try:
             f = pq.ParquetFile(local, pre_buffer=False)
-            for batch in f.iter_batches(
-                batch_size=_ROW_GROUP * _GROUPED,
-                columns=["object_type", "outcome"],
-                use_threads=False,
-            ):
-                kinds, outcomes = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-                counts.update(zip(kinds, outcomes, strict=True))
+            yield from f.iter_batches(
+                batch_size=_ROW_GROUP * _GROUPED, columns=columns, use_threads=False
+            )
         except (pa.ArrowException, OSError, ValueError) as e:
-            raise StagingError(
-                f"corrupt manifest file: {type(e).__name__}: {e}", obj=VERIFY_KEY
-            ) from None
-    return counts
+            raise StagingError(f"corrupt manifest file: {type(e).__name__}: {e}", obj=key) from None

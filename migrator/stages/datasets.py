@@ -27,6 +27,7 @@ from migrator.manifest import (
     Row,
     in_state,
     now_ms,
+    traces_table,
 )
 from migrator.mlflow_io import fingerprint, matching, or_none, tracking_store, translate_errors
 from migrator.once import Lineage, create_once
@@ -128,6 +129,21 @@ def wanted_tags(doc: dict[str, Any], opts: Options) -> dict[str, str]:
     return fit(tags)
 
 
+def _record_trace(record: dict[str, Any]) -> str | None:
+    trace_id = ((record.get("source") or {}).get("source_data") or {}).get("trace_id")
+    return trace_id if isinstance(trace_id, str) else None
+
+
+def migrated_traces(opts: Options, doc: dict[str, Any]) -> dict[str, str]:
+    """Source → target id of the migrated traces the dataset's records come from, looked up
+    in the traces manifest in staging (the driver compacts it before datasets move): only
+    those, however many traces the server has."""
+    wanted = {t for r in doc["records"] if (t := _record_trace(r))}
+    if not wanted:
+        return {}
+    return traces_table(open_staging(opts.staging)).lookup("target_trace_id", wanted)
+
+
 def target_records(doc: dict[str, Any], trace_ids: dict[str, str]) -> list[dict[str, Any]]:
     """The records to upsert: a trace source pointing at the migrated trace; those with dict
     outputs first (MLflow 3.17 fails an upsert whose first record has a plain-text output)."""
@@ -153,8 +169,7 @@ def import_dataset_doc(item: Row, opts: Options, doc: dict[str, Any]) -> Row:
     the source's.
 
     Args:
-        item: the manifest row, with `_experiments` (source → target experiment ids) and
-            `_traces` (source → target ids of the traces its records may come from).
+        item: the manifest row, with `_experiments` (source → target experiment ids).
     """
     source_id = doc["fields"]["dataset_id"]
     obj = f"evaluation dataset {source_id} ({doc['fields']['name']})"
@@ -179,7 +194,7 @@ def import_dataset_doc(item: Row, opts: Options, doc: dict[str, Any]) -> Row:
         have = set(store.get_dataset_experiment_ids(ds.dataset_id))
         if missing := [e for e in wanted_exps if e not in have]:
             store.add_dataset_to_experiments(ds.dataset_id, missing)
-        records = target_records(doc, item.get("_traces") or {})
+        records = target_records(doc, migrated_traces(opts, doc))
         for k in range(0, len(records), 500):
             store.upsert_dataset_records(ds.dataset_id, records[k : k + 500])
     row = {k: v for k, v in item.items() if not k.startswith("_")}
@@ -235,7 +250,7 @@ def verify_dataset(item: Row, opts: Options) -> Row:
         have_exps = sorted(tgt.get_dataset_experiment_ids(target_id))
         if want_exps != have_exps:
             diffs["experiment_ids"] = [f"{want_exps} != {have_exps}"]
-        want = _comparable(target_records(doc, item.get("_traces") or {}))
+        want = _comparable(target_records(doc, migrated_traces(opts, doc)))
         have = _comparable(
             [_record(r) for r in tgt._load_dataset_records(target_id, max_results=None)[0]]
         )

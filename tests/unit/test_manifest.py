@@ -450,3 +450,23 @@ def test_verify_counts_of_a_corrupt_verify_manifest_names_it(staging: LocalStagi
     with pytest.raises(StagingError, match="verify.parquet"):
         manifest.verify_counts(staging)
     assert manifest.verify_counts(LocalStaging(str(staging.root / "none"))) == {}
+
+
+def test_lookup_reads_one_column_of_the_wanted_keys_from_the_compacted_file(
+    staging: LocalStaging,
+) -> None:
+    table = runs_table(staging)
+    table.open()
+    rows = [_row(f"r{i}", target_run_id=None if i % 3 == 0 else f"t{i}") for i in range(2500)]
+    table.append(rows)
+    table.compact()
+    wanted = {"r1", "r2", "r3", "r2498", "nope"}
+    assert table.lookup("target_run_id", wanted) == {"r1": "t1", "r2": "t2", "r2498": "t2498"}
+    table.append([_row("r1", target_run_id="newer")])
+    table.flush()
+    # journal rows are the driver's until it compacts
+    assert table.lookup("target_run_id", {"r1"}) == {"r1": "t1"}
+    table.compact()
+    assert table.lookup("target_run_id", {"r1"}) == {"r1": "newer"}
+    table.close()
+    assert runs_table(LocalStaging(str(staging.root / "none"))).lookup("target_run_id", {"r1"}) == {}
