@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from migrator.capabilities import of
@@ -29,6 +30,8 @@ from migrator.manifest import (
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
+
+_SKIPPED_BATCH = 500
 
 
 class ObjectDriver:
@@ -131,11 +134,12 @@ class ObjectDriver:
         why = f"the target cannot take {self.label}: {of(opts, opts.target).why_not(self.feature)}"
         listed = (fields for _, fields in self.source_objects(exps)) if from_source else ()
         staged = (r for r in self.rows.values() if self.in_scope(r, set(exps)))
-        rows = [
+        rows = (
             in_state({**(self.rows.get(fields[self.key]) or {}), **fields}, SKIPPED, why)
             for fields in (listed if from_source else staged)
-        ]
-        self.record(rows)
+        )
+        while batch := list(islice(rows, _SKIPPED_BATCH)):  # a server's traces: maybe millions
+            self.record(batch)
 
     def record(self, rows: list[Row]) -> None:
         self.table.append(rows)
