@@ -76,7 +76,7 @@ class ExperimentDriver:
             if row.get("state") != FAILED:
                 row = self._record(run_one(FINISH, row, self.m.opts))
             if row["state"] == FAILED:
-                summary.failed.append(row)
+                summary.add_failed([row])
             summary.experiments[row["state"]] += 1
 
     def count(self, rows: list[Row]) -> None:
@@ -85,7 +85,7 @@ class ExperimentDriver:
         for e in rows:
             summary.experiments[e["state"]] += 1
             if e["state"] == FAILED:
-                summary.failed.append(e)
+                summary.add_failed([e])
 
     def _record(self, row: Row) -> Row:
         self.table.append([row])

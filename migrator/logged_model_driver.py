@@ -140,4 +140,4 @@ class LoggedModelDriver:
     def final(self, in_scope: list[str]) -> None:
         summary = self.m.summary
         summary.logged_models.update(self.rows.counts(in_scope))
-        summary.failed += self.rows.rows(groups=in_scope, states=(FAILED,))
+        summary.add_failed(self.rows.rows(groups=in_scope, states=(FAILED,)))

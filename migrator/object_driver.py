@@ -30,6 +30,7 @@ from migrator.manifest import (
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
+    from migrator.summary import Summary
 
 _SKIPPED_BATCH = 500
 
@@ -145,16 +146,17 @@ class ObjectDriver:
         self.table.append(rows)
         self.m.progress.advance(self.label, rows)
 
-    def counts(self, experiment_ids: set[str]) -> tuple[Counter[str], list[Row]]:
-        """The final state of every object in scope, and the failed ones."""
+    def final(self, summary: Summary, experiment_ids: set[str]) -> None:
+        """The final state of every object in scope, and the failed ones, into the summary
+        (a pass over the ledger: nothing collected)."""
         counts: Counter[str] = Counter()
-        failed = []
         for r in self.rows.values():
             if self.in_scope(r, experiment_ids):
                 counts[r["state"]] += 1
                 if r["state"] == FAILED:
-                    failed.append(r)
-        return counts, failed
+                    summary.add_failed([r])
+        summary.objects[self.label] = counts
+        summary.objects_found[self.label] = self.found
 
     def verify_items(self, exps: dict[str, Row], experiment_ids: set[str]) -> Iterator[Row]:
         """Every migrated object in scope, as its verification takes it."""

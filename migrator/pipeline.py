@@ -130,8 +130,8 @@ class Migration:
         except PermanentError as e:
             log.warning("%s: %s", label, e)
             self.scope_complete = False
-            self.summary.failed.append(
-                {"object": label, "state": FAILED, "failed_stage": "list", "error": describe(e)}
+            self.summary.add_failed(
+                [{"object": label, "state": FAILED, "failed_stage": "list", "error": describe(e)}]
             )
 
     def checkpoint(self, rows: list[Row]) -> None:
@@ -169,12 +169,9 @@ class Migration:
             for r in rows:
                 counter[r["state"]] += 1
                 if r["state"] == FAILED:
-                    self.summary.failed.append(r)
+                    self.summary.add_failed([r])
         for driver in self.objects:
-            counts, failed = driver.counts(set(in_scope))
-            self.summary.objects[driver.label] = counts
-            self.summary.objects_found[driver.label] = driver.found
-            self.summary.failed += failed
+            driver.final(self.summary, set(in_scope))
         self.summary.elapsed = time.monotonic() - self.summary.started
         return self.summary
 

@@ -233,7 +233,7 @@ class RunDriver:
         """The final state of every run in scope, and the failed ones, into the summary."""
         summary = self.m.summary
         summary.runs.update(self.rows.counts(in_scope))
-        summary.failed += self.rows.rows(groups=in_scope, states=(FAILED,))
+        summary.add_failed(self.rows.rows(groups=in_scope, states=(FAILED,)))
 
     def exported_not_imported(self, exp_rows: list[Row]) -> Iterator[tuple[Row, str]]:
         """Runs exported by an earlier `export`, not yet imported (for `migrate`)."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.manifest import Row
+
+#: Failed objects the summary lists at most (the manifests have them all).
+SHOWN = 50
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Summary:
     objects_found: dict[str, Counter[str]] = field(default_factory=dict)
     """The same, by what the manifests knew of them: new, changed, unchanged."""
     failed: list[Row] = field(default_factory=list)
+    """The first `SHOWN` failed objects (all of them are in the manifests)."""
+    n_failed: int = 0
     servers: list[str] = field(default_factory=list)
     """What each server is and lacks (`capabilities.notes`), said once."""
     staging: str = ""
@@ -40,7 +46,15 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and (self.verify is None or self.verify.ok)
+        return not self.n_failed and (self.verify is None or self.verify.ok)
+
+    def add_failed(self, rows: Iterable[Row]) -> None:
+        """Count failed objects, keeping the first `SHOWN` to list: however many fail, the
+        summary holds no more."""
+        for r in rows:
+            self.n_failed += 1
+            if len(self.failed) < SHOWN:
+                self.failed.append(r)
 
     def render(self) -> str:
         if self.command == "verify" and self.verify is not None:
@@ -67,13 +81,13 @@ class Summary:
             if counts:
                 lines.append(f"  {label:16} " + format_counts(counts))
         lines += [f"  {line}" for line in self.servers]
-        if self.failed:
-            lines.append(f"  FAILED ({len(self.failed)}):")
-            for r in self.failed[:50]:
+        if self.n_failed:
+            lines.append(f"  FAILED ({self.n_failed}):")
+            for r in self.failed:
                 what = describe_row(r)
                 lines.append(f"    {what}: {r.get('failed_stage')}: {r.get('error')}")
-            if len(self.failed) > 50:
-                lines.append(f"    … and {len(self.failed) - 50} more (see manifests)")
+            if self.n_failed > len(self.failed):
+                lines.append(f"    … and {self.n_failed - len(self.failed)} more (see manifests)")
         lines.append(f"  manifests:   {self.staging}/manifests/")
         if self.verify is not None:
             lines.append(self.verify.render())

@@ -106,3 +106,19 @@ def test_a_kind_the_server_refuses_fails_alone_and_is_named() -> None:
 
     with pytest.raises(TransientError):
         Migration.kind(m, "traces", away)  # type: ignore[arg-type]
+
+
+def test_summary_counts_every_failure_and_keeps_only_the_first_to_list() -> None:
+    from migrator.summary import SHOWN, Summary
+
+    s = Summary(command="migrate")
+    assert s.ok
+    s.add_failed(
+        {"source_run_id": f"r{i}", "state": "failed", "failed_stage": "import", "error": "boom"}
+        for i in range(SHOWN * 3 + 1)
+    )
+    assert not s.ok and s.n_failed == SHOWN * 3 + 1 and len(s.failed) == SHOWN
+    text = s.render()
+    assert f"FAILED ({SHOWN * 3 + 1}):" in text
+    assert f"… and {SHOWN * 2 + 1} more (see manifests)" in text
+    assert text.count(": import: boom") == SHOWN
