@@ -438,14 +438,12 @@ class ManifestTable:
         if self.ledger is not None:
             if journal or not self.staging.exists(self.path):
                 self._write_from(self.ledger)
-                for k in journal:
-                    self.staging.delete(k)
+                self.staging.delete_many(journal)
             return None
         table = self.read_table()
         if journal or not self.staging.exists(self.path):
             self.staging.write_bytes(self.path, _to_parquet(table))
-            for k in journal:
-                self.staging.delete(k)
+            self.staging.delete_many(journal)
         return table
 
     def open(self, fold: bool = True) -> Ledger:

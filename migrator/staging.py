@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
@@ -85,6 +86,7 @@ class Staging(Protocol):
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
+    def delete_many(self, keys: Iterable[str]) -> int: ...
     def read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
     def put_if(self, key: str, data: bytes, etag: str | None) -> str | None: ...
 
@@ -141,6 +143,13 @@ class LocalStaging:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        n = 0
+        for key in keys:
+            self.delete(key)
+            n += 1
+        return n
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The object and its version tag (a digest of its bytes), or None when absent."""
@@ -348,6 +357,43 @@ class S3Staging:
 
     def delete(self, key: str) -> None:
         self._call(key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete keys 1,000 to a request (S3 `DeleteObjects`): a compaction folds thousands
+        of journal files. Returns how many were asked for.
+
+        Raises:
+            StagingError: S3 refused some of them (the first is named).
+        """
+        n = 0
+        for batch in _batches(keys, _DELETE_BATCH):
+            n += len(batch)
+            objects = [{"Key": self._key(k)} for k in batch]
+
+            def delete(objects: list[dict[str, str]] = objects) -> Any:
+                return self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+
+            errors = self._call(batch[0], delete).get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StagingError(
+                    f"S3 did not delete {len(errors)} of {len(batch)} objects: "
+                    f"{first.get('Code')}: {first.get('Message')}",
+                    obj=first.get("Key"),
+                )
+        return n
+
+
+#: Keys per S3 `DeleteObjects` request (its limit).
+_DELETE_BATCH = 1000
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
 @functools.lru_cache(maxsize=8)

@@ -28,7 +28,6 @@ from migrator.artifact_store import (
 )
 from migrator.artifacts import from_keep, from_staging, stage_artifacts, upload_artifacts
 from migrator.errors import ConfigError, PermanentError
-from migrator.services import free_port
 from migrator.staging import LocalStaging, S3Staging
 
 RUN = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -171,40 +170,6 @@ def test_a_missing_folder_is_refused(tmp_path: Path) -> None:
 
 # ---- copies on moto ---------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    saved = {k: os.environ.get(k) for k in _ENV}
-    url = f"http://127.0.0.1:{port}"
-    os.environ.update({**_ENV, "AWS_ENDPOINT_URL": url, "MLFLOW_S3_ENDPOINT_URL": url})
-    import boto3
-
-    c = boto3.client("s3", endpoint_url=url)
-    for b in ("src", "stage", "tgt"):
-        c.create_bucket(Bucket=b)
-    try:
-        yield url
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_ENDPOINT_URL": "",
-    "MLFLOW_S3_ENDPOINT_URL": "",
-}
 
 FILES = {"MLmodel": b"flavors: {}\n", "a/b/c.bin": os.urandom(300_000), "empty": b""}
 

@@ -108,6 +108,9 @@ class FakeS3:
     def get_object(self, **kw: Any) -> Any:
         return self._next("get_object", kw)
 
+    def delete_objects(self, **kw: Any) -> Any:
+        return self._next("delete_objects", kw)
+
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -205,3 +208,22 @@ def test_exists_refuses_unsafe_key(sleeps: list[float]) -> None:
     with pytest.raises(StagingError):
         _s3(client).exists("../escape")
     assert client.calls == []
+
+
+def test_delete_many_names_a_key_s3_would_not_delete(sleeps: list[float]) -> None:
+    client = FakeS3(
+        {"Errors": [{"Key": "pre/j/2", "Code": "AccessDenied", "Message": "Access Denied"}]}
+    )
+    with pytest.raises(StagingError, match="did not delete 1 of 3 objects: AccessDenied") as e:
+        _s3(client).delete_many(["j/1", "j/2", "j/3"])
+    assert e.value.obj == "pre/j/2"
+    (op, kw), = client.calls
+    assert op == "delete_objects" and kw["Bucket"] == "bucket"
+    assert [o["Key"] for o in kw["Delete"]["Objects"]] == ["pre/j/1", "pre/j/2", "pre/j/3"]
+
+
+def test_delete_many_retries_a_throttled_request(sleeps: list[float]) -> None:
+    client = FakeS3(_client_error(503, "SlowDown", "DeleteObjects"), {})
+    assert _s3(client).delete_many(["j/1"]) == 1
+    assert [op for op, _ in client.calls] == ["delete_objects", "delete_objects"]
+    assert len(sleeps) == 1

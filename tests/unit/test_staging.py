@@ -206,3 +206,33 @@ def test_open_staging_local_folder_and_file_uri(tmp_path: Path) -> None:
     assert st2.root == tmp_path / "viafile"
     st2.write_bytes("k", b"v")
     assert (tmp_path / "viafile" / "k").read_bytes() == b"v"
+
+
+def test_delete_many_on_s3_deletes_in_batches_and_only_what_it_is_given(moto: str) -> None:
+    import uuid
+
+    from migrator import staging as staging_mod
+    from migrator.staging import S3Staging
+
+    st = S3Staging(f"s3://stage/{uuid.uuid4().hex[:8]}")
+    keys = [f"manifests/_journal/runs/{i:05d}.parquet" for i in range(2345)]
+    for k in keys:
+        st.write_bytes(k, b"x")
+    st.write_bytes("manifests/runs.parquet", b"keep")
+    requests: list[str] = []
+    st._client.meta.events.register(
+        "before-call.s3.DeleteObjects", lambda **_: requests.append("DeleteObjects")
+    )
+    assert st.delete_many(iter(keys[:2001])) == 2001
+    assert len(requests) == -(-2001 // staging_mod._DELETE_BATCH)  # 3 requests, not 2,001
+    left = sorted(st.list_keys("manifests"))
+    assert left == sorted([*keys[2001:], "manifests/runs.parquet"])
+    assert st.delete_many([]) == 0 and len(requests) == 3
+
+
+def test_delete_many_local(tmp_path: Path) -> None:
+    st = LocalStaging(str(tmp_path))
+    for k in ("a/1", "a/2", "b/3"):
+        st.write_bytes(k, b"x")
+    assert st.delete_many(["a/1", "b/3", "never-there"]) == 3
+    assert list(st.list_keys("a")) == ["a/2"] and not st.exists("b/3")
