@@ -150,6 +150,16 @@ def render_workload(wl: dict[str, Any], machine: dict[str, Any]) -> str:
             f"  {label:56} requests per run: source {_per_run(r, 'source')}, "
             f"target {_per_run(r, 'target')}  (S3: {_per_run(r, 's3')})"
         )
+    lines += [
+        "",
+        "  CPU per run (ms; rest: the tool, Ray, the databases) and how busy the cores were",
+    ]
+    for key, label in ROWS:
+        cpu = (wl["results"].get(key) or {}).get("cpu") or {}
+        if not cpu.get("ms_per_run"):
+            continue
+        parts = ", ".join(f"{k} {v:g}" for k, v in cpu["ms_per_run"].items())
+        lines.append(f"  {label:56} {parts}; cores busy {100 * (cpu.get('busy') or 0):.0f}%")
     lines.append("")
     met = wl.get("goals", {})
     for k, label in RATIOS:

@@ -94,6 +94,7 @@ def result(
     }
     if window is not None:
         row["requests"] = window.summary(n)
+        row["cpu"] = window.cpu_summary(m.wall_s, n)
     if not ok:
         row["error"] = (
             last_line(m.log) if m.returncode else f"{target_runs} runs on the target, not {n}"

@@ -21,6 +21,7 @@ counts the requests to S3 (staging and the servers' artifact stores), grouped by
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
@@ -94,16 +95,47 @@ class Window:
 
     def __init__(self, servers: dict[str, Any]) -> None:
         self.logs = {role: Path(svc.log_path) for role, svc in servers.items()}
+        self.pids = {role: svc.proc.pid for role, svc in servers.items()}
         self.start: dict[str, int] = {}
+        self.cpu_start: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     def __enter__(self) -> Window:
         settle(list(self.logs.values()), quiet=0.2, limit=2.0)
         self.start = {role: _size(p) for role, p in self.logs.items()}
+        self.cpu_start = self._cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        end = self._cpu()
+        self.cpu = {k: round(end[k] - self.cpu_start.get(k, 0.0), 2) for k in end}
         settle(list(self.logs.values()))
         self.stop = {role: _size(p) for role, p in self.logs.items()}
+
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds so far: each server's process tree (its workers too), and the whole
+        machine (`/proc/stat`: every core's busy time), to tell where a row's CPU went."""
+        out = {role: _tree_cpu(pid) for role, pid in self.pids.items()}
+        out["machine"] = _machine_busy()
+        return out
+
+    def cpu_summary(self, wall_s: float, runs: int) -> dict[str, Any]:
+        """CPU seconds per server and for the rest (the tool, Ray, the databases), per run,
+        and how busy the machine's cores were."""
+        if not self.cpu:
+            return {}
+        servers = {role: v for role, v in self.cpu.items() if role != "machine"}
+        rest = max(0.0, self.cpu["machine"] - sum(servers.values()))
+        cores = os.cpu_count() or 1
+        return {
+            "seconds": {**servers, "rest": round(rest, 2), "machine": self.cpu["machine"]},
+            "ms_per_run": {
+                k: round(1000 * v / runs, 1) for k, v in {**servers, "rest": rest}.items()
+            }
+            if runs
+            else {},
+            "busy": round(self.cpu["machine"] / (wall_s * cores), 3) if wall_s else None,
+        }
 
     def summary(self, runs: int) -> dict[str, dict[str, Any]]:
         """Per role: total, per run, by status class, and the top endpoints (count, per run)."""
@@ -124,3 +156,31 @@ class Window:
                 "endpoints": len(by_endpoint),
             }
         return out
+
+
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def _machine_busy() -> float:
+    """Busy CPU seconds of all cores since boot (`/proc/stat`, everything but idle and
+    iowait)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
