@@ -477,10 +477,11 @@ class ManifestTable:
         return ledger
 
     def lookup(self, column: str, keys: set[str]) -> dict[str, Any]:
-        """Key → `column` of the rows whose key is in `keys` (when set), from the compacted
-        file in staging, read a row group at a time: for a task, which has no ledger, that
-        needs a few rows of another kind's manifest (an evaluation dataset's records point at
-        traces). Rows still in the journal are not seen: the driver compacts first."""
+        """Key → `column`, where it is set, of the rows whose key is in `keys`: read from the
+        compacted file in staging a row group at a time, two columns only. For a task (which
+        has no ledger) that needs a few rows of another kind's manifest: an evaluation
+        dataset's records point at traces. Rows still in the journal are not seen: the driver
+        compacts first."""
         if not isinstance(self.key, str):
             raise TypeError(f"{self.name}: lookup needs a single key column")
         found: dict[str, Any] = {}

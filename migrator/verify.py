@@ -35,6 +35,7 @@ from migrator.stages.experiments import verify_experiment
 from migrator.stages.verify_models import verify_logged_model
 from migrator.stages.verify_runs import verify_row, verify_run
 from migrator.staging import Staging
+from migrator.summary import SHOWN as _SHOWN
 
 VERIFY = Stage("verify", verify_run)
 VERIFY_LOGGED = Stage("verify", verify_logged_model)
@@ -70,7 +71,6 @@ OUTCOMES = (
     ERROR,
 )
 _W = 18  # column width of the table
-_SHOWN = 50
 
 
 @dataclass
