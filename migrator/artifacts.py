@@ -5,7 +5,7 @@ store from `artifact_store`: the server's proxy as before, or, with
 `--source-artifacts-destination` / `--target-artifacts-destination` (and for artifact URIs that
 are `s3://` already), the store behind it, reached without the server. Between two S3 stores on
 one endpoint a file is copied by S3 itself (`artifact_store.copy_object`); otherwise it passes
-through a local file. The export keeps the local copy of each file it streamed (`keep/<index>`),
+through a local file. The export keeps the local copy of each file it streamed (`keep/<i>/<name>`),
 so an import in the same task need not read the staging store back; a file copied server-side
 has no local copy, and its import copies it from staging the same way.
 """
@@ -66,11 +66,18 @@ def stage_artifacts(
             if sha is not None:
                 files.append({"path": path, "size": listed_size, "sha256": sha})
                 continue
-        local = os.path.join(keep, str(i))
+        local = kept_path(keep, i, path)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
         store.download(path, local)
         files.append({"path": path, "size": os.path.getsize(local), "sha256": file_sha256(local)})
         staging.upload_file(local, key)
     return files
+
+
+def kept_path(keep: str, i: int, path: str) -> str:
+    """Where an export keeps its local copy of file `i` (`path`): `keep/<i>/<name>`, named as
+    the file it becomes, so an import uploads it from there as it is."""
+    return os.path.join(keep, str(i), posixpath.basename(path) or "file")
 
 
 def _copy(src: S3Object, dst: S3Object, size: int) -> str | None:
@@ -85,7 +92,7 @@ def _copy(src: S3Object, dst: S3Object, size: int) -> str | None:
 
 class Origin:
     """Where an import takes each file of a document from: the local copy an export in this
-    task kept (`keep/<index>`, where it made one), else the staging store, which a target in
+    task kept (`keep/<i>/<name>`, where it made one), else the staging store, which a target in
     S3 on the same endpoint copies from by itself (`s3_object`). Callable as a `Fetch`."""
 
     def __init__(
@@ -96,15 +103,22 @@ class Origin:
         self.keep = keep
 
     def __call__(self, i: int, path: str, local: str) -> None:
-        kept = os.path.join(self.keep, str(i)) if self.keep else ""
-        if kept and os.path.isfile(kept):
+        kept = self.kept(i, path)
+        if kept:
             shutil.copyfile(kept, local)
         else:
             self.staging.download_file(self.key_of(path), local)
 
+    def kept(self, i: int, path: str) -> str | None:
+        """The export's local copy of the file, where it made one."""
+        if not self.keep:
+            return None
+        kept = kept_path(self.keep, i, path)
+        return kept if os.path.isfile(kept) else None
+
     def s3_object(self, i: int, path: str) -> S3Object | None:
         """The staged object in S3, unless a local copy is at hand (or staging is a folder)."""
-        if self.keep and os.path.isfile(os.path.join(self.keep, str(i))):
+        if self.kept(i, path):
             return None
         return staging_object(self.staging, self.key_of(path))
 
@@ -140,7 +154,9 @@ def upload_artifacts(
         return
     store = open_store(side, artifact_uri)
     located = getattr(fetch, "s3_object", None)
-    with tempfile.TemporaryDirectory(prefix="migrator-import-") as tmp:
+    kept = getattr(fetch, "kept", None)
+    tmp: str | None = None  # made for the first file that has no local copy at hand
+    try:
         for i, f in enumerate(files):
             path = f["path"]
             safe_key(path)  # validated again: this path names the file we write below
@@ -149,8 +165,11 @@ def upload_artifacts(
             if src is not None and dst is not None and server_side(src, dst):
                 if _copy_checked(src, dst, f, obj, stage):
                     continue
-            local = os.path.join(tmp, posixpath.basename(path))
-            fetch(i, path, local)
+            local = kept(i, path) if kept is not None else None
+            if local is None:
+                tmp = tmp or tempfile.mkdtemp(prefix="migrator-import-")
+                local = os.path.join(tmp, posixpath.basename(path))
+                fetch(i, path, local)
             size = os.path.getsize(local)
             if f.get("size") is not None and size != f["size"]:
                 raise PermanentError(
@@ -159,7 +178,11 @@ def upload_artifacts(
                     stage=stage,
                 )
             store.upload(local, path)
-            os.remove(local)
+            if tmp and local.startswith(tmp):
+                os.remove(local)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _copy_checked(src: S3Object, dst: S3Object, f: dict[str, Any], obj: str, stage: str) -> bool:

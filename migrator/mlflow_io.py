@@ -611,15 +611,67 @@ def log_batch_chunked(
         room = MAX_METRICS_PER_BATCH - len(chunk_small)
         chunk_metrics = list(metrics[m_i : m_i + room])
         m_i += len(chunk_metrics)
-        c.log_batch(
+        _log_batch(
+            c,
             run_id,
-            metrics=chunk_metrics,
-            params=[x for kind, x in chunk_small if kind == "p"],
-            tags=[x for kind, x in chunk_small if kind == "t"],
-            synchronous=True,
+            chunk_metrics,
+            [x for kind, x in chunk_small if kind == "p"],
+            [x for kind, x in chunk_small if kind == "t"],
         )
         calls += 1
     return calls
+
+
+def _log_batch(c: Any, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
+    """One `log_batch`. To a server, the request body is written by `batch_json`: MLflow's
+    client turns every point into a protobuf message and that into indented JSON, which took
+    a fifth of a worker's CPU per run; the body and the answer are the same."""
+    from mlflow.protos.service_pb2 import LogBatch
+    from mlflow.store.tracking.rest_store import RestStore
+
+    store = getattr(getattr(c, "_tracking_client", None), "store", None)
+    if isinstance(store, RestStore):
+        store._call_endpoint(LogBatch, batch_json(run_id, metrics, params, tags))
+    else:
+        c.log_batch(run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
+
+
+def _double(v: float) -> float | str:
+    """A double as protobuf's JSON writes it: the non-finite ones as strings."""
+    v = float(v)
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+_METRIC_LINKS = ("model_id", "dataset_name", "dataset_digest", "run_id")
+
+
+def batch_json(
+    run_id: str, metrics: Sequence[Any], params: Sequence[Any], tags: Sequence[Any]
+) -> str:
+    """The body of a `log_batch` request, as MLflow's `message_to_json(LogBatch(...))` has it
+    (int64 fields as numbers, non-finite doubles as strings, unset fields left out)."""
+    import json
+
+    def metric(m: Any) -> dict[str, Any]:
+        d = {"key": m.key, "value": _double(m.value), "timestamp": int(m.timestamp)}
+        d["step"] = int(m.step or 0)
+        for k in _METRIC_LINKS:
+            if v := getattr(m, k, None):
+                d[k] = v
+        return d
+
+    body: dict[str, Any] = {"run_id": run_id}
+    if metrics:
+        body["metrics"] = [metric(m) for m in metrics]
+    if params:
+        body["params"] = [{"key": p.key, "value": p.value} for p in params]
+    if tags:
+        body["tags"] = [{"key": t.key, "value": t.value} for t in tags]
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 def tag_key_loggable(key: str) -> bool:

@@ -14,9 +14,10 @@ source, once nothing more goes into them).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -46,6 +47,16 @@ from migrator.watch import ServerWatch
 log = logging.getLogger(__name__)
 
 D = TypeVar("D")
+
+
+@contextlib.contextmanager
+def timed(label: str) -> Iterator[None]:
+    """Log (debug) how long a step of the command took: where a migration's wall time goes."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        log.debug("step %s: %.2f s", label, time.monotonic() - t0)
 
 
 class Migration:
@@ -125,7 +136,7 @@ class Migration:
         for it (a listing, a permission) fails that kind alone: named in the summary (exit 1),
         what points at its objects waits (`scope_complete`), and every other kind moves."""
         try:
-            with mlflow_io.translate_errors("server", "driver"):
+            with timed(label), mlflow_io.translate_errors("server", "driver"):
                 stage()
         except PermanentError as e:
             log.warning("%s: %s", label, e)
@@ -212,7 +223,8 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
     """
     uses_source = command in ("migrate", "export", "verify")
     uses_target = command in ("migrate", "import", "verify")
-    opts = preflight(opts, source=uses_source, target=uses_target)
+    with timed("preflight"):
+        opts = preflight(opts, source=uses_source, target=uses_target)
     lease = Lease(open_staging(opts.staging), command, opts.lease_ttl_s)
     lease.acquire()
     try:
@@ -224,7 +236,8 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
     try:
         executor: Executor = executor_factory(opts)
         try:
-            m = Migration(opts, executor, command)
+            with timed("ledgers"):
+                m = Migration(opts, executor, command)
             m.lease = lease
             with m.progress, mlflow_io.translate_errors("server", "driver"):
                 return _run_stages(m, command)
@@ -259,19 +272,22 @@ def _run_stages(m: Migration, command: str) -> Summary:
             for e in scope.source_experiments(opts)
             if e.lifecycle_stage != "deleted"
         )
-        m.summary.servers += inventory.unmoved_lines(opts, experiments)
+        with timed("inventory"):
+            m.summary.servers += inventory.unmoved_lines(opts, experiments)
     if command == "verify":
         m.summary.verify = m.verify()
         return m.summary
-    exp_rows = m.experiments.export() if do_export else m.experiments.staged()
-    if do_import:
-        exp_rows = m.experiments.import_(exp_rows)
+    with timed("experiments"):
+        exp_rows = m.experiments.export() if do_export else m.experiments.staged()
+        if do_import:
+            exp_rows = m.experiments.import_(exp_rows)
     m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
     m.runs.count_ahead(exp_rows, from_source=do_export)
     runs = m.runs.from_source(exp_rows) if do_export else m.runs.from_staging(exp_rows)
-    m.runs.transfer(runs, do_export, do_import)
-    if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
-        m.runs.transfer(m.runs.exported_not_imported(exp_rows), False, True)
+    with timed("runs"):
+        m.runs.transfer(runs, do_export, do_import)
+        if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
+            m.runs.transfer(m.runs.exported_not_imported(exp_rows), False, True)
     # Each kind on its own: one the source or target refuses fails alone, said in the summary.
     m.kind("logged models", lambda: m.logged.transfer(exp_rows, do_export, do_import))
     m.kind("prompts", lambda: m.prompts.transfer(do_export, do_import))
@@ -281,13 +297,15 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.kind("evaluation datasets", lambda: m.datasets.transfer(exp_rows, do_export, do_import))
     m.kind("scorers", lambda: m.scorers.transfer(exp_rows, do_export, do_import))
     if do_import:
-        m.runs.tag_all(exp_rows)
+        with timed("run tags"):
+            m.runs.tag_all(exp_rows)
     m.kind("registered models", lambda: m.models.transfer(do_export, do_import))
     if do_import:
         m.experiments.finish(exp_rows)
     else:
         m.experiments.count(exp_rows)
-    summary = m.close(exp_rows)
+    with timed("manifests"):
+        summary = m.close(exp_rows)
     if opts.verify and command == "migrate":
         summary.verify = m.verify()
     return summary

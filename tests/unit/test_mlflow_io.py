@@ -201,3 +201,61 @@ def test_a_source_database_of_this_schema_is_read(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'current.db'}"
     SqlAlchemyStore(uri, str(tmp_path / "artifacts"))  # made by this client: current schema
     check_tracking_uri(uri, "source")
+
+
+def _mlflow_body(run_id: str, metrics, params, tags) -> dict:
+    import json
+
+    from mlflow.protos.service_pb2 import LogBatch
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    msg = LogBatch(run_id=run_id, metrics=[m.to_proto() for m in metrics],
+                   params=[p.to_proto() for p in params], tags=[t.to_proto() for t in tags])
+    return json.loads(message_to_json(msg))
+
+
+def test_batch_json_is_the_body_mlflow_would_send() -> None:
+    """The hand-written log_batch body equals MLflow's own (protobuf) one, value for value:
+    non-finite doubles, int64 times, negative steps, unicode, empty values, MLflow 3 links."""
+    import json
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    metrics = [Metric("a", 1, 5, 0), Metric("nan", float("nan"), 2**53 + 1, 3),
+               Metric("inf", float("inf"), 1, -2), Metric("-inf", -float("inf"), 1, 2),
+               Metric("é/x y", 1e-300, 0, 0), Metric("big", -1.7976931348623157e308, 1, 2**40),
+               Metric("m", 0.5, 1, 1, model_id="m-1", dataset_name="ds", dataset_digest="dg")]
+    params = [Param("p", "v"), Param("empty", ""), Param("ü", "ß" * 300)]
+    tags = [RunTag("t", "ü"), RunTag("mlflow.note.content", "a\nb\"c")]
+    for ms, ps, ts in [(metrics, params, tags), (metrics, [], []), ([], params, []),
+                       ([], [], tags), ([], [], [])]:
+        ours = json.loads(mlflow_io.batch_json("run-1", ms, ps, ts))
+        assert ours == _mlflow_body("run-1", ms, ps, ts)
+
+
+def test_log_batch_to_a_server_sends_the_hand_written_body(monkeypatch) -> None:
+    """Through a REST store the body is `batch_json`'s (not the client's protobuf path)."""
+    from mlflow.entities import Metric, Param
+    from mlflow.store.tracking.rest_store import RestStore
+
+    sent: list[tuple[str, str]] = []
+    store = RestStore(lambda: None)
+    monkeypatch.setattr(store, "_call_endpoint",
+                        lambda api, body: sent.append((api.__name__, body)))
+
+    class Client:
+        class _tracking_client:  # noqa: N801 (MlflowClient's attribute)
+            pass
+
+        def log_batch(self, *a, **k):
+            raise AssertionError("the client's own log_batch is not used for a server")
+
+    c = Client()
+    c._tracking_client.store = store
+    monkeypatch.setattr(mlflow_io, "client", lambda uri: c)
+    n = mlflow_io.log_batch_chunked("http://t", "r", metrics=[Metric("a", 1.0, 2, 3)] * 1001,
+                                    params=[Param("p", "1")])
+    assert n == 2
+    assert [api for api, _ in sent] == ["LogBatch", "LogBatch"]
+    assert sent[0][1] == mlflow_io.batch_json("r", [Metric("a", 1.0, 2, 3)] * 999,
+                                              [Param("p", "1")], [])
