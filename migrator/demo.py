@@ -73,7 +73,9 @@ def run_demo(n_runs: int = 40, keep: bool = False) -> int:
         opts = Options(
             source=src.url, target=tgt.url, staging=f"s3://{BUCKET}/demo", include_deleted=True
         )
-        shared = SharedExecutor(make_executor(opts))  # Ray starts once, on the first task
+        # A local Ray, started at once (in the background) and shared by the three commands:
+        # the demo shows the cluster path, which a migration this small would not take.
+        shared = SharedExecutor(make_executor(opts, local_ray_now=True))
         try:
             t0 = time.monotonic()
             first = run_command("migrate", opts, lambda _: shared)

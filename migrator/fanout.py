@@ -58,6 +58,18 @@ OnDone = Callable[[Job, list[Row]], Iterable[Job]]
 #: Objects one stage sends before a local Ray is started (see `RayExecutor`);
 #: `MIGRATOR_LOCAL_RAY_FROM` sets another (0: at once, as a cluster would be).
 LOCAL_RAY_FROM = int(os.environ.get("MIGRATOR_LOCAL_RAY_FROM", "200"))
+#: CPUs this machine needs before a local Ray is started at all: on fewer, Ray's processes
+#: take as much CPU as its workers save (measured even on two cores, 1,000 runs in 143 s
+#: either way) and cost the driver ~70 MB more; `MIGRATOR_LOCAL_RAY_MIN_CPUS` sets another.
+LOCAL_RAY_MIN_CPUS = int(os.environ.get("MIGRATOR_LOCAL_RAY_MIN_CPUS", "4"))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def jobs_of(stage: Stage, rows: Iterable[Row], size: int) -> Iterator[Job]:
@@ -232,14 +244,17 @@ class RayExecutor:
       is joined at once, in the background, while the driver enumerates; jobs wait for it.
     - Otherwise work starts at once in this process's threads (as `InlineExecutor`), and a
       local Ray is started in the background only once one stage has sent more than
-      `LOCAL_RAY_FROM` objects; it takes the new jobs as soon as it is up (8-10 s on two
-      cores), the threads finish theirs. A small migration never pays for Ray.
+      `LOCAL_RAY_FROM` objects, on a machine of at least `LOCAL_RAY_MIN_CPUS` CPUs; it takes
+      the new jobs as soon as it is up (8-10 s on two cores), the threads finish theirs. A
+      small migration, or one on a small machine, never pays for Ray.
 
     An actor that dies is restarted and its calls retried by Ray (every stage is safe to run
     twice); a call lost for good marks its rows failed.
     """
 
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, local_ray_now: bool = False) -> None:
+        """`local_ray_now`: start the local Ray at once, whatever the rule (the demo, which
+        shows the cluster path on a small machine)."""
         self._opts = opts
         self._ray: Any = None
         self._started = False
@@ -251,7 +266,8 @@ class RayExecutor:
         self._error: BaseException | None = None
         self._starter: threading.Thread | None = None
         self._local = not opts.ray_address and not _ray_running()
-        if not self._local:
+        self._big_machine = usable_cpus() >= LOCAL_RAY_MIN_CPUS
+        if not self._local or local_ray_now:
             self._start()
 
     def _start(self) -> None:
@@ -338,7 +354,7 @@ class RayExecutor:
         def submit(job: Job) -> Any:
             nonlocal sent
             sent += len(job.rows)
-            if self._local and sent > LOCAL_RAY_FROM:
+            if self._local and sent > LOCAL_RAY_FROM and self._big_machine:
                 self._start()
             if not self._use_ray(wait=not self._local):
                 return self._pool.submit(run_job, job, opts)
@@ -434,8 +450,8 @@ class SharedExecutor:
         self.inner.close()
 
 
-def make_executor(opts: Options) -> Executor:
+def make_executor(opts: Options, local_ray_now: bool = False) -> Executor:
     """Ray by default (local, or the cluster at --ray-address); inline when asked for `none`."""
     if opts.ray_address == "none":
         return InlineExecutor()
-    return RayExecutor(opts)
+    return RayExecutor(opts, local_ray_now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -312,5 +313,29 @@ def test_a_small_local_migration_never_starts_ray() -> None:
         "print('ray' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_a_small_machine_never_starts_a_local_ray() -> None:
+    """Past `LOCAL_RAY_FROM` objects, a machine with fewer than `LOCAL_RAY_MIN_CPUS` CPUs
+    still moves everything in this process's threads (Ray is not even imported)."""
+    code = (
+        "import sys\n"
+        "from migrator import fanout\n"
+        "from migrator.config import Options\n"
+        "assert fanout.usable_cpus() < fanout.LOCAL_RAY_MIN_CPUS\n"
+        "opts = Options(concurrency=2)\n"
+        "ex = fanout.RayExecutor(opts)\n"
+        "stage = fanout.Stage('export', lambda r, o: {**r, 'state': 'exported'})\n"
+        "rows = [{'source_run_id': str(i)} for i in range(50)]\n"
+        "out = []\n"
+        "ex.run(fanout.jobs_of(stage, rows, 8), opts, lambda j, r: out.extend(r) or [])\n"
+        "ex.close()\n"
+        "assert len(out) == 50, len(out)\n"
+        "print('ray' in sys.modules)\n"
+    )
+    env = {**os.environ, "MIGRATOR_LOCAL_RAY_FROM": "0", "MIGRATOR_LOCAL_RAY_MIN_CPUS": "100000"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
