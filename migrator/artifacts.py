@@ -166,6 +166,7 @@ def upload_artifacts(
                 if _copy_checked(src, dst, f, obj, stage):
                     continue
             local = kept(i, path) if kept is not None else None
+            fetched = local is None
             if local is None:
                 tmp = tmp or tempfile.mkdtemp(prefix="migrator-import-")
                 local = os.path.join(tmp, posixpath.basename(path))
@@ -178,7 +179,7 @@ def upload_artifacts(
                     stage=stage,
                 )
             store.upload(local, path)
-            if tmp and local.startswith(tmp):
+            if fetched:
                 os.remove(local)
     finally:
         if tmp:

@@ -657,8 +657,12 @@ def batch_json(
     import json
 
     def metric(m: Any) -> dict[str, Any]:
-        d = {"key": m.key, "value": _double(m.value), "timestamp": int(m.timestamp)}
-        d["step"] = int(m.step or 0)
+        d = {
+            "key": m.key,
+            "value": _double(m.value),
+            "timestamp": int(m.timestamp),
+            "step": int(m.step or 0),
+        }
         for k in _METRIC_LINKS:
             if v := getattr(m, k, None):
                 d[k] = v
