@@ -16,6 +16,7 @@ from mlflow.entities import ViewType
 
 from migrator.config import Options
 from migrator.fanout import make_executor
+from migrator.faults import FaultPlan, fault_proxy
 from migrator.lineage import SOURCE_RUN_ID_TAG
 from migrator.manifest import runs_table
 from migrator.pipeline import run_command
@@ -42,22 +43,28 @@ def test_kill_9_mid_way_then_resume(source: Source, target_server: Any, ray_loca
     target = target_server()
     staging = tmp_path / "staging"
     journal = staging / "manifests" / "_journal" / "runs"
-    cmd = [sys.executable, "-m", "migrator", "migrate", "--source", source.url,
-           "--target", target.url, "--staging", str(staging), "--include-deleted",
-           "--batch-size", "1", "--concurrency", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            files = list(journal.glob("*.parquet")) if journal.is_dir() else []
-            if len(files) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the migration finished before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid-flight
-        proc.wait()
+    # Half the run creates are answered 429 (Retry-After: 1 s) by a proxy in front of the
+    # target, so the migration lasts long enough to be killed part way on any machine (a
+    # quiet one moved this source in under the two journal flushes the test waits for).
+    slow = FaultPlan(rates={}, overrides={r"/runs/create$": {"429": 0.5}}, seed=7)
+    with fault_proxy(target.url, slow) as proxy:
+        cmd = [sys.executable, "-m", "migrator", "migrate", "--source", source.url,
+               "--target", proxy.url, "--staging", str(staging), "--include-deleted",
+               "--batch-size", "1", "--concurrency", "2"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and proc.poll() is None:
+                files = list(journal.glob("*.parquet")) if journal.is_dir() else []
+                if len(files) >= 2:
+                    break
+                time.sleep(0.2)
+            assert proc.poll() is None, "the migration finished before it could be killed"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver (and any Ray of its), mid-flight
+            proc.wait()
+        assert proxy.counts["429"] > 0  # the slowing did happen
     src = MlflowClient(source.url)
     src_ids = {r.info.run_id for r in src.search_runs(
         [e.experiment_id for e in src.search_experiments(view_type=ViewType.ALL)],
