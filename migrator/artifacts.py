@@ -103,11 +103,8 @@ class Origin:
         self.keep = keep
 
     def __call__(self, i: int, path: str, local: str) -> None:
-        kept = self.kept(i, path)
-        if kept:
-            shutil.copyfile(kept, local)
-        else:
-            self.staging.download_file(self.key_of(path), local)
+        """Read file `i` back from staging (`upload_artifacts` takes a kept copy as it is)."""
+        self.staging.download_file(self.key_of(path), local)
 
     def kept(self, i: int, path: str) -> str | None:
         """The export's local copy of the file, where it made one."""
