@@ -54,10 +54,11 @@ class LoggedModelDriver:
         return (self.table,)
 
     def item(self, row: Row, exps: dict[str, Row], run_ids: Iterable[str]) -> Row:
-        """A logged model's row with the target ids its import needs, and the runs its metrics
-        were logged against that are still moving (its import waits)."""
+        """A logged model's row with the target ids its import needs, and the runs it points
+        at that are still moving (its import waits): the runs its metrics were logged against,
+        and its own source run (MLflow takes that link only when the model is created)."""
         m = self.m
-        run_ids = set(run_ids)
+        run_ids = set(run_ids) | ({row["source_run_id"]} if row.get("source_run_id") else set())
         ids = {r: t for r in run_ids if (t := m.runs.targets.get(r))}
         waits = [
             r

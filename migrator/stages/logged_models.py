@@ -256,6 +256,13 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
     obj = f"logged model {source_id} ({doc['fields'].get('name')})"
     validate_logged_model_doc(doc, source_id)
     c = client(opts.target)
+    row = {k: v for k, v in item.items() if k not in ("run_id_map", "waits_for_runs")}
+    waits = item.get("waits_for_runs") or []
+    source_run = doc["fields"].get("source_run_id")
+    if source_run in waits and not item.get("target_model_id"):
+        # MLflow sets a model's source run only at creation: made now, it would lose the link
+        why = f"waits for its source run {source_run}, which this migration has not moved yet"
+        return failed_row(row, "import", PermanentError(why, obj=obj, stage="import"))
     with translate_errors(obj, "import"):
         lm = _find_or_create(opts, item, doc)
         tags = wanted_tags(doc, opts)
@@ -269,9 +276,7 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
             from mlflow.entities import LoggedModelStatus
 
             c.finalize_logged_model(lm.model_id, LoggedModelStatus[status])
-    row = {k: v for k, v in item.items() if k not in ("run_id_map", "waits_for_runs")}
     row["target_model_id"] = lm.model_id  # it is there: what points at it need not wait
-    waits = item.get("waits_for_runs") or []
     if waits:  # everything else is in; the next run logs the metrics of that run
         why = (
             f"waits for run {waits[0]}, which this migration has not moved yet (it failed): "

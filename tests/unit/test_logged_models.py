@@ -209,6 +209,7 @@ class FakeTarget:
             artifact_location=f"mlflow-artifacts:/{experiment_id}/models/{TARGET_MID}/artifacts",
             status="PENDING",
             metrics=[],
+            source_run_id=kw.get("source_run_id"),
         )
         self.models[TARGET_MID] = lm
         return lm
@@ -296,8 +297,10 @@ def test_import_waits_for_a_metric_run_still_moving_and_a_rerun_finishes(
     # (what points at it need not wait) but fails, so the next run logs that metric.
     item = {"source_model_id": MID, "target_experiment_id": "7", "target_run_id": None,
             "run_id_map": {}, "waits_for_runs": [RUN]}
+    doc = _doc(artifacts=[])
+    doc["fields"]["source_run_id"] = None  # its own source run is another case (below)
 
-    row = import_logged_model_doc(item, ON, _doc(artifacts=[]), lambda *a: None)
+    row = import_logged_model_doc(item, ON, doc, lambda *a: None)
 
     assert row["state"] == FAILED and row["failed_stage"] == "import"
     assert row["error"].startswith(f"PermanentError: waits for run {RUN}")
@@ -307,11 +310,37 @@ def test_import_waits_for_a_metric_run_still_moving_and_a_rerun_finishes(
     target.log_metric = lambda rid, key, value, **kw: logged.append((rid, key))  # type: ignore[attr-defined]
 
     again = {**row, "run_id_map": {RUN: TARGET_RUN}, "waits_for_runs": []}
-    done = import_logged_model_doc(again, ON, _doc(artifacts=[]), lambda *a: None)
+    done = import_logged_model_doc(again, ON, doc, lambda *a: None)
 
     assert done["state"] == IMPORTED and done["target_model_id"] == TARGET_MID
     assert logged == [(TARGET_RUN, "acc")]
     assert [c for c in target.calls if c[0] == "create_logged_model"] == [("create_logged_model", "7")]
+
+
+def test_import_waits_for_its_own_source_run_before_making_the_model(
+    target: FakeTarget,
+) -> None:
+    # Its source run failed transiently in this pass. MLflow sets a model's source run only
+    # when it is created, so the model is not made yet: the next run makes it, linked.
+    item = {"source_model_id": MID, "target_experiment_id": "7", "target_run_id": None,
+            "source_run_id": RUN, "run_id_map": {}, "waits_for_runs": [RUN]}
+
+    row = import_logged_model_doc(item, ON, _doc(artifacts=[]), lambda *a: None)
+
+    assert row["state"] == FAILED and row["failed_stage"] == "import"
+    assert row["error"].startswith(f"PermanentError: waits for its source run {RUN}")
+    assert not row.get("target_model_id") and target.calls == []
+    assert "waits_for_runs" not in row and "run_id_map" not in row
+
+    logged: list[tuple[str, str]] = []
+    target.log_metric = lambda rid, key, value, **kw: logged.append((rid, key))  # type: ignore[attr-defined]
+    again = {**row, "target_run_id": TARGET_RUN, "run_id_map": {RUN: TARGET_RUN},
+             "waits_for_runs": []}
+    done = import_logged_model_doc(again, ON, _doc(artifacts=[]), lambda *a: None)
+
+    assert done["state"] == IMPORTED
+    assert target.models[done["target_model_id"]].source_run_id == TARGET_RUN
+    assert logged == [(TARGET_RUN, "acc")]
 
 
 def test_tag_logged_model_without_source_tags_drops_the_marker(target: FakeTarget) -> None:
@@ -382,3 +411,33 @@ def test_tag_logged_model_other_errors_are_raised(
     assert e.value.obj == f"logged model {MID}"  # type: ignore[attr-defined]
     assert e.value.stage == "tag"  # type: ignore[attr-defined]
     assert target.models[TARGET_MID].tags == {SOURCE_MODEL_ID_TAG: MID}
+
+
+def test_the_driver_makes_a_model_wait_for_its_own_source_run_still_moving() -> None:
+    from migrator.logged_model_driver import LoggedModelDriver
+
+    moving, failed_for_good, done = "a" * 32, "b" * 32, "c" * 32
+    rows = {
+        moving: {"state": FAILED, "error": "TransientError: 503"},
+        failed_for_good: {"state": FAILED, "error": "PermanentError: 400"},
+        done: {"state": IMPORTED, "target_run_id": TARGET_RUN},
+    }
+    runs = SimpleNamespace(
+        rows=rows, targets={r: row["target_run_id"] for r, row in rows.items()
+                            if row.get("target_run_id")}
+    )
+    driver = object.__new__(LoggedModelDriver)
+    driver.m = SimpleNamespace(runs=runs, scope_complete=True)  # type: ignore[assignment]
+    exps = {"3": {"target_experiment_id": "7"}}
+
+    def waits(source_run: str | None, metric_runs: list[str]) -> list[str]:
+        row = {"source_model_id": MID, "source_experiment_id": "3", "source_run_id": source_run}
+        return list(driver.item(row, exps, metric_runs)["waits_for_runs"])
+
+    assert waits(moving, []) == [moving]  # its own source run: the link is set only at creation
+    assert waits(failed_for_good, []) == []  # failed for good: the model does without
+    assert waits(done, [moving]) == [moving]
+    assert waits(None, []) == []
+    item = driver.item({"source_model_id": MID, "source_experiment_id": "3",
+                        "source_run_id": done}, exps, [])
+    assert item["target_run_id"] == TARGET_RUN and item["target_experiment_id"] == "7"
