@@ -561,7 +561,7 @@ class RowsFile:
         self._write_group()
         self._writer.close()
         self._writer = None
-        staging.upload_file(self._local, key)
+        staging.upload_file(self._local, key, parallel=False)  # the driver's memory stays flat
 
     def close(self) -> None:
         if self._writer is not None:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _FORBIDDEN_CHARS = ("#", "\\", "\x00")
 _MULTIPART_FROM = 8 << 20  # boto3's own multipart threshold
+_SINGLE_PUT_MAX = 5 << 30  # S3's largest object in one PUT
 #: Attempts of one S3 request by the migrator, on top of boto3's own retries (which skip some
 #: transient answers, e.g. a bare 429).
 S3_ATTEMPTS = 4
@@ -81,7 +82,7 @@ class Staging(Protocol):
 
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
-    def upload_file(self, local_path: str, key: str) -> None: ...
+    def upload_file(self, local_path: str, key: str, *, parallel: bool = True) -> None: ...
     def download_file(self, key: str, local_path: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> Iterator[str]: ...
@@ -115,7 +116,7 @@ class LocalStaging:
             f.write(data)
         os.replace(tmp, path)
 
-    def upload_file(self, local_path: str, key: str) -> None:
+    def upload_file(self, local_path: str, key: str, *, parallel: bool = True) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -267,16 +268,29 @@ class S3Staging:
             key, lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         )
 
-    def upload_file(self, local_path: str, key: str) -> None:
+    def upload_file(self, local_path: str, key: str, *, parallel: bool = True) -> None:
         """Small files in one PUT; large ones through boto3's parallel multipart transfer
-        (whose thread pool costs more CPU than a small file's whole upload)."""
+        (whose thread pool costs more CPU than a small file's whole upload).
+
+        `parallel=False` is for the driver (a manifest of millions of rows): one PUT streamed
+        from the file up to S3's single-PUT limit, then a multipart of one part at a time.
+        boto3's parallel transfer holds parts in memory (+3 MB for a 9 MB file), which would
+        make the driver's memory grow with the number of runs."""
 
         def put() -> None:
-            if os.path.getsize(local_path) < _MULTIPART_FROM:
+            size = os.path.getsize(local_path)
+            if size < _MULTIPART_FROM or (not parallel and size <= _SINGLE_PUT_MAX):
                 with open(local_path, "rb") as f:
                     self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f)
-            else:
+            elif parallel:
                 self._client.upload_file(local_path, self.bucket, self._key(key))
+            else:
+                from boto3.s3.transfer import TransferConfig
+
+                one_at_a_time = TransferConfig(use_threads=False, max_concurrency=1)
+                self._client.upload_file(
+                    local_path, self.bucket, self._key(key), Config=one_at_a_time
+                )
 
         self._call(key, put)
 

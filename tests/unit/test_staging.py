@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,3 +239,47 @@ def test_delete_many_local(tmp_path: Path) -> None:
         st.write_bytes(k, b"x")
     assert st.delete_many(["a/1", "b/3", "never-there"]) == 3
     assert list(st.list_keys("a")) == ["a/2"] and not st.exists("b/3")
+
+
+@pytest.mark.parametrize(
+    ("parallel", "single_put_max", "calls"),
+    [
+        (True, None, ["CreateMultipartUpload", "UploadPart", "UploadPart", "CompleteMultipartUpload"]),
+        (False, None, ["PutObject"]),  # the driver's way: one streamed PUT
+        (False, 1, ["CreateMultipartUpload", "UploadPart", "UploadPart", "CompleteMultipartUpload"]),
+    ],
+    ids=["tasks: parallel multipart", "driver: one PUT", "driver: above S3's PUT limit"],
+)
+def test_upload_file_on_s3_for_a_large_file(
+    moto: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    parallel: bool,
+    single_put_max: int | None,
+    calls: list[str],
+) -> None:
+    import uuid
+
+    from migrator import staging as staging_mod
+    from migrator.staging import S3Staging
+
+    if single_put_max is not None:
+        monkeypatch.setattr(staging_mod, "_SINGLE_PUT_MAX", single_put_max)
+    src = tmp_path / "big.parquet"
+    data = uuid.uuid4().bytes * ((staging_mod._MULTIPART_FROM + (1 << 20)) // 16)
+    src.write_bytes(data)
+    st = S3Staging(f"s3://stage/{uuid.uuid4().hex[:8]}")
+    seen: list[str] = []
+    st._client.meta.events.register("before-call.s3.*", lambda model, **_: seen.append(model.name))
+
+    st.upload_file(str(src), "manifests/runs.parquet", parallel=parallel)
+
+    assert sorted(seen) == sorted(calls)
+    assert st.read_bytes("manifests/runs.parquet") == data
+
+
+def test_importing_the_package_picks_the_system_allocator_for_arrow() -> None:
+    code = "import migrator, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "system", out.stderr
