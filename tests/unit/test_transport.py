@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from urllib3.connection import HTTPConnection
@@ -205,12 +206,14 @@ def clean_install(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Start from MLflow's own Retry; restore it (and drop cached sessions) afterwards."""
     from mlflow.utils import request_utils
 
+    own = transport.mlflow_own(request_utils._cached_get_request_session)
     monkeypatch.setattr(request_utils, "Retry", Retry)
+    monkeypatch.setattr(request_utils, "_cached_get_request_session", own)
     transport.install.cache_clear()
-    request_utils._cached_get_request_session.cache_clear()
+    own.cache_clear()
     yield
     transport.install.cache_clear()
-    request_utils._cached_get_request_session.cache_clear()
+    own.cache_clear()
 
 
 @pytest.mark.usefixtures("clean_install")
@@ -230,3 +233,52 @@ def test_install_makes_mlflow_sessions_use_create_aware_retry() -> None:
         assert retry.allowed_methods is None
     transport.install()  # a second call changes nothing
     assert request_utils._get_request_session(3, 1, 0.0, frozenset([503]), True, True) is session
+
+
+def test_the_environment_is_read_once_per_server_and_still_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import requests
+    import requests.sessions
+
+    from migrator.transport import _environment_read_once_per_origin
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.internal")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    reads: list[str] = []
+    real = requests.sessions.get_environ_proxies
+
+    def counted(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        reads.append(url)
+        return real(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
+    session = _environment_read_once_per_origin(requests.Session())
+
+    def merged(url: str, proxies: dict[str, str] | None = None) -> dict[str, Any]:
+        return dict(session.merge_environment_settings(url, proxies or {}, None, None, None))
+
+    first = merged("http://tracking.internal:5000/api/2.0/mlflow/runs/create")
+    again = merged("http://tracking.internal:5000/api/2.0/mlflow/runs/log-batch")
+    assert first == again
+    assert first["proxies"]["http"] == "http://proxy.internal:3128"
+    assert first["verify"] == "/etc/ssl/bundle.pem"
+    assert len(reads) == 1  # once for this server, not once per request
+    again["proxies"]["http"] = "changed by a caller"
+    assert merged("http://tracking.internal:5000/x")["proxies"]["http"].startswith("http://proxy")
+
+    assert "http" not in merged("http://direct.internal:5000/x")["proxies"]  # NO_PROXY holds
+    own = merged("http://tracking.internal:5000/x", {"http": "http://mine:1"})
+    assert own["proxies"]["http"] == "http://mine:1"  # a request's own proxies win
+    assert len(reads) == 3
+
+
+def test_mlflow_sessions_read_the_environment_once_per_server() -> None:
+    from mlflow.utils import request_utils
+
+    transport.install()
+    session = request_utils._get_request_session(3, 1, 0.5, (503,), True, True)
+    assert session.merge_environment_settings.__name__ == "merge_environment_settings"
+    assert "per_origin" in session.merge_environment_settings.__code__.co_freevars
+    assert session is request_utils._get_request_session(3, 1, 0.5, (503,), True, True)
