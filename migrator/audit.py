@@ -7,17 +7,21 @@ one's files come from, and how many objects are in each state.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from migrator.layout import check_staging_format
+from migrator.ledger import Ledger
 from migrator.manifest import (
     MATCH,
+    ManifestTable,
     Row,
     experiments_table,
     logged_models_table,
@@ -27,9 +31,9 @@ from migrator.manifest import (
     runs_table,
     traces_table,
 )
-from migrator.registry import MODELS, PROMPTS
+from migrator.registry import MODELS, PROMPTS, RegistryKind
 from migrator.registry_driver import registry_tables
-from migrator.staging import open_staging
+from migrator.staging import Staging, open_staging
 
 _TIME_FIELDS = (
     "start_time",
@@ -50,19 +54,22 @@ def _iso(ms: int | None) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def run_record(row: Row, experiments: dict[str, Row]) -> dict[str, Any]:
+Rows = Mapping[Any, Row] | Ledger  # a manifest's rows by key: a dict, or a ledger on disk
+
+
+def run_record(row: Row, experiments: Rows) -> dict[str, Any]:
     """A run's lineage: source and target ids and every original system attribute."""
-    exp = experiments.get(row["source_experiment_id"], {})
+    exp = experiments.get(row["source_experiment_id"]) or {}
     rec = {"source_experiment_name": exp.get("name"), **row}
     rec["artifact_files"] = len(row.get("artifact_files") or [])
     return rec
 
 
 def summary_counts(
-    runs: dict[str, Row],
-    exps: dict[str, Row],
+    runs: Rows,
+    exps: Rows,
     verify: list[Row],
-    models: dict[Any, dict[Any, Row]] | None = None,
+    models: Mapping[str, Rows] | None = None,
 ) -> dict[str, Any]:
     models = models or {}
     return {
@@ -142,7 +149,7 @@ def _version_record(row: Row) -> dict[str, Any]:
 
 
 def _either_side(
-    rows: dict[Any, Row], source_id: str | None, target_key: str, target_id: str | None
+    rows: Rows, source_id: str | None, target_key: str, target_id: str | None
 ) -> Row | None:
     """The row of a source id (the manifest's key), or of a target id (a column)."""
     if source_id:
@@ -164,22 +171,57 @@ def run_audit(
     target_trace_id: str | None = None,
     fmt: str = "table",
 ) -> int:
-    """Print the answer; returns the exit code (1 when the object is not in the manifests)."""
+    """Print the answer; returns the exit code (1 when the object is not in the manifests).
+
+    Each manifest it reads is loaded into an on-disk ledger (`ManifestTable.open`, nothing
+    folded or written), as the driver does: an audit of a server of millions of runs needs no
+    more memory than one of a hundred."""
     staging = open_staging(staging_uri)
     check_staging_format(staging, write=False)
+    with contextlib.ExitStack() as opened:
 
+        def ledger(table: ManifestTable) -> Ledger:
+            opened.callback(table.close)
+            return table.open(fold=False)
+
+        return _answer(
+            staging,
+            ledger,
+            fmt,
+            runs=(source_run_id, target_run_id),
+            registry=((MODELS, model), (PROMPTS, prompt)),
+            version=version,
+            logged_models=(source_model_id, target_model_id),
+            traces=(source_trace_id, target_trace_id),
+        )
+
+
+def _answer(
+    staging: Staging,
+    ledger: Callable[[ManifestTable], Ledger],
+    fmt: str,
+    *,
+    runs: tuple[str | None, str | None],
+    registry: tuple[tuple[RegistryKind, str | None], ...],
+    version: int | None,
+    logged_models: tuple[str | None, str | None],
+    traces: tuple[str | None, str | None],
+) -> int:
     def not_found(what: str) -> int:
         print(f"migrator: no {what} in {staging.uri}/manifests/", file=sys.stderr)
         return 1
 
-    for kind, name in ((MODELS, model), (PROMPTS, prompt)):
+    for kind, name in registry:
         if name is None:
             continue
-        row = registry_tables(staging, kind)[0].load().get(name)
+        objects, versions_table = registry_tables(staging, kind)
+        row = ledger(objects).get(name)
         versions = [
             _version_record(v)
-            for (n_, n), v in sorted(registry_tables(staging, kind)[1].load().items())
-            if n_ == name and version in (None, n)
+            for v in sorted(
+                ledger(versions_table).rows(groups=[name]), key=lambda v: int(v["version"])
+            )
+            if version in (None, int(v["version"]))
         ]
         if row is None or (version is not None and not versions):
             which = (
@@ -189,35 +231,33 @@ def run_audit(
         print(_render_records(versions if version is not None else [row, *versions], fmt))
         return 0
     lookups = (
-        ("logged model", logged_models_table, source_model_id, "target_model_id", target_model_id),
-        ("trace", traces_table, source_trace_id, "target_trace_id", target_trace_id),
+        ("logged model", logged_models_table, "target_model_id", logged_models),
+        ("trace", traces_table, "target_trace_id", traces),
     )
-    for what, table, source_id, target_key, target_id in lookups:
+    for what, table, target_key, (source_id, target_id) in lookups:
         if source_id or target_id:
-            found = _either_side(table(staging).load(), source_id, target_key, target_id)
+            found = _either_side(ledger(table(staging)), source_id, target_key, target_id)
             if found is None:
                 return not_found(f"{what} {source_id or target_id}")
             print(_render_record(_version_record(found), fmt))
             return 0
-    runs = runs_table(staging).load()
-    exps = experiments_table(staging).load()
+    run_rows = ledger(runs_table(staging))
+    exps = ledger(experiments_table(staging))
+    source_run_id, target_run_id = runs
     if source_run_id or target_run_id:
-        if source_run_id:
-            run = runs.get(source_run_id)
-        else:
-            run = next((r for r in runs.values() if r.get("target_run_id") == target_run_id), None)
+        run = _either_side(run_rows, source_run_id, "target_run_id", target_run_id)
         if run is None:
             which = f"source id {source_run_id}" if source_run_id else f"target id {target_run_id}"
             return not_found(f"run with {which}")
         print(_render_record(run_record(run, exps), fmt))
         return 0
     models = {
-        "logged_models": logged_models_table(staging).load(),
-        "registered_models": models_table(staging).load(),
-        "model_versions": model_versions_table(staging).load(),
-        "prompts": registry_tables(staging, PROMPTS)[0].load(),
-        "prompt_versions": registry_tables(staging, PROMPTS)[1].load(),
-        "traces": traces_table(staging).load(),
+        "logged_models": ledger(logged_models_table(staging)),
+        "registered_models": ledger(models_table(staging)),
+        "model_versions": ledger(model_versions_table(staging)),
+        "prompts": ledger(registry_tables(staging, PROMPTS)[0]),
+        "prompt_versions": ledger(registry_tables(staging, PROMPTS)[1]),
+        "traces": ledger(traces_table(staging)),
     }
-    print(_render_summary(summary_counts(runs, exps, read_verify(staging), models), fmt))
+    print(_render_summary(summary_counts(run_rows, exps, read_verify(staging), models), fmt))
     return 0

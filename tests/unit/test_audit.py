@@ -308,3 +308,51 @@ def test_summary_of_empty_staging(tmp_path: Path, capsys: pytest.CaptureFixture[
         "prompt_versions": {},
         "traces": {},
     }
+
+
+def test_audit_writes_nothing_and_leaves_no_ledger(
+    staging: LocalStaging, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Each manifest is read into an on-disk ledger (bounded memory): the journal is not
+    # folded (an audit never writes to staging) and the ledgers go when the audit ends.
+    import tempfile
+
+    ledgers = tmp_path / "tmp"
+    ledgers.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(ledgers))
+    before = {p: p.read_bytes() for p in Path(staging.uri).rglob("*") if p.is_file()}
+
+    assert run_audit(staging.uri, target_run_id="t-s2", fmt="json") == 0
+    assert json.loads(capsys.readouterr().out)["artifact_bytes"] == 20  # the journal's row
+    assert run_audit(staging.uri, fmt="json") == 0
+    assert run_audit(staging.uri, model="nope") == 1
+
+    after = {p: p.read_bytes() for p in Path(staging.uri).rglob("*") if p.is_file()}
+    assert after == before
+    assert list(ledgers.iterdir()) == []
+
+
+def test_model_and_its_versions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from migrator.manifest import model_versions_table, models_table
+
+    st = LocalStaging(str(tmp_path / "staging"))
+    models = models_table(st)
+    models.append([{"name": "churn", "target_name": "churn", "n_versions": 3, "state": "tagged"},
+                   {"name": "other", "target_name": "other", "n_versions": 1, "state": "tagged"}])
+    models.compact()
+    versions = model_versions_table(st)
+    versions.append([
+        {"name": "churn", "version": v, "target_version": v, "state": "tagged",
+         "run_id": f"r{v}"} for v in (10, 2, 1)
+    ] + [{"name": "other", "version": 2, "target_version": 1, "state": "failed"}])
+    versions.compact()
+
+    assert run_audit(st.uri, model="churn", fmt="json") == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [r.get("version") for r in recs] == [None, 1, 2, 10]  # the model, then by number
+    assert recs[0]["n_versions"] == 3
+    assert run_audit(st.uri, model="churn", version=2, fmt="json") == 0
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == ["r2"]
+    assert run_audit(st.uri, model="churn", version=3) == 1
+    assert "version 3 of model 'churn'" in capsys.readouterr().err
