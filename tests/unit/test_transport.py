@@ -274,11 +274,23 @@ def test_the_environment_is_read_once_per_server_and_still_applies(
     assert len(reads) == 3
 
 
-def test_mlflow_sessions_read_the_environment_once_per_server() -> None:
+def test_mlflow_sessions_read_the_environment_once_per_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import requests.sessions
     from mlflow.utils import request_utils
 
+    reads: list[str] = []
+    real = requests.sessions.get_environ_proxies
+
+    def counted(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        reads.append(url)
+        return real(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
     transport.install()
     session = request_utils._get_request_session(3, 1, 0.5, (503,), True, True)
-    assert session.merge_environment_settings.__name__ == "merge_environment_settings"
-    assert "per_origin" in session.merge_environment_settings.__code__.co_freevars
+    for path in ("runs/create", "runs/log-batch", "runs/update"):
+        session.merge_environment_settings(f"http://once.internal:5000/{path}", {}, None, None, None)
+    assert len(reads) == 1  # MLflow's own session, reading the environment once per server
     assert session is request_utils._get_request_session(3, 1, 0.5, (503,), True, True)
