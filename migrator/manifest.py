@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from migrator.errors import StagingError
 from migrator.ledger import Ledger
+from migrator.parquet_parts import PartsWriter, read_row_groups
 from migrator.staging import Staging
 
 log = logging.getLogger(__name__)
@@ -532,10 +533,10 @@ def trim_heap() -> None:
 
 #: Rows per batch of a manifest read into, or written from, a ledger (one thread, no
 #: read-ahead): with `_GROUPED` batches per Parquet row group, what the driver holds of a
-#: manifest at any time. (A writer keeps every row group's metadata until it closes: larger
-#: groups, fewer of them.)
+#: manifest at any time. The writer and the readers hold one row group's metadata, not the
+#: file's (`parquet_parts`): the number of row groups costs no memory.
 _ROW_GROUP = 500
-_GROUPED = 4
+_GROUPED = 2
 
 
 class RowsFile:
@@ -549,9 +550,7 @@ class RowsFile:
         self.rows = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="migrator-manifest-")
         self._local = os.path.join(self._tmp.name, "table.parquet")
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self._local, schema, compression="zstd"
-        )
+        self._writer: PartsWriter | None = PartsWriter(self._local, schema, compression="zstd")
         self._batch: list[Row] = []
         self._group: list[pa.Table] = []
 
@@ -572,7 +571,7 @@ class RowsFile:
     def _write_group(self) -> None:
         assert self._writer is not None
         if self._group:
-            self._writer.write_table(pa.concat_tables(self._group))
+            self._writer.write(pa.concat_tables(self._group))
             self._group = []
 
     def upload(self, staging: Staging, key: str) -> None:
@@ -588,7 +587,7 @@ class RowsFile:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._writer.abort()
             self._writer = None
         self._tmp.cleanup()
 
@@ -600,16 +599,16 @@ class RowsFile:
 
 
 def _read_batches(local: str, what: str, schema: pa.Schema) -> Iterable[list[Row]]:
-    """A manifest file's rows, a row group's worth at a time."""
+    """A manifest file's rows, `_ROW_GROUP` at a time, a row group read at a time."""
     try:
-        f = pq.ParquetFile(local, pre_buffer=False)
-        for batch in f.iter_batches(batch_size=_ROW_GROUP, use_threads=False):
-            table = pa.Table.from_batches([batch])
-            missing = [fld for fld in schema if fld.name not in table.column_names]
+        for group in read_row_groups(local, what, use_threads=False):
+            missing = [fld for fld in schema if fld.name not in group.column_names]
             for fld in missing:
-                table = table.append_column(fld, pa.nulls(len(table), fld.type))
-            yield table_to_rows(table.select(schema.names).cast(schema))
-    except (pa.ArrowException, OSError, ValueError) as e:
+                group = group.append_column(fld, pa.nulls(len(group), fld.type))
+            group = group.select(schema.names).cast(schema)
+            for start in range(0, group.num_rows, _ROW_GROUP):
+                yield table_to_rows(group.slice(start, _ROW_GROUP))
+    except (pa.ArrowException, OSError, ValueError) as e:  # ThriftError is a ValueError
         raise StagingError(f"corrupt manifest file: {type(e).__name__}: {e}", obj=what) from None
 
 
@@ -716,9 +715,7 @@ def column_batches(staging: Staging, key: str, columns: list[str]) -> Iterator[p
         local = os.path.join(tmp, "table.parquet")
         staging.download_file(key, local)
         try:
-            f = pq.ParquetFile(local, pre_buffer=False)
-            yield from f.iter_batches(
-                batch_size=_ROW_GROUP * _GROUPED, columns=columns, use_threads=False
-            )
+            for group in read_row_groups(local, key, columns=columns, use_threads=False):
+                yield from group.to_batches()
         except (pa.ArrowException, OSError, ValueError) as e:
             raise StagingError(f"corrupt manifest file: {type(e).__name__}: {e}", obj=key) from None
