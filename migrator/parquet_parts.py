@@ -196,7 +196,7 @@ def _encode_value(ctype: int, value: Any) -> bytes:
     if ctype == _DOUBLE:
         return struct.pack("<d", value)
     if ctype == _BINARY:
-        return _varint(len(value)) + value
+        return _varint(len(value)) + bytes(value)
     if ctype in (_LIST, _SET):
         etype, items = value
         return _list_head(etype, len(items)) + b"".join(_encode_value(etype, v) for v in items)
