@@ -51,10 +51,20 @@ class ThriftError(ValueError):
 # ---- thrift compact protocol -------------------------------------------------------------
 
 
+#: Containers inside containers at most (a Parquet footer nests a few levels): a hostile
+#: footer is an error, not a Python recursion error.
+_MAX_DEPTH = 32
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
+        self.depth = 0
+
+    def nested(self) -> None:
+        if self.depth >= _MAX_DEPTH:
+            raise ThriftError(f"footer nests deeper than {_MAX_DEPTH} levels")
 
     def byte(self) -> int:
         if self.pos >= len(self.data):
@@ -86,6 +96,16 @@ class _Reader:
         return out
 
     def value(self, ctype: int) -> Any:
+        if ctype in (_LIST, _SET, _MAP, _STRUCT):
+            self.nested()
+            self.depth += 1
+            try:
+                return self._value(ctype)
+            finally:
+                self.depth -= 1
+        return self._value(ctype)
+
+    def _value(self, ctype: int) -> Any:
         if ctype in (_TRUE, _FALSE):  # a bool inside a list: one byte
             return self.byte() == _TRUE
         if ctype == _BYTE:
@@ -115,8 +135,16 @@ class _Reader:
 
     def skip(self, ctype: int) -> None:
         """Move past one value without building it."""
+        self.nested()
+        self.depth += 1
+        try:
+            self._skip(ctype)
+        finally:
+            self.depth -= 1
+
+    def _skip(self, ctype: int) -> None:
         if ctype in (_TRUE, _FALSE, _BYTE):
-            self.pos += 1
+            self.take(1)
         elif ctype in (_I16, _I32, _I64):
             self.varint()
         elif ctype == _DOUBLE:

@@ -176,3 +176,18 @@ def test_the_writer_holds_no_more_with_every_row_group(tmp_path: Path) -> None:
     assert pc.sum(pq.read_table(str(tmp_path / "ours.parquet")).column("n_params")).as_py() == (
         160 * sum(range(200))
     )
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        b"\x1c" * 5000 + b"\x00" * 5000,  # structs in structs, 5,000 deep
+        b"\x49\xf1\xff\xff\xff\xff\x0f",  # a list of four billion bools, in seven bytes
+        b"\x16" + b"\xff" * 20,  # a varint that never ends
+    ],
+)
+def test_a_hostile_footer_is_a_thrift_error(footer: bytes) -> None:
+    with pytest.raises(pp.ThriftError):
+        pp.decode_struct(footer)
+    with pytest.raises(pp.ThriftError):
+        pp._scan_footer(footer)
