@@ -207,16 +207,25 @@ class Ledger:
 
     def counts(self, groups: Iterable[str] | None = None) -> Counter[str]:
         """How many rows are in each state, optionally of some groups only."""
-        with self._lock:
-            found = self._db.execute(
-                "SELECT grp, state, count(*) FROM rows GROUP BY grp, state"
-            ).fetchall()
         wanted = None if groups is None else set(groups)
         out: Counter[str] = Counter()
-        for grp, state, n in found:
+        for grp, state, n in self._by_group_and_state():
             if wanted is None or grp in wanted:
                 out[state or ""] += n
         return out
+
+    def group_counts(self) -> Counter[str]:
+        """How many rows each group has (a row of no group counts under "")."""
+        out: Counter[str] = Counter()
+        for grp, _, n in self._by_group_and_state():
+            out[grp or ""] += n
+        return out
+
+    def _by_group_and_state(self) -> list[tuple[str | None, str | None, int]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT grp, state, count(*) FROM rows GROUP BY grp, state"
+            ).fetchall()
 
     def close(self) -> None:
         with self._lock:

@@ -13,12 +13,11 @@ import html
 import time
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import ExitStack
+from itertools import islice
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from migrator.ledger import Ledger
 from migrator.manifest import (
     FAILED,
     ManifestTable,
@@ -39,6 +38,8 @@ from migrator.staging import Staging, open_staging
 
 #: Failures listed on the page at most (the manifest has them all).
 MAX_FAILURES = 200
+#: Experiments in the chart of runs per experiment at most (the largest).
+_TOP_EXPERIMENTS = 40
 
 
 def _kinds(staging: Staging) -> list[tuple[str, ManifestTable, str]]:
@@ -59,44 +60,50 @@ def _kinds(staging: Staging) -> list[tuple[str, ManifestTable, str]]:
 
 
 def build(staging_uri: str) -> str:
-    """The report page of a staging store, as HTML text."""
+    """The report page of a staging store, as HTML text.
+
+    Each manifest is read into the on-disk ledger the driver uses (`ManifestTable.open`, a row
+    group at a time, nothing written) and summed from there: counts by SQL, the rest in one
+    pass over the rows. The page of ten million runs needs no more memory than that of ten."""
     staging = open_staging(staging_uri)
     counts: dict[str, Counter[str]] = {}
     failures: list[tuple[str, str, str, str]] = []
     bytes_moved = 0
-    runs: pa.Table | None = None
-    for label, table, name_col in _kinds(staging):
-        t = table.read_table()
-        if t.num_rows == 0:
-            continue
-        counts[label] = Counter(dict(zip(*_value_counts(t.column("state")), strict=True)))
-        failed = t.filter(pc.equal(t.column("state"), FAILED))
-        for r in failed.slice(0, MAX_FAILURES).to_pylist():
-            obj = str(r.get(name_col) or "")
-            if label.endswith("versions"):
-                obj = f"{obj} {r.get('version')}"
-            failures.append((label, obj, r.get("failed_stage") or "", r.get("error") or ""))
-        if "artifact_bytes" in t.column_names:
-            bytes_moved += int(pc.sum(t.column("artifact_bytes")).as_py() or 0)
-        if label == "runs":
-            runs = t
-    exps = {
-        r["source_experiment_id"]: r.get("name") or r["source_experiment_id"]
-        for r in experiments_table(staging).read_table().to_pylist()
-    }
+    per_exp: Counter[str] = Counter()
+    seconds: Counter[int] = Counter()  # runs by the second their row last changed
+    names: dict[str, str] = {}
+    with ExitStack() as opened:
+        ledgers: dict[str, Ledger] = {}
+        for label, table, name_col in _kinds(staging):
+            opened.callback(table.close)
+            led = ledgers[label] = table.open(fold=False)
+            found = led.counts()
+            if not found:
+                continue
+            counts[label] = found
+            for r in islice(led.rows(states=[FAILED]), MAX_FAILURES):
+                obj = str(r.get(name_col) or "")
+                if label.endswith("versions"):
+                    obj = f"{obj} {r.get('version')}"
+                failures.append((label, obj, r.get("failed_stage") or "", r.get("error") or ""))
+            if "artifact_bytes" in table.schema.names:
+                for r in led.rows():
+                    bytes_moved += int(r.get("artifact_bytes") or 0)
+                    if label == "runs" and r.get("updated_at") is not None:
+                        seconds[int(r["updated_at"]) // 1000] += 1
+            if label == "runs":
+                per_exp = led.group_counts()
+        for e, _ in per_exp.most_common(_TOP_EXPERIMENTS):
+            row = ledgers["experiments"].get(e) or {}
+            names[e] = row.get("name") or e
     verify = verify_counts(staging)
-    return _page(staging.uri, counts, failures, bytes_moved, runs, exps, verify)
+    return _page(staging.uri, counts, failures, bytes_moved, per_exp, seconds, names, verify)
 
 
 def write(staging_uri: str, out: str) -> Path:
     path = Path(out)
     path.write_text(build(staging_uri), encoding="utf-8")
     return path
-
-
-def _value_counts(column: Any) -> tuple[list[str], list[int]]:
-    vc = pc.value_counts(column)
-    return [str(v) for v in vc.field("values").to_pylist()], vc.field("counts").to_pylist()
 
 
 # ---- the page --------------------------------------------------------------------------------
@@ -182,17 +189,16 @@ def _columns(title: str, items: list[tuple[str, int]], width: int = 900) -> str:
 _BUCKETS_S = (1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
 
 
-def _throughput(runs: pa.Table | None) -> tuple[str, list[tuple[str, int]]]:
+def _throughput(seconds: Counter[int]) -> tuple[str, list[tuple[str, int]]]:
     """Runs by the time their row last changed (the last stage that moved them), in buckets
     wide enough for at most 60 columns; and the bucket's width in words."""
-    if runs is None or runs.num_rows == 0:
+    if not seconds:
         return "", []
-    ms = pc.cast(runs.column("updated_at"), pa.int64()).drop_null().to_pylist()
-    if not ms:
-        return "", []
-    lo, hi = min(ms) // 1000, max(ms) // 1000
+    lo, hi = min(seconds), max(seconds)
     width = next((b for b in _BUCKETS_S if (hi - lo) / b < 60), _BUCKETS_S[-1])
-    buckets = Counter((m // 1000 - lo) // width for m in ms)
+    buckets: Counter[int] = Counter()
+    for second, n in seconds.items():
+        buckets[(second - lo) // width] += n
     fmt = "%H:%M:%S" if width < 60 else "%m-%d %H:%M"
     items = [
         (time.strftime(fmt, time.gmtime(lo + b * width)), buckets.get(b, 0))
@@ -202,8 +208,8 @@ def _throughput(runs: pa.Table | None) -> tuple[str, list[tuple[str, int]]]:
     return unit, items
 
 
-def _throughput_title(runs: pa.Table | None) -> tuple[str, list[tuple[str, int]]]:
-    unit, items = _throughput(runs)
+def _throughput_title(seconds: Counter[int]) -> tuple[str, list[tuple[str, int]]]:
+    unit, items = _throughput(seconds)
     return f"runs by their last state change, per {unit} (UTC)", items
 
 
@@ -212,15 +218,13 @@ def _page(
     counts: dict[str, Counter[str]],
     failures: list[tuple[str, str, str, str]],
     bytes_moved: int,
-    runs: pa.Table | None,
-    exps: dict[str, str],
+    per_exp: Counter[str],
+    seconds: Counter[int],
+    names: dict[str, str],
     verify: Counter[tuple[str, str]],
 ) -> str:
     n_failed = sum(c.get(FAILED, 0) for c in counts.values())
     states = sorted({s for c in counts.values() for s in c})
-    per_exp: Counter[str] = Counter()
-    if runs is not None:
-        per_exp.update(runs.column("source_experiment_id").to_pylist())
     verified = sum(verify.values())
     differ = sum(n for (_, outcome), n in verify.items() if outcome != "match")
     cards = [
@@ -269,10 +273,10 @@ def _page(
         "<h2>Runs per experiment</h2>",
         _bars(
             "runs per experiment",
-            [(exps.get(e, e), n) for e, n in per_exp.most_common(40)],
+            [(names.get(e, e), n) for e, n in per_exp.most_common(_TOP_EXPERIMENTS)],
         ),
         "<h2>Throughput</h2>",
-        _columns(*_throughput_title(runs)),
+        _columns(*_throughput_title(seconds)),
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -91,3 +91,31 @@ def test_a_real_browser_shows_it(staging: LocalStaging, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
+
+
+def test_a_report_mid_migration_counts_the_newest_rows_and_writes_nothing(
+    staging: LocalStaging,
+) -> None:
+    runs = manifest.runs_table(staging)
+    runs.append([  # r04 retried and moved; r30 new: both in the journal only (a driver at work)
+        {"source_run_id": "r04", "source_experiment_id": "1", "state": "tagged",
+         "artifact_bytes": 1_000_000, "updated_at": T0 + 700_000},
+        {"source_run_id": "r30", "source_experiment_id": "2", "state": "exported",
+         "updated_at": T0 + 720_000},
+    ])
+    runs.flush()
+    journal = sorted(staging.list_keys(runs.journal_prefix))
+    page = report.build(staging.uri)
+    assert "29.0 MB" in page  # r04 now moved its megabyte too
+    assert "HTTP 503" in page and page.count("TransientError") == 1  # only r17 still failed
+    assert sorted(staging.list_keys(runs.journal_prefix)) == journal  # nothing folded
+
+
+def test_throughput_buckets_hold_every_run() -> None:
+    from collections import Counter
+
+    seconds = Counter({T0 // 1000 + 20 * i: 1 for i in range(30)})
+    seconds[T0 // 1000] += 4
+    unit, items = report._throughput(seconds)
+    assert unit == "10 s" and len(items) == 59
+    assert sum(n for _, n in items) == 34 and items[0][1] == 5
