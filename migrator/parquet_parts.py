@@ -42,6 +42,8 @@ _GROUP_COLUMNS, _GROUP_FILE_OFFSET, _GROUP_ORDINAL = 1, 5, 7
 _CHUNK_FILE_OFFSET, _CHUNK_META, _CHUNK_OFFSET_INDEX, _CHUNK_COLUMN_INDEX = 2, 3, 4, 6
 #: ColumnMetaData: data page, index page, dictionary page and bloom filter offsets.
 _META_OFFSETS = {9, 10, 11, 14}
+#: A row group's ordinal is a thrift i16.
+_MAX_ORDINAL = 2**15 - 1
 
 
 class ThriftError(ValueError):
@@ -277,6 +279,8 @@ def moved_row_group(group: Fields, by: int, ordinal: int) -> Fields:
             etype, chunks = value
             value = (etype, [_moved_chunk(c, by) for c in chunks])
         elif fid == _GROUP_ORDINAL:
+            if ordinal > _MAX_ORDINAL:  # optional, and an i16: left out past its range
+                continue
             value = ordinal
         out.append((fid, ctype, value))
     return out

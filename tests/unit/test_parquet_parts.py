@@ -191,3 +191,15 @@ def test_a_hostile_footer_is_a_thrift_error(footer: bytes) -> None:
         pp.decode_struct(footer)
     with pytest.raises(pp.ThriftError):
         pp._scan_footer(footer)
+
+
+def test_a_row_group_past_the_i16_ordinals_goes_without_one() -> None:
+    buf = io.BytesIO()
+    pq.write_table(runs(10), buf)
+    footer = pp.decode_struct(footer_of(buf.getvalue()))
+    group = next(v for fid, _, v in footer if fid == 4)[1][0]
+    group = [*group, (7, pp._I16, 0)]  # Arrow writes an ordinal only when it encrypts
+    ordinals = [
+        [v for fid, _, v in pp.moved_row_group(group, 100, n) if fid == 7] for n in (5, 40_000)
+    ]
+    assert ordinals == [[5], []]
