@@ -235,17 +235,10 @@ def test_install_makes_mlflow_sessions_use_create_aware_retry() -> None:
     assert request_utils._get_request_session(3, 1, 0.0, frozenset([503]), True, True) is session
 
 
-def test_the_environment_is_read_once_per_server_and_still_applies(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import requests
+def count_environment_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URLs `requests` reads the environment's proxies for, from now on (a list that grows)."""
     import requests.sessions
 
-    from migrator.transport import _environment_read_once_per_origin
-
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "direct.internal")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
     reads: list[str] = []
     real = requests.sessions.get_environ_proxies
 
@@ -254,6 +247,20 @@ def test_the_environment_is_read_once_per_server_and_still_applies(
         return real(url, no_proxy=no_proxy)
 
     monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
+    return reads
+
+
+def test_the_environment_is_read_once_per_server_and_still_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import requests
+
+    from migrator.transport import _environment_read_once_per_origin
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.internal")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    reads = count_environment_reads(monkeypatch)
     session = _environment_read_once_per_origin(requests.Session())
 
     def merged(url: str, proxies: dict[str, str] | None = None) -> dict[str, Any]:
@@ -277,20 +284,14 @@ def test_the_environment_is_read_once_per_server_and_still_applies(
 def test_mlflow_sessions_read_the_environment_once_per_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import requests.sessions
     from mlflow.utils import request_utils
 
-    reads: list[str] = []
-    real = requests.sessions.get_environ_proxies
-
-    def counted(url: str, no_proxy: str | None = None) -> dict[str, str]:
-        reads.append(url)
-        return real(url, no_proxy=no_proxy)
-
-    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
+    reads = count_environment_reads(monkeypatch)
     transport.install()
     session = request_utils._get_request_session(3, 1, 0.5, (503,), True, True)
     for path in ("runs/create", "runs/log-batch", "runs/update"):
-        session.merge_environment_settings(f"http://once.internal:5000/{path}", {}, None, None, None)
+        session.merge_environment_settings(
+            f"http://once.internal:5000/{path}", {}, None, None, None
+        )
     assert len(reads) == 1  # MLflow's own session, reading the environment once per server
     assert session is request_utils._get_request_session(3, 1, 0.5, (503,), True, True)
