@@ -38,7 +38,7 @@ Fields = list[tuple[int, int, Any]]
 
 # Field ids of parquet.thrift that hold positions in the file.
 _FILE_ROW_GROUPS, _FILE_NUM_ROWS = 4, 3
-_GROUP_COLUMNS, _GROUP_FILE_OFFSET, _GROUP_ORDINAL = 1, 5, 7
+_GROUP_COLUMNS, _GROUP_NUM_ROWS, _GROUP_FILE_OFFSET, _GROUP_ORDINAL = 1, 3, 5, 7
 _CHUNK_FILE_OFFSET, _CHUNK_META, _CHUNK_OFFSET_INDEX, _CHUNK_COLUMN_INDEX = 2, 3, 4, 6
 #: ColumnMetaData: data page, index page, dictionary page and bloom filter offsets.
 _META_OFFSETS = {9, 10, 11, 14}
@@ -119,10 +119,7 @@ class _Reader:
         if ctype == _BINARY:
             return self.take(self.varint())
         if ctype in (_LIST, _SET):
-            head = self.byte()
-            size, etype = head >> 4, head & 0x0F
-            if size == 15:
-                size = self.varint()
+            etype, size = self.list_head()
             return etype, [self.value(etype) for _ in range(size)]
         if ctype == _MAP:
             size = self.varint()
@@ -154,10 +151,9 @@ class _Reader:
         elif ctype == _BINARY:
             self.take(self.varint())
         elif ctype in (_LIST, _SET):
-            head = self.byte()
-            size = head >> 4 if head >> 4 != 15 else self.varint()
+            etype, size = self.list_head()
             for _ in range(size):
-                self.skip(head & 0x0F)
+                self.skip(etype)
         elif ctype == _MAP:
             size = self.varint()
             if size:
@@ -166,31 +162,40 @@ class _Reader:
                     self.skip(kv >> 4)
                     self.skip(kv & 0x0F)
         elif ctype == _STRUCT:
-            last = 0
-            while True:
-                head = self.byte()
-                if head == 0:
-                    return
-                last = last + (head >> 4) if head >> 4 else self.zigzag()
-                if head & 0x0F not in (_TRUE, _FALSE):
-                    self.skip(head & 0x0F)
+            for _, field_type in self.fields():
+                self.skip_field(field_type)
         else:
             raise ThriftError(f"unknown thrift type {ctype}")
 
-    def struct(self) -> Fields:
-        fields: Fields = []
+    def fields(self) -> Iterator[tuple[int, int]]:
+        """The (id, type) of each field of a struct in turn, to its stop byte; the caller
+        reads (`field`) or skips (`skip_field`) each value before asking for the next."""
         last = 0
         while True:
             head = self.byte()
             if head == 0:
-                return fields
-            ctype, delta = head & 0x0F, head >> 4
-            fid = last + delta if delta else self.zigzag()
-            if ctype in (_TRUE, _FALSE):
-                fields.append((fid, _TRUE, ctype == _TRUE))
-            else:
-                fields.append((fid, ctype, self.value(ctype)))
-            last = fid
+                return
+            last = last + (head >> 4) if head >> 4 else self.zigzag()
+            yield last, head & 0x0F
+
+    def field(self, fid: int, ctype: int) -> tuple[int, int, Any]:
+        """A field as `Fields` hold it (a bool field's value is its type)."""
+        if ctype in (_TRUE, _FALSE):
+            return fid, _TRUE, ctype == _TRUE
+        return fid, ctype, self.value(ctype)
+
+    def skip_field(self, ctype: int) -> None:
+        if ctype not in (_TRUE, _FALSE):
+            self.skip(ctype)
+
+    def list_head(self) -> tuple[int, int]:
+        """A list's element type and size."""
+        head = self.byte()
+        size = head >> 4 if head >> 4 != 15 else self.varint()
+        return head & 0x0F, size
+
+    def struct(self) -> Fields:
+        return [self.field(fid, ctype) for fid, ctype in self.fields()]
 
 
 def decode_struct(data: bytes) -> Fields:
@@ -395,25 +400,16 @@ def _scan_footer(data: bytes) -> tuple[Fields, list[tuple[int, int]]]:
     r = _Reader(data)
     head: Fields = []
     spans: list[tuple[int, int]] = []
-    last = 0
-    while True:
-        byte = r.byte()
-        if byte == 0:
-            return head, spans
-        ctype, delta = byte & 0x0F, byte >> 4
-        fid = last + delta if delta else r.zigzag()
-        last = fid
+    for fid, ctype in r.fields():
         if fid == _FILE_ROW_GROUPS and ctype == _LIST:
-            size_type = r.byte()
-            size = size_type >> 4 if size_type >> 4 != 15 else r.varint()
+            _, size = r.list_head()
             for _ in range(size):
                 begin = r.pos
                 r.skip(_STRUCT)
                 spans.append((begin, r.pos))
-        elif ctype in (_TRUE, _FALSE):
-            head.append((fid, _TRUE, ctype == _TRUE))
         else:
-            head.append((fid, ctype, r.value(ctype)))
+            head.append(r.field(fid, ctype))
+    return head, spans
 
 
 def _footer_start(head: Fields, rows: int, groups: int) -> bytes:
@@ -443,18 +439,26 @@ def read_row_groups(path: str, what: str, **options: Any) -> Iterator[pa.Table]:
     with open(path, "rb") as f:
         start, length = _footer_bounds(f, os.fstat(f.fileno()).st_size, what)
         f.seek(start)
-        footer = f.read(length)
-    try:
-        head, spans = _scan_footer(footer)
-    except ThriftError as e:
-        raise ThriftError(f"{what}: {e}") from None
-    head = [x for x in head if x[0] != _FILE_NUM_ROWS]
-    del footer
-    for begin, end in spans:
-        with open(path, "rb") as f:
+        try:
+            head, spans = _scan_footer(f.read(length))
+        except ThriftError as e:
+            raise ThriftError(f"{what}: {e}") from None
+        head = [x for x in head if x[0] != _FILE_NUM_ROWS]
+        for begin, end in spans:
             f.seek(start + begin)
             group = f.read(end - begin)
-        rows = next((v for fid, _, v in decode_struct(group) if fid == 3), 0)
-        one = _footer_start(head, rows, 1) + group + _footer_end(head)
-        metadata = pq.read_metadata(io.BytesIO(MAGIC + one + struct.pack("<I", len(one)) + MAGIC))
-        yield pq.ParquetFile(path, metadata=metadata, pre_buffer=False).read(**options)
+            rows = _top_level_field(group, _GROUP_NUM_ROWS) or 0
+            one = _footer_start(head, rows, 1) + group + _footer_end(head)
+            tail = struct.pack("<I", len(one)) + MAGIC
+            metadata = pq.read_metadata(io.BytesIO(MAGIC + one + tail))
+            yield pq.ParquetFile(path, metadata=metadata, pre_buffer=False).read(**options)
+
+
+def _top_level_field(data: bytes, wanted: int) -> Any:
+    """One field of an encoded struct (None when it is not there), the others skipped."""
+    r = _Reader(data)
+    for fid, ctype in r.fields():
+        if fid == wanted:
+            return r.field(fid, ctype)[2]
+        r.skip_field(ctype)
+    return None
