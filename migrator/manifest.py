@@ -328,14 +328,18 @@ def _to_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A manifest table read back, in `schema`: columns added by later versions are
+    tolerated, missing ones filled with nulls."""
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(len(table), f.type))
+    return table.select(schema.names).cast(schema)
+
+
 def _from_parquet(data: bytes, what: str, schema: pa.Schema) -> pa.Table:
     try:
-        table = pq.read_table(io.BytesIO(data))
-        # Columns added by later versions are tolerated; missing ones are filled with nulls.
-        missing = [f for f in schema if f.name not in table.column_names]
-        for f in missing:
-            table = table.append_column(f, pa.nulls(len(table), f.type))
-        return table.select(schema.names).cast(schema)
+        return _conformed(pq.read_table(io.BytesIO(data)), schema)
     except (pa.ArrowException, OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise StagingError(f"corrupt manifest file: {type(e).__name__}: {e}", obj=what) from None
 
@@ -602,10 +606,7 @@ def _read_batches(local: str, what: str, schema: pa.Schema) -> Iterable[list[Row
     """A manifest file's rows, `_ROW_GROUP` at a time, a row group read at a time."""
     try:
         for group in read_row_groups(local, what, use_threads=False):
-            missing = [fld for fld in schema if fld.name not in group.column_names]
-            for fld in missing:
-                group = group.append_column(fld, pa.nulls(len(group), fld.type))
-            group = group.select(schema.names).cast(schema)
+            group = _conformed(group, schema)
             for start in range(0, group.num_rows, _ROW_GROUP):
                 yield table_to_rows(group.slice(start, _ROW_GROUP))
     except (pa.ArrowException, OSError, ValueError) as e:  # ThriftError is a ValueError

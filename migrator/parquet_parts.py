@@ -321,7 +321,7 @@ class PartsWriter:
         self.options = options
         self.rows = 0
         self.groups = 0
-        self._head: Fields | None = None  # the first part's footer, without its row groups
+        self._head: Fields | None = None  # the first part's footer: schema, metadata
         self._out: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._out.write(MAGIC)
         self._spool: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
@@ -340,7 +340,7 @@ class PartsWriter:
         del buf
         by = self._out.tell() - len(MAGIC)
         if self._head is None:
-            self._head = [f for f in footer if f[0] not in (_FILE_ROW_GROUPS, _FILE_NUM_ROWS)]
+            self._head = _head_of(footer)
         for fid, _, value in footer:
             if fid == _FILE_ROW_GROUPS:
                 for group in value[1]:
@@ -356,8 +356,7 @@ class PartsWriter:
             return
         try:
             if self._head is None:  # no rows: the schema and metadata of an empty part
-                _, footer = _split(_empty_part(self.schema, self.options), "part")
-                self._head = [f for f in footer if f[0] not in (_FILE_ROW_GROUPS, _FILE_NUM_ROWS)]
+                self._head = _head_of(_split(_empty_part(self.schema, self.options), "part")[1])
             start = self._out.tell()
             self._out.write(_footer_start(self._head, self.rows, self.groups))
             self._spool.seek(0)
@@ -372,6 +371,12 @@ class PartsWriter:
         """Close without a footer (the file is left incomplete; its folder is the caller's)."""
         self._out.close()
         self._spool.close()
+
+
+def _head_of(footer: Fields) -> Fields:
+    """A footer's fields but its row groups (`_footer_start` and `_footer_end` write them
+    around the row groups, with the row count of the whole file)."""
+    return [f for f in footer if f[0] != _FILE_ROW_GROUPS]
 
 
 def _empty_part(schema: pa.Schema, options: dict[str, Any]) -> bytes:
@@ -443,7 +448,6 @@ def read_row_groups(path: str, what: str, **options: Any) -> Iterator[pa.Table]:
             head, spans = _scan_footer(f.read(length))
         except ThriftError as e:
             raise ThriftError(f"{what}: {e}") from None
-        head = [x for x in head if x[0] != _FILE_NUM_ROWS]
         for begin, end in spans:
             f.seek(start + begin)
             group = f.read(end - begin)
