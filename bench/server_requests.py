@@ -28,7 +28,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ACCESS = re.compile(rb'"(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (\S+) HTTP/[0-9.]+" (\d{3})')
+#: One access line. werkzeug (moto) colours the request of every answer but a 200 with ANSI
+#: escapes (ESC[35m ESC[1m before the method, ESC[0m after the protocol): allowed around it.
+ACCESS = re.compile(
+    rb'"(?:\x1b\[[0-9;]*m)*(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (\S+) HTTP/[0-9.]+'
+    rb'(?:\x1b\[[0-9;]*m)*" (\d{3})'
+)
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/"
 _ID = re.compile(r"/(?:[0-9a-f]{32}|[0-9a-f-]{36}|tr-[0-9a-f]{32}|m-[0-9a-f]{32}|\d+)(?=/|$)")
 TOP = 12
