@@ -162,11 +162,32 @@ class LocalStaging:
 
     def put_if(self, key: str, data: bytes, etag: str | None) -> str | None:
         """Write only if the object is absent (`etag` None) or still at version `etag`, as one
-        step under a lock file; returns the new version tag, or None when the condition failed."""
-        import fcntl
+        step; returns the new version tag, or None when the condition failed.
 
+        Absent-only writes publish a complete temporary file with a hard link, which fails when
+        the name exists: atomic, and no lock file is left beside a run's files. A version
+        compare holds a lock file in the folder (where hard links are not to be had, so do
+        absent-only writes)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if etag is None:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.link(tmp, path)
+                return hashlib.sha256(data).hexdigest()
+            except FileExistsError:
+                return None
+            except OSError as e:  # a file system without hard links
+                log.debug("%s: no hard links here (%s), taking the folder's lock", key, e)
+            finally:
+                os.unlink(tmp)
+        return self._put_if_locked(path, key, data, etag)
+
+    def _put_if_locked(self, path: Path, key: str, data: bytes, etag: str | None) -> str | None:
+        import fcntl
+
         with open(path.parent / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = self.read_versioned(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 from migrator.artifact_store import source_side
 from migrator.artifacts import stage_artifacts
@@ -26,7 +26,7 @@ from migrator.mlflow_io import (
     search_runs_by_id,
     translate_errors,
 )
-from migrator.staging import open_staging
+from migrator.staging import Staging, open_staging
 
 STAGE = "export"
 
@@ -176,7 +176,7 @@ def export_run(item: Row, opts: Options) -> Row:
         TransientError, PermanentError: naming the run.
     """
     with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
-        return export_run_keeping(item, opts, keep)[0]
+        return export_run_keeping(item, opts, keep).row
 
 
 def row_fields(doc: dict[str, Any]) -> Row:
@@ -205,9 +205,20 @@ def row_fields(doc: dict[str, Any]) -> Row:
     }
 
 
-def export_run_keeping(
-    item: Row, opts: Options, keep: str
-) -> tuple[Row, dict[str, Any], list[dict[str, Any]]]:
+class Exported(NamedTuple):
+    """What `export_run_keeping` staged, for an import in the same task."""
+
+    row: Row
+    """The manifest row in state `exported`."""
+    doc: dict[str, Any]
+    """The run document (run.json)."""
+    points: list[dict[str, Any]]
+    """Every metric point (metrics.parquet)."""
+    staged_before: bool
+    """run.json was there already: an earlier export (see `write_run_doc`)."""
+
+
+def export_run_keeping(item: Row, opts: Options, keep: str) -> Exported:
     """`export_run`, also returning the run document and metric points it staged; the
     artifact files it streamed stay in `keep` (see `stage_artifacts`)."""
     run_id = item["source_run_id"]
@@ -242,7 +253,7 @@ def export_run_keeping(
         },
         "artifacts": artifacts,
     }
-    staging.write_bytes(run_key(run_id, "run.json"), dump_doc(RUN_FORMAT, doc))
+    staged_before = write_run_doc(staging, run_id, dump_doc(RUN_FORMAT, doc))
     row = {
         **item,
         **row_fields(doc),
@@ -252,4 +263,19 @@ def export_run_keeping(
         "failed_stage": None,
         "updated_at": now_ms(),
     }
-    return row, doc, points
+    return Exported(row, doc, points, staged_before)
+
+
+def write_run_doc(staging: Staging, run_id: str, data: bytes) -> bool:
+    """Write a run's run.json (last: it marks the export complete) and say whether an earlier
+    export had written it already.
+
+    The first write is conditional (absent only), so the answer costs no request of its own:
+    in `migrate`, where the import follows in the same task, a run.json that was there before
+    is the run's create intent (an earlier attempt may have created the target run, so it is
+    looked up first; `import_runs`). A second write replaces the old document."""
+    key = run_key(run_id, "run.json")
+    if staging.put_if(key, data, None) is not None:
+        return False
+    staging.write_bytes(key, data)
+    return True

@@ -3,6 +3,9 @@
 Creation is the only step that is not naturally idempotent, so the created run carries its
 source run id as a tag from the first call, and creation goes through `once.create_once`: sent
 once, and after an ambiguous failure or an earlier attempt's intent, looked up and adopted.
+The intent is a conditional write to staging just before the create: its own object in
+`import`; in `migrate`, the run's run.json, which the export in the same task writes just
+before (a run.json that was there already means an earlier attempt got that far).
 Everything after creation is safe to repeat: params with equal values are accepted, equal
 metric points are de-duplicated by the server, artifacts are overwritten.
 """
@@ -90,7 +93,7 @@ def _changed_tags(
 
 
 def intent_key(source_run_id: str) -> str:
-    """Written to staging just before a run is created: an attempt that finds it knows an
+    """Written to staging just before `import` creates a run: an attempt that finds it knows an
     earlier one may have created the run, and looks it up by its lineage tag. Without it
     there is nothing to look up, which spares the target a search per run.
 
@@ -113,15 +116,22 @@ def run_lineage(opts: Options, target_exp: str, source_run_id: str, create: Any)
     )
 
 
-def _find_or_create(opts: Options, staging: Staging, item: Row, doc: dict[str, Any]) -> Any:
+def _find_or_create(
+    opts: Options, staging: Staging, item: Row, doc: dict[str, Any], earlier: bool | None
+) -> Any:
+    """The run's target run: the one the row names, or found by its lineage tag, or created.
+
+    `earlier`: whether an earlier attempt may have created it, where the caller knows (in
+    `migrate`, run.json was staged before: `export_runs.write_run_doc`); None: the intent
+    tells, one conditional write that fails when an earlier attempt left it."""
     c = client(opts.target)
     info = doc["info"]
     target_exp = item["target_experiment_id"]
     if item.get("target_run_id"):
         run = c.get_run(item["target_run_id"])
     else:
-        # One conditional write: it fails (None) when an earlier attempt left its intent.
-        earlier = staging.put_if(intent_key(info["run_id"]), b"", None) is None
+        if earlier is None:
+            earlier = staging.put_if(intent_key(info["run_id"]), b"", None) is None
 
         def create() -> Any:
             return c._tracking_client.store.create_run(
@@ -210,17 +220,23 @@ def import_run(item: Row, opts: Options) -> Row:
 
 
 def import_document(
-    item: Row, opts: Options, doc: dict[str, Any], metrics: Any, fetch: Fetch
+    item: Row,
+    opts: Options,
+    doc: dict[str, Any],
+    metrics: Any,
+    fetch: Fetch,
+    earlier: bool | None = None,
 ) -> Row:
     """The import proper, from a run document, its metric table and a way to fetch its
-    artifacts (from staging, or from the local copies of an export in the same task)."""
+    artifacts (from staging, or from the local copies of an export in the same task);
+    `earlier` as `_find_or_create` takes it."""
     source_id = item["source_run_id"]
     obj = f"run {source_id}"
     staging = open_staging(opts.staging)
     validate_run_doc(doc, source_id)
     params, points = _prepare_data(doc, metrics)
     with translate_errors(obj, STAGE):
-        run = _find_or_create(opts, staging, item, doc)
+        run = _find_or_create(opts, staging, item, doc, earlier)
         target_id = run.info.run_id
         changed = _changed_tags(doc, opts, run.data.tags, obj)
         log_batch_chunked(opts.target, target_id, metrics=points, params=params, tags=changed)
@@ -243,7 +259,8 @@ def migrate_run(item: Row, opts: Options) -> Row:
     """Export a run and import it in one task (`migrate`): the staging store is written as
     by `export`, but the import takes the document, points and artifact files from memory and
     local disk instead of reading them back (files copied into staging server-side are
-    copied on from there the same way).
+    copied on from there the same way). Whether run.json was staged before is the create
+    intent (`export_runs.write_run_doc`): no object of its own.
 
     Returns:
         The row in state `imported`; a failure names the stage it happened in.
@@ -253,8 +270,15 @@ def migrate_run(item: Row, opts: Options) -> Row:
 
     source_id = item["source_run_id"]
     with tempfile.TemporaryDirectory(prefix="migrator-migrate-") as keep:
-        exported, doc, points = export_run_keeping(item, opts, keep)
+        exported = export_run_keeping(item, opts, keep)
         fetch = from_keep(
             keep, open_staging(opts.staging), lambda path: artifact_key(source_id, path)
         )
-        return import_document(exported, opts, doc, metrics_table(points), fetch)
+        return import_document(
+            exported.row,
+            opts,
+            exported.doc,
+            metrics_table(exported.points),
+            fetch,
+            earlier=exported.staged_before,
+        )

@@ -21,7 +21,7 @@ from migrator.lineage import SOURCE_RUN_ID_TAG
 from migrator.manifest import runs_table
 from migrator.pipeline import run_command
 from migrator.stages.export_runs import export_run
-from migrator.stages.import_runs import import_run, intent_key
+from migrator.stages.import_runs import import_run, intent_key, migrate_run
 from migrator.staging import LocalStaging
 
 from .conftest import Source
@@ -115,6 +115,36 @@ def test_import_finds_a_run_created_but_never_recorded(source: Source, target_se
     runs = tgt.search_runs([exp_id], run_view_type=ViewType.ALL)
     assert len(runs) == 1
     assert runs[0].data.params == src_run.data.params
+    assert len(tgt.get_metric_history(orphan, "loss")) == 50  # no duplicated points
+
+
+def test_migrate_takes_a_staged_run_json_as_the_create_intent(source: Source, target_server: Any,
+                                                              tmp_path: Path) -> None:
+    """In `migrate` the export writes run.json just before the create, conditionally: a task
+    that finds it there already (a retry, a resumed driver) looks the run up first and adopts
+    the one an earlier attempt created; a first attempt writes no intent object."""
+    target = target_server()
+    opts = Options(source=source.url, target=target.url, staging=str(tmp_path / "s"))
+    intents = tmp_path / "s" / "manifests" / "_journal" / "intents"
+    tgt = MlflowClient(target.url)
+    exp_id = tgt.create_experiment("migrated")
+    fresh, died = source.seeded.run_ids[0], source.seeded.run_ids[1]
+
+    first = migrate_run({"source_run_id": fresh, "target_experiment_id": exp_id}, opts)
+    assert first["state"] == "imported", first.get("error")
+    assert not intents.exists()  # the conditional run.json was the intent
+    assert not list((tmp_path / "s" / "runs" / fresh).glob(".*"))  # no lock file beside it
+
+    # An attempt that died after its create: run.json staged, the run on the target, no row.
+    export_run({"source_run_id": died}, opts)
+    src_run = MlflowClient(source.url).get_run(died)
+    tags = {k: v for k, v in src_run.data.tags.items() if k != "mlflow.parentRunId"}
+    orphan = tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: died}).info.run_id
+    again = migrate_run({"source_run_id": died, "target_experiment_id": exp_id}, opts)
+    assert again["target_run_id"] == orphan
+    assert again["state"] == "imported", again.get("error")
+    by_source = source_tag_counts(tgt)
+    assert by_source == {fresh: 1, died: 1}
     assert len(tgt.get_metric_history(orphan, "loss")) == 50  # no duplicated points
 
 

@@ -283,3 +283,32 @@ def test_importing_the_package_picks_the_system_allocator_for_arrow() -> None:
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "system", out.stderr
+
+
+def test_absent_only_writes_race_to_one_winner_and_leave_nothing_beside(tmp_path: Path) -> None:
+    """`put_if(key, data, None)` on a folder: of many writers at once exactly one lands, whole;
+    no lock or temporary file is left in the object's folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    staging = LocalStaging(str(tmp_path))
+    bodies = [bytes([i]) * 100_000 for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        tags = list(pool.map(lambda b: staging.put_if("runs/r1/run.json", b, None), bodies))
+    won = [i for i, t in enumerate(tags) if t is not None]
+    assert len(won) == 1
+    assert staging.read_bytes("runs/r1/run.json") == bodies[won[0]]
+    assert _all_files(tmp_path) == {"runs/r1/run.json"}
+
+
+def test_absent_only_write_takes_the_lock_where_hard_links_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    staging = LocalStaging(str(tmp_path))
+    assert staging.put_if("k/a", b"one", None) is not None
+    assert staging.put_if("k/a", b"two", None) is None
+    assert staging.read_bytes("k/a") == b"one"
+    assert not [p for p in (tmp_path / "k").iterdir() if p.name.startswith(".tmp-")]
