@@ -164,10 +164,10 @@ class LocalStaging:
         """Write only if the object is absent (`etag` None) or still at version `etag`, as one
         step; returns the new version tag, or None when the condition failed.
 
-        Absent-only writes publish a complete temporary file with a hard link, which fails when
-        the name exists: atomic, and no lock file is left beside a run's files. A version
-        compare holds a lock file in the folder (where hard links are not to be had, so do
-        absent-only writes)."""
+        An absent-only write publishes a complete temporary file with a hard link, which fails
+        when the name exists: atomic, and no lock file is left beside a run's files. A version
+        compare, and an absent-only write on a file system without hard links, hold a lock file
+        in the folder."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         if etag is None:
