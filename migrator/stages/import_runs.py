@@ -37,7 +37,7 @@ from migrator.lineage import (
     fit,
     run_source_tags,
 )
-from migrator.manifest import IMPORTED, Row, now_ms
+from migrator.manifest import FAILED, IMPORTED, Row, now_ms
 from migrator.mlflow_io import (
     client,
     discard_run,
@@ -122,8 +122,10 @@ def _find_or_create(
     """The run's target run: the one the row names, or found by its lineage tag, or created.
 
     `earlier`: whether an earlier attempt may have created it, where the caller knows (in
-    `migrate`, run.json was staged before: `export_runs.write_run_doc`); None: the intent
-    tells, one conditional write that fails when an earlier attempt left it."""
+    `migrate`, run.json was staged before: `export_runs.write_run_doc`). Otherwise (`import`):
+    a row that failed before may have (a `migrate` whose import part failed leaves no intent
+    object); else the intent tells, one conditional write that fails when an earlier attempt
+    left it (a row still `exported` after a killed import)."""
     c = client(opts.target)
     info = doc["info"]
     target_exp = item["target_experiment_id"]
@@ -131,7 +133,10 @@ def _find_or_create(
         run = c.get_run(item["target_run_id"])
     else:
         if earlier is None:
-            earlier = staging.put_if(intent_key(info["run_id"]), b"", None) is None
+            earlier = (
+                item.get("state") == FAILED
+                or staging.put_if(intent_key(info["run_id"]), b"", None) is None
+            )
 
         def create() -> Any:
             return c._tracking_client.store.create_run(

@@ -23,6 +23,7 @@ from migrator.pipeline import run_command
 from migrator.stages.export_runs import export_run
 from migrator.stages.import_runs import import_run, intent_key, migrate_run
 from migrator.staging import LocalStaging
+from migrator.states import next_step
 
 from .conftest import Source
 
@@ -146,6 +147,29 @@ def test_migrate_takes_a_staged_run_json_as_the_create_intent(source: Source, ta
     by_source = source_tag_counts(tgt)
     assert by_source == {fresh: 1, died: 1}
     assert len(tgt.get_metric_history(orphan, "loss")) == 50  # no duplicated points
+
+
+def test_import_after_a_failed_migrate_adopts_what_it_created(source: Source, target_server: Any,
+                                                               tmp_path: Path) -> None:
+    """A `migrate` task whose create landed but whose import part then failed (the target went
+    away) is recorded failed at import, and the next command imports it from staging: with no
+    intent object (run.json was the intent), the failed row itself makes it look first."""
+    target = target_server()
+    opts = Options(source=source.url, target=target.url, staging=str(tmp_path / "s"))
+    run_id = source.seeded.run_ids[1]
+    tgt = MlflowClient(target.url)
+    exp_id = tgt.create_experiment("failed-migrate")
+    row = export_run({"source_run_id": run_id}, opts)
+    src_run = MlflowClient(source.url).get_run(run_id)
+    tags = {k: v for k, v in src_run.data.tags.items() if k != "mlflow.parentRunId"}
+    orphan = tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: run_id}).info.run_id
+    failed = {**row, "state": "failed", "failed_stage": "import", "target_experiment_id": exp_id,
+              "error": "TransientError: the target server did not answer"}
+    assert next_step(failed) == "import"
+    again = import_run(failed, opts)
+    assert again["state"] == "imported", again.get("error")
+    assert again["target_run_id"] == orphan
+    assert source_tag_counts(tgt) == {run_id: 1}
 
 
 def test_models_resume_after_a_kill_between_create_and_delete(
