@@ -51,11 +51,8 @@ _DONE = {
 UNFINISHED = ("RUNNING", "SCHEDULED")
 
 
-def _waits(parent: str) -> str:
-    return (
-        f"waits for its parent run {parent}, which has not migrated yet (it failed): the next "
-        "run links it"
-    )
+def _waits(what: str) -> str:
+    return f"waits for {what}, which has not migrated yet (it failed): the next run links it"
 
 
 class RunDriver:
@@ -188,11 +185,11 @@ class RunDriver:
                 if next_step(row) != "tag":
                     continue
                 item = with_targets(row, self.targets, logged)
-                parent = row.get("source_parent_run_id")
-                if parent and not item.get("target_parent_run_id"):
-                    if still_moving(self.rows.get(parent), m.scope_complete):  # link it later
-                        self.record("tag", [failed_row(row, "tag", _waits(parent))])
-                        continue
+                waits = self._waits_for(row, item)
+                if waits:  # link it later: a tagged run is not visited again
+                    self.record("tag", [failed_row(row, "tag", _waits(waits))])
+                    continue
+                if row.get("source_parent_run_id") and not item.get("target_parent_run_id"):
                     missing_parents += 1
                 yield item
 
@@ -208,6 +205,25 @@ class RunDriver:
                 "mlflow_exim.mlflow_tag.parentRunId",
                 missing_parents,
             )
+
+    def _waits_for(self, row: Row, item: Row) -> str | None:
+        """What a run's links wait for: its parent run, or a logged model it reads or wrote,
+        that has no target id yet but may get one (`still_moving`); None: tag it now."""
+        m = self.m
+        parent = row.get("source_parent_run_id")
+        if (
+            parent
+            and not item.get("target_parent_run_id")
+            and still_moving(self.rows.get(parent), m.scope_complete)
+        ):
+            return f"its parent run {parent}"
+        for link in row.get("model_links") or []:
+            model = link["model_id"]
+            if model not in m.logged.targets and still_moving(
+                m.logged.rows.get(model), m.scope_complete
+            ):
+                return f"its logged model {model}"
+        return None
 
     def record(self, stage: str, rows: list[Row]) -> None:
         m = self.m

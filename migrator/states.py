@@ -21,14 +21,22 @@ def next_step(row: Row | None) -> str:
 
 def still_moving(row: Row | None, scope_complete: bool) -> bool:
     """Whether an object this migration points at has no target yet but may get one on a
-    re-run: not done, or failed on an error that may pass (transient, a lost task); or not
-    known at all while some experiment in scope failed (it may sit there). What waits for it
-    (a child's parent link, a version's source) waits; what points at an object that failed
-    for good, or lies outside the scope, does without."""
+    re-run: not done, or failed on an error that may pass (transient, a lost task), or failed
+    waiting for another object itself ("waits for …": it moves once that does); or not known
+    at all while some experiment in scope failed (it may sit there). What waits for it (a
+    child's parent link, a run's link to a logged model, a version's source) waits; what points
+    at an object that failed for good, or lies outside the scope, does without."""
     if row is None:
         return not scope_complete
     if row.get("target_run_id") or row.get("target_model_id"):
         return False
     if row.get("state") != FAILED:
         return True
-    return str(row.get("error") or "").startswith(("TransientError", "task lost"))
+    error = str(row.get("error") or "")
+    return error.startswith(("TransientError", "task lost")) or _waiting(error)
+
+
+def _waiting(error: str) -> bool:
+    """A failure that is a wait for another object (`failed_row`'s text, with or without the
+    error's class in front)."""
+    return error.startswith("waits for") or error.split(": ", 1)[-1].startswith("waits for")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from migrator.scope import matches
-from migrator.states import next_step
+from migrator.states import next_step, still_moving
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,56 @@ from migrator.states import next_step
 )
 def test_next_step(row: dict | None, expected: str) -> None:
     assert next_step(row) == expected
+
+
+@pytest.mark.parametrize(
+    ("row", "moving"),
+    [
+        ({"state": "exported"}, True),
+        ({"state": "failed", "error": "TransientError: 503"}, True),
+        ({"state": "failed", "error": "task lost: worker died"}, True),
+        ({"state": "failed", "error": "PermanentError: waits for its source run r1, which …"}, True),
+        ({"state": "failed", "error": "waits for its parent run r1, which has not …"}, True),
+        ({"state": "failed", "error": "PermanentError: 400 bad value"}, False),
+        ({"state": "failed", "error": "PermanentError: it waits for nothing"}, False),
+        ({"state": "failed", "error": "TransientError: 503", "target_model_id": "m-1"}, False),
+        ({"state": "imported", "target_run_id": "t1"}, False),
+    ],
+)
+def test_still_moving(row: dict, moving: bool) -> None:
+    """An object failed waiting for another one moves once that one does: what points at it
+    waits too."""
+    assert still_moving(row, scope_complete=True) is moving
+
+
+def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -> None:
+    """A tagged run is not visited again, so a link to a logged model still moving must wait,
+    or it is lost (found by verify as a missing link)."""
+    from types import SimpleNamespace
+
+    from migrator.run_driver import RunDriver
+
+    logged_rows = {
+        "m-moving": {"state": "failed", "error": "PermanentError: waits for its source run r0"},
+        "m-dead": {"state": "failed", "error": "PermanentError: 400"},
+        "m-done": {"state": "tagged", "target_model_id": "t-m"},
+    }
+    driver = object.__new__(RunDriver)
+    driver.rows = {"p-moving": {"state": "failed", "error": "TransientError: 503"}}  # type: ignore[assignment]
+    driver.m = SimpleNamespace(  # type: ignore[assignment]
+        scope_complete=True,
+        logged=SimpleNamespace(rows=logged_rows, targets={"m-done": "t-m"}),
+    )
+
+    def waits(parent: str | None, *models: str) -> str | None:
+        row = {"source_parent_run_id": parent,
+               "model_links": [{"kind": "input", "model_id": m} for m in models]}
+        return driver._waits_for(row, dict(row))
+
+    assert waits(None, "m-done", "m-dead") is None  # linked now; the dead one is done without
+    assert waits(None, "m-done", "m-moving") == "its logged model m-moving"
+    assert waits("p-moving") == "its parent run p-moving"
+    assert waits("p-unknown", "m-unknown") is None  # outside a complete scope
 
 
 def test_next_step_ignores_stale_failed_stage_when_not_failed() -> None:
