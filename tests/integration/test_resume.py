@@ -94,6 +94,15 @@ def test_kill_9_mid_way_then_resume(source: Source, target_server: Any, ray_loca
         src.search_logged_models(experiment_ids=exps(src)))  # each once
 
 
+def created_before_the_driver_died(source: Source, tgt: MlflowClient, exp_id: str,
+                                   run_id: str) -> str:
+    """The target run a create that landed but was never recorded left: what create_run had
+    sent, the source's tags and the lineage marker. Returns its id."""
+    tags = MlflowClient(source.url).get_run(run_id).data.tags
+    tags = {k: v for k, v in tags.items() if k != "mlflow.parentRunId"}
+    return tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: run_id}).info.run_id
+
+
 def test_import_finds_a_run_created_but_never_recorded(source: Source, target_server: Any,
                                                        tmp_path: Path) -> None:
     """The driver died after create_run reached the target but before the row was written."""
@@ -104,18 +113,15 @@ def test_import_finds_a_run_created_but_never_recorded(source: Source, target_se
     row = export_run({"source_run_id": run_id}, opts)
     tgt = MlflowClient(target.url)
     exp_id = tgt.create_experiment("resumed")
-    src_run = MlflowClient(source.url).get_run(run_id)
-    # What create_run had sent before the driver died: the source's tags and the marker.
-    tags = {k: v for k, v in src_run.data.tags.items() if k != "mlflow.parentRunId"}
     staging.write_bytes(intent_key(run_id), b"")  # written just before create_run
-    orphan = tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: run_id}).info.run_id
+    orphan = created_before_the_driver_died(source, tgt, exp_id, run_id)
 
     first = import_run({**row, "target_experiment_id": exp_id}, opts)
     again = import_run({**row, "target_experiment_id": exp_id}, opts)  # a Ray retry, say
     assert first["target_run_id"] == orphan == again["target_run_id"]
     runs = tgt.search_runs([exp_id], run_view_type=ViewType.ALL)
     assert len(runs) == 1
-    assert runs[0].data.params == src_run.data.params
+    assert runs[0].data.params == MlflowClient(source.url).get_run(run_id).data.params
     assert len(tgt.get_metric_history(orphan, "loss")) == 50  # no duplicated points
 
 
@@ -138,9 +144,7 @@ def test_migrate_takes_a_staged_run_json_as_the_create_intent(source: Source, ta
 
     # An attempt that died after its create: run.json staged, the run on the target, no row.
     export_run({"source_run_id": died}, opts)
-    src_run = MlflowClient(source.url).get_run(died)
-    tags = {k: v for k, v in src_run.data.tags.items() if k != "mlflow.parentRunId"}
-    orphan = tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: died}).info.run_id
+    orphan = created_before_the_driver_died(source, tgt, exp_id, died)
     again = migrate_run({"source_run_id": died, "target_experiment_id": exp_id}, opts)
     assert again["target_run_id"] == orphan
     assert again["state"] == "imported", again.get("error")
@@ -160,9 +164,7 @@ def test_import_after_a_failed_migrate_adopts_what_it_created(source: Source, ta
     tgt = MlflowClient(target.url)
     exp_id = tgt.create_experiment("failed-migrate")
     row = export_run({"source_run_id": run_id}, opts)
-    src_run = MlflowClient(source.url).get_run(run_id)
-    tags = {k: v for k, v in src_run.data.tags.items() if k != "mlflow.parentRunId"}
-    orphan = tgt.create_run(exp_id, tags={**tags, SOURCE_RUN_ID_TAG: run_id}).info.run_id
+    orphan = created_before_the_driver_died(source, tgt, exp_id, run_id)
     failed = {**row, "state": "failed", "failed_stage": "import", "target_experiment_id": exp_id,
               "error": "TransientError: the target server did not answer"}
     assert next_step(failed) == "import"
