@@ -184,6 +184,10 @@ _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERN
 # Two writers racing to insert the same row (e.g. one dataset logged by two runs at once):
 # the server answers BAD_REQUEST, but the next attempt finds the row there and succeeds.
 _RACE = re.compile(r"UniqueViolation|IntegrityError|Duplicate entry|UNIQUE constraint failed")
+# A server with more requests in flight than its database pool has connections (SQLAlchemy's
+# 5 + 10 by default) waits 30 s for one, then answers BAD_REQUEST: nothing was done, and the
+# request succeeds once the crowd has passed (seen at `--concurrency 32` on PostgreSQL).
+_POOL_EXHAUSTED = re.compile(r"QueuePool limit of size \d+ overflow -?\d+ reached")
 
 
 @contextmanager
@@ -195,7 +199,11 @@ def translate_errors(obj: str, stage: str = "") -> Iterator[None]:
     try:
         yield
     except MlflowException as e:
-        transient = e.error_code in _TRANSIENT_CODES or bool(_RACE.search(e.message))
+        transient = (
+            e.error_code in _TRANSIENT_CODES
+            or bool(_RACE.search(e.message))
+            or bool(_POOL_EXHAUSTED.search(e.message))
+        )
         kind = TransientError if transient else PermanentError
         raise kind(f"{e.error_code}: {e.message}", obj=obj, stage=stage) from e
     except (requests.ConnectionError, requests.Timeout) as e:
