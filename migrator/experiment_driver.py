@@ -2,8 +2,8 @@
 them), finished last (an experiment deleted at the source is deleted on the target once
 nothing more goes into it), and `experiments.parquet`.
 
-Experiments are few: each goes through the fan-out's retries (`run_one`) in this process, one
-at a time.
+Experiments are few: each goes through the fan-out's retries in this process, `--concurrency`
+at a time (`run_each`: every run waits for them, so none waits for another).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrator import scope
 from migrator.config import Options
-from migrator.fanout import Stage, run_one
+from migrator.fanout import Stage, run_each
 from migrator.manifest import FAILED, ManifestTable, Row, experiments_table
 from migrator.stages import experiments as stage
 
@@ -37,7 +37,7 @@ class ExperimentDriver:
     def export(self) -> list[Row]:
         """Stage every source experiment in scope; returns their rows."""
         m = self.m
-        rows = []
+        work = []
         for exp in scope.source_experiments(m.opts):
 
             def export(row: Row, opts: Options, exp: Any = exp) -> Row:
@@ -52,8 +52,8 @@ class ExperimentDriver:
                 "name": exp.name,
                 "target_experiment_id": known.get("target_experiment_id"),
             }
-            rows.append(self._record(run_one(Stage("export", export), row, m.opts)))
-        return rows
+            work.append((Stage("export", export), row))
+        return [self._record(row) for row in run_each(work, m.opts)]
 
     def staged(self) -> list[Row]:
         """Experiments in scope as the manifest knows them (for `import`, which has no source)."""
@@ -62,19 +62,17 @@ class ExperimentDriver:
     def import_(self, rows: list[Row]) -> list[Row]:
         m = self.m
         imp = Stage("import", lambda row, opts: stage.import_experiment(row, opts, m.staging))
-        out = []
-        for row in rows:
-            if row.get("state") == FAILED and row.get("failed_stage") == "export":
-                out.append(row)
-                continue
-            out.append(self._record(run_one(imp, row, m.opts)))
-        return out
+        skip = [r.get("state") == FAILED and r.get("failed_stage") == "export" for r in rows]
+        done = iter(run_each([(imp, r) for r, s in zip(rows, skip, strict=True) if not s], m.opts))
+        return [r if s else self._record(next(done)) for r, s in zip(rows, skip, strict=True)]
 
     def finish(self, rows: list[Row]) -> None:
         summary = self.m.summary
+        todo = [(FINISH, row) for row in rows if row.get("state") != FAILED]
+        done = iter(run_each(todo, self.m.opts))
         for row in rows:
             if row.get("state") != FAILED:
-                row = self._record(run_one(FINISH, row, self.m.opts))
+                row = self._record(next(done))
             if row["state"] == FAILED:
                 summary.add_failed([row])
             summary.experiments[row["state"]] += 1

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -72,16 +72,54 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def jobs_of(stage: Stage, rows: Iterable[Row], size: int) -> Iterator[Job]:
-    """Rows into jobs of at most `size` rows each, lazily (rows may come from a paged search)."""
-    batch: list[Row] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield Job(stage, batch)
-            batch = []
-    if batch:
-        yield Job(stage, batch)
+def jobs_of(stage: Stage, rows: Iterable[Row], size: int, workers: int = 1) -> Iterator[Job]:
+    """Rows into jobs of at most `size` rows each, lazily (rows may come from a paged search),
+    shaped for `workers` jobs at a time (see `batched`)."""
+    return batched(((stage, row) for row in rows), size, workers)
+
+
+def batched(items: Iterable[tuple[Stage, Row]], size: int, workers: int = 1) -> Iterator[Job]:
+    """(stage, row) pairs into jobs of one stage each, at most `size` rows, lazily.
+
+    Shaped so that `workers` jobs at a time keep every worker busy from the first second to the
+    last (a job runs its rows one after the other, so a job of `size` rows is long):
+    - **A ramp at the start**: the first `workers` jobs grow from ~size/workers rows to `size`.
+      The first results come back after one short job, not a full one; and the jobs, which
+      start with a read for the whole job (`Stage.prepare`: a search and the metric histories
+      of all its runs, hard on a source server's one process), do not all start, and so do
+      not all end and read again, at the same moment: equal jobs started together move in
+      lockstep, the source busy while the target waits, and then the other way round.
+    - **A tail at the end** (guided self-scheduling): `size * (workers - 1)` rows are held
+      back, and once the input ends they go out in jobs of `ceil(rows left / workers)`, which
+      shrink towards one row, so the workers finish together instead of one by one while
+      the last long jobs run. A small input is spread over the workers the same way.
+    The hold-back is the only read-ahead (rows come from a paged search: no request waits
+    on it). With `workers=1` both are off: plain jobs of `size`.
+    """
+    size = max(1, size)
+    workers = max(1, workers)
+    held = size * (workers - 1)
+    pending: dict[str, tuple[Stage, list[Row]]] = {}
+    sent = 0
+
+    def cap(rows_left: int | None = None) -> int:
+        n = size if sent >= workers else -(-size * (sent + 1) // workers)
+        return n if rows_left is None else min(n, -(-rows_left // workers))
+
+    for stage, row in items:
+        rows = pending.setdefault(stage.name, (stage, []))[1]
+        rows.append(row)
+        if len(rows) > held + cap() - 1:
+            n = cap()
+            yield Job(stage, rows[:n])
+            del rows[:n]
+            sent += 1
+    for stage, rows in pending.values():
+        while rows:
+            n = cap(len(rows))
+            yield Job(stage, rows[:n])
+            del rows[:n]
+            sent += 1
 
 
 def describe(e: BaseException) -> str:
@@ -128,6 +166,16 @@ def _run_one(stage: Stage, row: Row, opts: Options) -> Row:
             log.warning("%s %s failed: %s", stage.name, what, describe(e))
             return failed_row(row, stage.name, e)
     raise AssertionError("unreachable")
+
+
+def run_each(work: Sequence[tuple[Stage, Row]], opts: Options) -> list[Row]:
+    """Run a few rows now, each with its own stage, `--concurrency` at a time in threads of
+    this process; the results in the order given. For the driver's own small kinds (the
+    experiments, which every run waits for): no job, no Ray, none of them waits for another."""
+    if len(work) <= 1:
+        return [run_one(stage, row, opts) for stage, row in work]
+    with ThreadPoolExecutor(min(len(work), max(1, opts.concurrency))) as pool:
+        return list(pool.map(lambda w: run_one(w[0], w[1], opts), work))
 
 
 def run_job(job: Job, opts: Options) -> list[Row]:

@@ -113,7 +113,7 @@ class LoggedModelDriver:
             return []
 
         size = max(1, opts.batch_size)
-        m.executor.run(jobs_of(step, items, size), opts, on_done)
+        m.executor.run(jobs_of(step, items, size, opts.concurrency), opts, on_done)
         if not do_import:
             return
         self.table.flush()  # target ids recorded before the markers go
@@ -126,7 +126,7 @@ class LoggedModelDriver:
             for job in jobs_of(TAG, todo, 500):
                 on_done(job, [stage.tag_logged_model(r, opts) for r in job.rows])
         else:
-            m.executor.run(jobs_of(TAG, todo, size * 4), opts, on_done)
+            m.executor.run(jobs_of(TAG, todo, size * 4, opts.concurrency), opts, on_done)
 
     def verify_work(
         self, exps: dict[str, Row], in_scope: list[str]

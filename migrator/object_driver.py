@@ -125,9 +125,13 @@ class ObjectDriver:
             return []
 
         size = max(1, opts.batch_size) * self.per_batch
-        m.executor.run(jobs_of(step, items, size), opts, on_done)
+        m.executor.run(jobs_of(step, items, size, opts.concurrency), opts, on_done)
         if do_import and do_export:  # exported by an earlier `export`, not yet imported
-            m.executor.run(jobs_of(self.import_, self._staged_items(exps), size), opts, on_done)
+            m.executor.run(
+                jobs_of(self.import_, self._staged_items(exps), size, opts.concurrency),
+                opts,
+                on_done,
+            )
 
     def _skip(self, exps: dict[str, Row], from_source: bool) -> None:
         """The target cannot take this kind: every object in scope is `skipped`, with why."""

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -258,6 +259,16 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
         lease.release()
 
 
+def _unmoved(opts: Options) -> list[str]:
+    with timed("inventory"):
+        experiments = (
+            e.experiment_id
+            for e in scope.source_experiments(opts)
+            if e.lifecycle_stage != "deleted"
+        )
+        return inventory.unmoved_lines(opts, experiments)
+
+
 def _run_stages(m: Migration, command: str) -> Summary:
     """The stages of a command, in order (see the module docstring)."""
     opts = m.opts
@@ -266,21 +277,19 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.summary.servers = capabilities.notes(
         opts, source=command != "import", target=command != "export"
     )
-    if command != "import":
-        experiments = (
-            e.experiment_id
-            for e in scope.source_experiments(opts)
-            if e.lifecycle_stage != "deleted"
-        )
-        with timed("inventory"):
-            m.summary.servers += inventory.unmoved_lines(opts, experiments)
-    if command == "verify":
-        m.summary.verify = m.verify()
-        return m.summary
-    with timed("experiments"):
-        exp_rows = m.experiments.export() if do_export else m.experiments.staged()
-        if do_import:
-            exp_rows = m.experiments.import_(exp_rows)
+    with ThreadPoolExecutor(1, thread_name_prefix="inventory") as aside:
+        # what the source holds that does not move: a few list calls on the source, made
+        # while the experiments are created on the target
+        unmoved = aside.submit(_unmoved, opts) if command != "import" else None
+        if command == "verify":
+            m.summary.servers += unmoved.result() if unmoved else []
+            m.summary.verify = m.verify()
+            return m.summary
+        with timed("experiments"):
+            exp_rows = m.experiments.export() if do_export else m.experiments.staged()
+            if do_import:
+                exp_rows = m.experiments.import_(exp_rows)
+        m.summary.servers += unmoved.result() if unmoved else []
     m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
     m.runs.count_ahead(exp_rows, from_source=do_export)
     runs = m.runs.from_source(exp_rows) if do_export else m.runs.from_staging(exp_rows)

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "bar", "log", "none")
 LOG_EVERY_S = 5.0
+#: The counting ahead of a kind starts once its first object is done, or after this long: at
+#: the start every worker reads from the source at once, and a count competing with them
+#: only delays the first runs (it searches the source a second time).
+COUNT_AFTER_S = 30.0
 
 
 @dataclass
@@ -89,6 +93,7 @@ class Progress:
         self._last_log = time.monotonic()
         self._bar: Any = None
         self._tasks: dict[str, Any] = {}
+        self._moving: dict[str, threading.Event] = {}
 
     def __enter__(self) -> Progress:
         if self.mode == "bar":
@@ -143,12 +148,19 @@ class Progress:
                     kind.failed += 1
                 elif r.get("state") != SKIPPED:
                     kind.nbytes += int(r.get("artifact_bytes") or 0)
+            moving = self._moving.setdefault(label, threading.Event())
+        moving.set()
         self._show()
 
     def count_ahead(self, label: str, count: Callable[[], Iterable[int]]) -> threading.Thread:
-        """Count a kind's total in a thread: `count` yields running totals, the last final."""
+        """Count a kind's total in a thread: `count` yields running totals, the last final.
+        The thread starts at once and counts once the kind's first object is done (or after
+        `COUNT_AFTER_S`)."""
+        with self._lock:
+            moving = self._moving.setdefault(label, threading.Event())
 
         def run() -> None:
+            moving.wait(COUNT_AFTER_S)
             n = 0
             try:
                 for n in count():

@@ -170,7 +170,9 @@ class RegistryDriver:
                     or any(v["state"] != IMPORTED for v in self.versions_of(row["name"]))
                 )
             ]
-            m.executor.run(jobs_of(self.import_, self.items(todo), size), opts, on_done)
+            m.executor.run(
+                jobs_of(self.import_, self.items(todo), size, opts.concurrency), opts, on_done
+            )
 
     def verify_items(self) -> Iterator[Row]:
         return self.items(r for r in self.in_scope() if r["state"] != FAILED)

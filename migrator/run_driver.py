@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from migrator import mlflow_io, scope
-from migrator.fanout import Job, Stage, failed_row, jobs_of
+from migrator.fanout import Job, Stage, batched, failed_row, jobs_of
 from migrator.faults import crash_point
 from migrator.ledger import Ledger, Targets
 from migrator.manifest import EXPORTED, FAILED, IMPORTED, TAGGED, ManifestTable, Row, runs_table
@@ -144,31 +144,22 @@ class RunDriver:
         size = max(1, m.opts.batch_size)
         first = MIGRATE if do_import else EXPORT
 
-        def jobs() -> Iterator[Job]:
-            pending: dict[str, list[Row]] = {"export": [], "import": []}
+        def items() -> Iterator[tuple[Stage, Row]]:
             for row, step in runs:
                 m.summary.found[_found_as(row, step)] += 1
                 step = "export" if step == "resync" else step
-                if (
-                    step not in pending
-                    or (step == "export" and not do_export)
-                    or (step == "import" and not do_import)
-                ):
+                if step == "export" and do_export:
+                    yield first, row
+                elif step == "import" and do_import:
+                    yield IMPORT, row
+                else:
                     m.progress.advance("runs", unchanged=1)
-                    continue
-                pending[step].append(row)
-                if len(pending[step]) >= size:
-                    yield Job(first if step == "export" else IMPORT, pending[step])
-                    pending[step] = []
-            for step, batch in pending.items():
-                if batch:
-                    yield Job(first if step == "export" else IMPORT, batch)
 
         def on_done(job: Job, results: list[Row]) -> list[Job]:
             self.record(job.stage.name, results)
             return []
 
-        m.executor.run(jobs(), m.opts, on_done)
+        m.executor.run(batched(items(), size, m.opts.concurrency), m.opts, on_done)
 
     def tag_all(self, exp_rows: list[Row]) -> None:
         """Apply source tags and parent links to every imported run in scope."""
@@ -197,7 +188,7 @@ class RunDriver:
             self.record("tag", results)
             return []
 
-        m.executor.run(jobs_of(TAG, items(), size), m.opts, on_done)
+        m.executor.run(jobs_of(TAG, items(), size, m.opts.concurrency), m.opts, on_done)
         if missing_parents:
             log.warning(
                 "%d runs have a parent that was not migrated (filtered out or failed): their "

@@ -185,7 +185,7 @@ def verify_migration(
                     )
                 return []
 
-            executor.run(jobs_of(stage, items, size), opts, on_done)
+            executor.run(jobs_of(stage, items, size, opts.concurrency), opts, on_done)
         out.upload(staging, VERIFY_KEY)
     report.elapsed = time.monotonic() - started
     report.path = f"{staging.uri}/{VERIFY_KEY}"

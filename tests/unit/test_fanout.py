@@ -339,3 +339,56 @@ def test_a_small_machine_never_starts_a_local_ray() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def _sizes(n: int, size: int, workers: int) -> list[int]:
+    stage = Stage("s", _ok("x"))
+    jobs = list(fanout.jobs_of(stage, _rows(*map(str, range(n))), size, workers))
+    assert [r["source_run_id"] for j in jobs for r in j.rows] == [str(i) for i in range(n)]
+    return [len(j.rows) for j in jobs]
+
+
+def test_one_worker_gets_plain_jobs_of_the_batch_size() -> None:
+    assert _sizes(20, 8, 1) == [8, 8, 4]
+
+
+def test_jobs_ramp_up_at_the_start_and_shrink_at_the_end() -> None:
+    sizes = _sizes(200, 8, 8)
+    assert sizes[:8] == [1, 2, 3, 4, 5, 6, 7, 8]  # staggered: the first jobs end one by one
+    assert max(sizes) == 8
+    middle = sizes[8 : sizes.index(8, 8) + 1]
+    assert set(middle) == {8}
+    tail = sizes[-12:]
+    assert tail == sorted(tail, reverse=True) and tail[-1] == 1  # the last jobs are short
+    # the rows held back for the tail are at most (workers - 1) full jobs
+    assert sum(s for s in sizes if s < 8) - sum(range(1, 8)) < 8 * 8
+
+
+def test_a_small_input_is_spread_over_the_workers() -> None:
+    sizes = _sizes(10, 8, 8)
+    assert max(sizes) <= 2 and len(sizes) >= 8
+
+
+def test_rows_of_two_stages_never_share_a_job() -> None:
+    a, b = Stage("a", _ok("x")), Stage("b", _ok("y"))
+    items = [(a if i % 3 else b, {"source_run_id": str(i)}) for i in range(60)]
+    jobs = list(fanout.batched(items, 4, 4))
+    assert all(len({id(j.stage)} | {id(j.stage)}) == 1 for j in jobs)
+    got_a = [r["source_run_id"] for j in jobs if j.stage is a for r in j.rows]
+    got_b = [r["source_run_id"] for j in jobs if j.stage is b for r in j.rows]
+    assert got_a == [str(i) for i in range(60) if i % 3]
+    assert got_b == [str(i) for i in range(60) if not i % 3]
+    assert max(len(j.rows) for j in jobs) <= 4
+
+
+def test_no_more_rows_are_read_ahead_than_the_workers_hold() -> None:
+    read: list[int] = []
+    stage = Stage("s", _ok("x"))
+
+    def rows():
+        for i in range(1000):
+            read.append(i)
+            yield {"source_run_id": str(i)}
+
+    first = next(fanout.jobs_of(stage, rows(), 8, 8))
+    assert len(first.rows) == 1 and len(read) == 8 * 7 + 1

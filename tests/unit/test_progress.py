@@ -10,6 +10,7 @@ import pty
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -91,3 +92,18 @@ def test_a_late_kind_has_a_sane_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     p = Progress("none", io.StringIO())  # started at 100
     p.advance("evaluation datasets", [{"state": "imported"}])  # first object at 110
     assert "0.1/s" in p.line()  # 1 in 10 s, not 1 in 0 s
+
+
+def test_the_count_ahead_waits_for_the_first_object_done() -> None:
+    p = Progress("log", io.StringIO())
+    counted = threading.Event()
+
+    def count():
+        counted.set()
+        yield 5
+
+    thread = p.count_ahead("runs", count)
+    assert not counted.wait(0.3)  # the workers have the source to themselves at the start
+    p.advance("runs", [{"state": "imported"}])
+    thread.join(5)
+    assert counted.is_set() and "runs 1/5" in p.line()
