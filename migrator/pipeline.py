@@ -260,6 +260,7 @@ def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:
 
 
 def _unmoved(opts: Options) -> list[str]:
+    """The summary's lines on what the source holds that this version does not move."""
     with timed("inventory"):
         experiments = (
             e.experiment_id
