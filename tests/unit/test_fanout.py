@@ -392,3 +392,27 @@ def test_no_more_rows_are_read_ahead_than_the_workers_hold() -> None:
 
     first = next(fanout.jobs_of(stage, rows(), 8, 8))
     assert len(first.rows) == 1 and len(read) == 8 * 7 + 1
+
+
+def test_run_each_keeps_the_order_given_and_runs_side_by_side() -> None:
+    import threading
+    import time as _time
+
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def slow_first(row: dict, opts: Options) -> dict:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        _time.sleep(0.2 if row["source_run_id"] == "0" else 0.05)
+        with lock:
+            inside -= 1
+        return {**row, "state": "imported"}
+
+    stage = Stage("s", slow_first)
+    out = fanout.run_each([(stage, r) for r in _rows(*map(str, range(6)))], Options(concurrency=3))
+    assert [r["source_run_id"] for r in out] == [str(i) for i in range(6)]
+    assert most == 3  # --concurrency at a time, no more
