@@ -8,6 +8,7 @@ at a time (`run_each`: every run waits for them, so none waits for another).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from migrator import scope
@@ -62,20 +63,24 @@ class ExperimentDriver:
     def import_(self, rows: list[Row]) -> list[Row]:
         m = self.m
         imp = Stage("import", lambda row, opts: stage.import_experiment(row, opts, m.staging))
-        skip = [r.get("state") == FAILED and r.get("failed_stage") == "export" for r in rows]
-        done = iter(run_each([(imp, r) for r, s in zip(rows, skip, strict=True) if not s], m.opts))
-        return [r if s else self._record(next(done)) for r, s in zip(rows, skip, strict=True)]
+
+        def exported(r: Row) -> bool:
+            return not (r.get("state") == FAILED and r.get("failed_stage") == "export")
+
+        return self._each(imp, rows, exported)
 
     def finish(self, rows: list[Row]) -> None:
         summary = self.m.summary
-        todo = [(FINISH, row) for row in rows if row.get("state") != FAILED]
-        done = iter(run_each(todo, self.m.opts))
-        for row in rows:
-            if row.get("state") != FAILED:
-                row = self._record(next(done))
+        for row in self._each(FINISH, rows, lambda r: r.get("state") != FAILED):
             if row["state"] == FAILED:
                 summary.add_failed([row])
             summary.experiments[row["state"]] += 1
+
+    def _each(self, step: Stage, rows: list[Row], wanted: Callable[[Row], bool]) -> list[Row]:
+        """`rows` in their order: each `wanted` one through `step` (`run_each`) and recorded,
+        the others as they are."""
+        done = iter(run_each([(step, r) for r in rows if wanted(r)], self.m.opts))
+        return [self._record(next(done)) if wanted(r) else r for r in rows]
 
     def count(self, rows: list[Row]) -> None:
         """The state of each experiment, into the summary (a command that does not import)."""
