@@ -26,7 +26,7 @@ from migrator.manifest import EXPORTED, FAILED, IMPORTED, TAGGED, ManifestTable,
 from migrator.stages.export_runs import export_run, prefetch
 from migrator.stages.import_runs import import_run, migrate_run
 from migrator.stages.tag_runs import tag_run, with_targets
-from migrator.states import next_step, still_moving
+from migrator.states import WAITS_FOR, next_step, still_moving
 from migrator.verify import VERIFY
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ UNFINISHED = ("RUNNING", "SCHEDULED")
 
 
 def _waits(what: str) -> str:
-    return f"waits for {what}, which has not migrated yet (it failed): the next run links it"
+    return f"{WAITS_FOR} {what}, which has not migrated yet (it failed): the next run links it"
 
 
 class RunDriver:

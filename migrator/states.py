@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from migrator.manifest import EXPORTED, FAILED, IMPORTED, TAGGED, Row
 
+#: How the error of an object that waits for another begins, wherever it is written (a run's
+#: links, a logged model's source run or metrics, a trace's links, a version's source):
+#: `still_moving` takes such an object for one that moves once the other does.
+WAITS_FOR = "waits for"
+
 
 def next_step(row: Row | None) -> str:
     """What a run needs next, from its manifest row: export, import, tag or nothing."""
@@ -39,4 +44,4 @@ def still_moving(row: Row | None, scope_complete: bool) -> bool:
 def _waiting(error: str) -> bool:
     """A failure that is a wait for another object (`failed_row`'s text, with or without the
     error's class in front)."""
-    return error.startswith("waits for") or error.split(": ", 1)[-1].startswith("waits for")
+    return error.startswith(WAITS_FOR) or error.split(": ", 1)[-1].startswith(WAITS_FOR)

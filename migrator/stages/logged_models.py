@@ -46,6 +46,7 @@ from migrator.mlflow_io import (
 )
 from migrator.once import Lineage, create_once
 from migrator.staging import open_staging
+from migrator.states import WAITS_FOR
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
     source_run = doc["fields"].get("source_run_id")
     if source_run in waits and not item.get("target_model_id"):
         # MLflow sets a model's source run only at creation: made now, it would lose the link
-        why = f"waits for its source run {source_run}, which this migration has not moved yet"
+        why = f"{WAITS_FOR} its source run {source_run}, which this migration has not moved yet"
         return failed_row(row, "import", PermanentError(why, obj=obj, stage="import"))
     with translate_errors(obj, "import"):
         lm = _find_or_create(opts, item, doc)
@@ -279,7 +280,7 @@ def import_logged_model_doc(item: Row, opts: Options, doc: dict[str, Any], fetch
     row["target_model_id"] = lm.model_id  # it is there: what points at it need not wait
     if waits:  # everything else is in; the next run logs the metrics of that run
         why = (
-            f"waits for run {waits[0]}, which this migration has not moved yet (it failed): "
+            f"{WAITS_FOR} run {waits[0]}, which this migration has not moved yet (it failed): "
             "the next run logs the metrics logged against it"
         )
         return failed_row(row, "import", PermanentError(why, obj=obj, stage="import"))

@@ -57,6 +57,7 @@ from migrator.registry import MODELS, RegistryKind, remap_experiment_links
 from migrator.stages.logged_models import logged_model_lineage
 from migrator.stages.model_sources import logged_model_of, rewrite_source, source_ref
 from migrator.staging import Staging, open_staging
+from migrator.states import WAITS_FOR
 
 #: On a logged model made to hold a staged version's files: `<model name>/<version>`.
 HOLDER_TAG = f"{PREFIX}.model_version"
@@ -275,7 +276,7 @@ def _check_not_waiting(vdoc: dict[str, Any], refs: Row, obj: str) -> None:
     waiting = [x for x in (f.get("run_id"), ref) if x and x in (refs.get("pending") or ())]
     if waiting:
         raise PermanentError(
-            f"waits for {waiting[0]}, which this migration has not moved yet (it failed): "
+            f"{WAITS_FOR} {waiting[0]}, which this migration has not moved yet (it failed): "
             "the next run registers the version",
             obj=obj,
             stage="import",

@@ -30,6 +30,7 @@ from migrator.lineage import TRACE_FIELDS, TRACE_ID_TAG, fit, object_source_tags
 from migrator.manifest import EXPORTED, IMPORTED, Row, in_state, now_ms
 from migrator.mlflow_io import fingerprint, translate_errors
 from migrator.staging import open_staging
+from migrator.states import WAITS_FOR
 from migrator.traces_io import (
     ASSESSMENT_RUN_KEY,
     LINKED_PROMPTS_TAG,
@@ -334,7 +335,7 @@ def import_trace_doc(item: Row, opts: Options, trace: Any) -> Row:
     row["target_trace_id"] = target_id
     if waits := item.get("_waits_for"):
         why = (
-            f"waits for {waits[0]}, which this migration has not moved yet (it failed): the "
+            f"{WAITS_FOR} {waits[0]}, which this migration has not moved yet (it failed): the "
             "next run links the trace to it"
         )
         return failed_row(row, "import", PermanentError(why, obj=obj, stage="import"))
