@@ -3,7 +3,7 @@ experiments, after the runs they came from and logged metrics against (their tar
 needed), and `logged_models.parquet`.
 
 A logged model nothing changed on since it moved (`last_updated_timestamp`) is not read again;
-one whose metric runs are still moving waits (`still_moving`).
+one whose metric runs are still moving waits (`Migration.awaited`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from migrator.manifest import (
     logged_models_table,
 )
 from migrator.stages import logged_models as stage
-from migrator.states import still_moving
 from migrator.verify import VERIFY_LOGGED
 
 if TYPE_CHECKING:
@@ -60,11 +59,7 @@ class LoggedModelDriver:
         m = self.m
         run_ids = set(run_ids) | ({row["source_run_id"]} if row.get("source_run_id") else set())
         ids = {r: t for r in run_ids if (t := m.runs.targets.get(r))}
-        waits = [
-            r
-            for r in sorted(run_ids - set(ids))
-            if still_moving(m.runs.rows.get(r), m.scope_complete)
-        ]
+        waits = [r for r in sorted(run_ids - set(ids)) if m.awaited(m.runs, r)]
         return {
             **row,
             "target_experiment_id": exps[row["source_experiment_id"]]["target_experiment_id"],

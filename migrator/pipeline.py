@@ -40,6 +40,7 @@ from migrator.registry_driver import RegistryDriver
 from migrator.run_driver import RunDriver
 from migrator.scorer_driver import ScorerDriver
 from migrator.staging import open_staging
+from migrator.states import still_moving
 from migrator.summary import Summary
 from migrator.trace_driver import TraceDriver
 from migrator.verify import verify_migration
@@ -130,6 +131,17 @@ class Migration:
 
         return verify_migration(
             self.opts, self.executor, self.staging, exp_rows, work, other_sides, self.progress
+        )
+
+    def awaited(self, kind: RunDriver | LoggedModelDriver, source_id: str | None) -> bool:
+        """Whether the run or logged model `source_id` that something here points at (a child's
+        parent, a run's or trace's link, a logged model's runs, a version's source) has no
+        target id yet but may get one (`still_moving`): what points at it waits for it, where
+        an object that failed for good or lies outside the scope is done without."""
+        return (
+            bool(source_id)
+            and source_id not in kind.targets
+            and still_moving(kind.rows.get(source_id), self.scope_complete)
         )
 
     def kind(self, label: str, stage: Callable[[], None]) -> None:

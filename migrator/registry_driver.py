@@ -31,7 +31,6 @@ from migrator.stages.export_models import export_model
 from migrator.stages.model_sources import source_ref
 from migrator.stages.verify_models import verify_model
 from migrator.staging import Staging
-from migrator.states import still_moving
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
@@ -114,7 +113,7 @@ class RegistryDriver:
 
     def _refs(self, versions: list[Row], logged: Mapping[str, str]) -> Row:
         """The target runs and logged models versions point at, and (`pending`) the ones still
-        moving (`still_moving`): a version waits for those rather than being registered from
+        moving (`Migration.awaited`): a version waits for those rather than being registered from
         a copy of its files."""
         m = self.m
         runs: dict[str, str] = {}
@@ -125,12 +124,12 @@ class RegistryDriver:
             for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
                 if target := m.runs.targets.get(rid or ""):
                     runs[rid] = target  # type: ignore[index]
-                elif still_moving(m.runs.rows.get(rid), m.scope_complete):
+                elif m.awaited(m.runs, rid):
                     pending.add(rid)  # type: ignore[arg-type]
             for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
                 if mid in logged:
                     models[mid] = logged[mid]  # type: ignore[index]
-                elif still_moving(m.logged.rows.get(mid), m.scope_complete):
+                elif m.awaited(m.logged, mid):
                     pending.add(mid)  # type: ignore[arg-type]
         return {"runs": runs, "models": models, "pending": sorted(pending)}
 

@@ -26,7 +26,7 @@ from migrator.manifest import EXPORTED, FAILED, IMPORTED, TAGGED, ManifestTable,
 from migrator.stages.export_runs import export_run, prefetch
 from migrator.stages.import_runs import import_run, migrate_run
 from migrator.stages.tag_runs import tag_run, with_targets
-from migrator.states import WAITS_FOR, next_step, still_moving
+from migrator.states import WAITS_FOR, next_step
 from migrator.verify import VERIFY
 
 if TYPE_CHECKING:
@@ -199,21 +199,14 @@ class RunDriver:
 
     def _waits_for(self, row: Row, item: Row) -> str | None:
         """What a run's links wait for: its parent run, or a logged model it reads or wrote,
-        that has no target id yet but may get one (`still_moving`); None: tag it now."""
+        that has no target id yet but may get one (`Migration.awaited`); None: tag it now."""
         m = self.m
         parent = row.get("source_parent_run_id")
-        if (
-            parent
-            and not item.get("target_parent_run_id")
-            and still_moving(self.rows.get(parent), m.scope_complete)
-        ):
+        if not item.get("target_parent_run_id") and m.awaited(self, parent):
             return f"its parent run {parent}"
         for link in row.get("model_links") or []:
-            model = link["model_id"]
-            if model not in m.logged.targets and still_moving(
-                m.logged.rows.get(model), m.scope_complete
-            ):
-                return f"its logged model {model}"
+            if m.awaited(m.logged, link["model_id"]):
+                return f"its logged model {link['model_id']}"
         return None
 
     def record(self, stage: str, rows: list[Row]) -> None:

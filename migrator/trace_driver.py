@@ -23,7 +23,6 @@ from migrator.object_driver import ObjectDriver
 from migrator.stages import traces as stage
 from migrator.stages.verify_traces import prefetch as prefetch_verify
 from migrator.stages.verify_traces import verify_trace
-from migrator.states import still_moving
 from migrator.traces_io import MODEL_ID_KEY, SOURCE_RUN_KEY
 
 if TYPE_CHECKING:
@@ -68,9 +67,9 @@ class TraceDriver(ObjectDriver):
         target_run = m.runs.targets.get(run or "")
         target_model = m.logged.targets.get(model or "")
         waits = []
-        if run and not target_run and still_moving(m.runs.rows.get(run), m.scope_complete):
+        if not target_run and m.awaited(m.runs, run):
             waits.append(f"run {run}")
-        if model and not target_model and still_moving(m.logged.rows.get(model), m.scope_complete):
+        if not target_model and m.awaited(m.logged, model):
             waits.append(f"logged model {model}")
         return {
             **row,

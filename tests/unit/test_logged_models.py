@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 from types import SimpleNamespace
 from typing import Any
 
@@ -415,6 +416,7 @@ def test_tag_logged_model_other_errors_are_raised(
 
 def test_the_driver_makes_a_model_wait_for_its_own_source_run_still_moving() -> None:
     from migrator.logged_model_driver import LoggedModelDriver
+    from migrator.pipeline import Migration
 
     moving, failed_for_good, done = "a" * 32, "b" * 32, "c" * 32
     rows = {
@@ -427,7 +429,8 @@ def test_the_driver_makes_a_model_wait_for_its_own_source_run_still_moving() -> 
                             if row.get("target_run_id")}
     )
     driver = object.__new__(LoggedModelDriver)
-    driver.m = SimpleNamespace(runs=runs, scope_complete=True)  # type: ignore[assignment]
+    driver.m = m = SimpleNamespace(runs=runs, scope_complete=True)  # type: ignore[assignment]
+    m.awaited = functools.partial(Migration.awaited, m)
     exps = {"3": {"target_experiment_id": "7"}}
 
     def waits(source_run: str | None, metric_runs: list[str]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from migrator.scope import matches
@@ -55,6 +57,7 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
     or it is lost (found by verify as a missing link)."""
     from types import SimpleNamespace
 
+    from migrator.pipeline import Migration
     from migrator.run_driver import RunDriver
 
     logged_rows = {
@@ -64,10 +67,12 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
     }
     driver = object.__new__(RunDriver)
     driver.rows = {"p-moving": {"state": "failed", "error": "TransientError: 503"}}  # type: ignore[assignment]
-    driver.m = SimpleNamespace(  # type: ignore[assignment]
+    driver.targets = {}  # type: ignore[assignment]
+    driver.m = m = SimpleNamespace(  # type: ignore[assignment]
         scope_complete=True,
         logged=SimpleNamespace(rows=logged_rows, targets={"m-done": "t-m"}),
     )
+    m.awaited = functools.partial(Migration.awaited, m)
 
     def waits(parent: str | None, *models: str) -> str | None:
         row = {"source_parent_run_id": parent,
