@@ -25,17 +25,23 @@ def next_step(row: Row | None) -> str:
 
 
 def still_moving(row: Row | None, scope_complete: bool) -> bool:
-    """Whether an object this migration points at has no target yet but may get one on a
-    re-run: not done, or failed on an error that may pass (transient, a lost task), or failed
-    waiting for another object itself ("waits for …": it moves once that does); or not known
-    at all while some experiment in scope failed (it may sit there). What waits for it (a
-    child's parent link, a run's link to a logged model, a version's source) waits; what points
-    at an object that failed for good, or lies outside the scope, does without."""
+    """Whether an object this migration points at, and that has no target yet, may get one on
+    a re-run: not done, or failed on an error that may pass (transient, a lost task), or
+    failed waiting for another object itself ("waits for …": it moves once that does); or not
+    known at all while some experiment in scope failed (it may sit there). What waits for it
+    (a child's parent link, a run's link to a logged model, a version's source) waits; what
+    points at an object that failed for good, or lies outside the scope, does without.
+
+    Whether it has a target is its kind's to say (`Migration.awaited` asks that first), not
+    the row's id columns: a logged model's row carries `target_run_id`, its source run's
+    target, and a failed logged model whose run had landed was once taken for a landed one,
+    so the runs linking it were tagged without the link, for good."""
     if row is None:
         return not scope_complete
-    if row.get("target_run_id") or row.get("target_model_id"):
+    state = row.get("state")
+    if state in (IMPORTED, TAGGED):
         return False
-    if row.get("state") != FAILED:
+    if state != FAILED:
         return True
     error = str(row.get("error") or "")
     return error.startswith(("TransientError", "task lost")) or _waiting(error)

@@ -42,8 +42,10 @@ def test_next_step(row: dict | None, expected: str) -> None:
         ({"state": "failed", "error": "waits for its parent run r1, which has not …"}, True),
         ({"state": "failed", "error": "PermanentError: 400 bad value"}, False),
         ({"state": "failed", "error": "PermanentError: it waits for nothing"}, False),
-        ({"state": "failed", "error": "TransientError: 503", "target_model_id": "m-1"}, False),
         ({"state": "imported", "target_run_id": "t1"}, False),
+        ({"state": "tagged", "target_model_id": "m-1"}, False),
+        # a logged model's row holds its source run's target: the model has none yet
+        ({"state": "failed", "error": "TransientError: 503", "target_run_id": "t-run"}, True),
     ],
 )
 def test_still_moving(row: dict, moving: bool) -> None:
@@ -64,6 +66,14 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
         "m-moving": {"state": "failed", "error": "PermanentError: waits for its source run r0"},
         "m-dead": {"state": "failed", "error": "PermanentError: 400"},
         "m-done": {"state": "tagged", "target_model_id": "t-m"},
+        # its create failed ambiguously after its source run landed (the row names that
+        # run's target): seen under faults, the run was tagged without the link, for good
+        "m-run-landed": {
+            "state": "failed",
+            "error": "TransientError: create of the logged model failed ambiguously",
+            "source_run_id": "r-train",
+            "target_run_id": "t-train",
+        },
     }
     driver = object.__new__(RunDriver)
     driver.rows = {"p-moving": {"state": "failed", "error": "TransientError: 503"}}  # type: ignore[assignment]
@@ -81,6 +91,7 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
 
     assert waits(None, "m-done", "m-dead") is None  # linked now; the dead one is done without
     assert waits(None, "m-done", "m-moving") == "its logged model m-moving"
+    assert waits(None, "m-run-landed") == "its logged model m-run-landed"
     assert waits("p-moving") == "its parent run p-moving"
     assert waits("p-unknown", "m-unknown") is None  # outside a complete scope
 
