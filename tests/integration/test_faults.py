@@ -50,6 +50,22 @@ def light_experiments(source: Source) -> tuple[str, ...]:
     return tuple(source.seeded.experiment_ids.values())
 
 
+def light_options(
+    source: Source, target: str, staging: str, source_url: str = "", **more: Any
+) -> Options:
+    """The light experiments (deleted runs too) from `source` (or a proxy of it at
+    `source_url`) to `target`, in the driver's threads."""
+    return Options(
+        source=source_url or source.url,
+        target=target,
+        staging=staging,
+        include_deleted=True,
+        experiments=light_experiments(source),
+        ray_address="none",
+        **more,
+    )
+
+
 @pytest.fixture(autouse=True)
 def production_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """MLflow's client retries as the migrator sets them (the suite lowers them elsewhere)."""
@@ -98,15 +114,7 @@ def test_faults_on_every_server_leave_every_object_exactly_once(
 ) -> None:
     target = target_server()
     with fault_proxy(source.url, plan(1)) as sp, fault_proxy(target.url, plan(2)) as tp:
-        opts = Options(
-            source=sp.url,
-            target=tp.url,
-            staging=s3_staging(),
-            include_deleted=True,
-            experiments=light_experiments(source),
-            ray_address="none",
-            concurrency=4,
-        )
+        opts = light_options(source, tp.url, s3_staging(), source_url=sp.url, concurrency=4)
         started = time.monotonic()
         # One attempt per object first, so that objects do fail and the re-runs must finish
         # them (adopting what ambiguous creates left, linking what waited); then as a user
@@ -148,15 +156,7 @@ def test_a_logged_model_that_fails_to_land_keeps_what_points_at_it_waiting(
     and `verify` found it missing, because the model's row names its run's target.)"""
     target = target_server()
     refused = FaultPlan(rates={}, overrides={"/logged-models$": {"503_before": 1.0}})
-    opts = Options(
-        source=source.url,
-        target=target.url,
-        staging=s3_staging(),
-        include_deleted=True,
-        experiments=light_experiments(source),
-        ray_address="none",
-        max_attempts=1,
-    )
+    opts = light_options(source, target.url, s3_staging(), max_attempts=1)
     with fault_proxy(target.url, refused) as tp:
         first = run_command("migrate", opts.replace(target=tp.url), make_executor)
     assert tp.counts["503_before"] >= 1, tp.counts
@@ -192,13 +192,10 @@ def test_a_target_away_for_20_seconds_then_back_is_ridden_out(
 ) -> None:
     target = target_server()
     with fault_proxy(target.url, FaultPlan(rates={})) as tp:
-        opts = Options(
-            source=source.url,
-            target=tp.url,
-            staging=str(tmp_path / "staging"),
-            include_deleted=True,
-            experiments=light_experiments(source),
-            ray_address="none",
+        opts = light_options(
+            source,
+            tp.url,
+            str(tmp_path / "staging"),
             concurrency=2,
             batch_size=1,
             manifest_flush_rows=1,
@@ -240,14 +237,7 @@ def test_a_target_gone_for_good_stops_with_one_line_and_a_rerun_resumes(
     before = runs_table(open_staging(str(staging))).load()
     assert before, "what was done before the target went away is recorded"
 
-    opts = Options(
-        source=source.url,
-        target=target.url,
-        staging=str(staging),
-        include_deleted=True,
-        experiments=light_experiments(source),
-        ray_address="none",
-    )
+    opts = light_options(source, target.url, str(staging))
     summary = run_command("migrate", opts, make_executor)
     assert summary.ok, summary.render()
     assert_exactly_once(opts, source, target.url)
