@@ -158,3 +158,12 @@ def test_keys_that_are_not_columns_are_refused(tmp_path: Path) -> None:
     t = manifest.runs_table(LocalStaging(str(tmp_path)))
     with pytest.raises(ValueError, match="target_parent_run_id"):
         t.append([{**full_run(1), "target_parent_run_id": "x"}])
+
+
+def test_the_page_cache_is_capped_small(ledger: Ledger) -> None:
+    """SQLite's cache fills as a ledger grows, so its size is part of the driver's growth
+    per run: a ledger keeps to `_CACHE_KIB` (a negative cache_size is KiB)."""
+    from migrator.ledger import _CACHE_KIB
+
+    assert _CACHE_KIB <= 256
+    assert ledger._db.execute("PRAGMA cache_size").fetchone()[0] == -_CACHE_KIB
