@@ -176,7 +176,7 @@ class RunDriver:
                 if next_step(row) != "tag":
                     continue
                 item = with_targets(row, self.targets, logged)
-                waits = self._waits_for(row, item)
+                waits = self._waits_for(row)
                 if waits:  # link it later: a tagged run is not visited again
                     self.record("tag", [failed_row(row, "tag", _waits(waits))])
                     continue
@@ -197,12 +197,12 @@ class RunDriver:
                 missing_parents,
             )
 
-    def _waits_for(self, row: Row, item: Row) -> str | None:
+    def _waits_for(self, row: Row) -> str | None:
         """What a run's links wait for: its parent run, or a logged model it reads or wrote,
         that has no target id yet but may get one (`Migration.awaited`); None: tag it now."""
         m = self.m
         parent = row.get("source_parent_run_id")
-        if not item.get("target_parent_run_id") and m.awaited(self, parent):
+        if m.awaited(self, parent):
             return f"its parent run {parent}"
         for link in row.get("model_links") or []:
             if m.awaited(m.logged, link["model_id"]):

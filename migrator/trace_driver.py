@@ -67,9 +67,9 @@ class TraceDriver(ObjectDriver):
         target_run = m.runs.targets.get(run or "")
         target_model = m.logged.targets.get(model or "")
         waits = []
-        if not target_run and m.awaited(m.runs, run):
+        if m.awaited(m.runs, run):
             waits.append(f"run {run}")
-        if not target_model and m.awaited(m.logged, model):
+        if m.awaited(m.logged, model):
             waits.append(f"logged model {model}")
         return {
             **row,

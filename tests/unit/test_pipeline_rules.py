@@ -87,7 +87,7 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
     def waits(parent: str | None, *models: str) -> str | None:
         row = {"source_parent_run_id": parent,
                "model_links": [{"kind": "input", "model_id": m} for m in models]}
-        return driver._waits_for(row, dict(row))
+        return driver._waits_for(row)
 
     assert waits(None, "m-done", "m-dead") is None  # linked now; the dead one is done without
     assert waits(None, "m-done", "m-moving") == "its logged model m-moving"
