@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from migrator import credentials
 from migrator.config import Options
@@ -31,6 +31,7 @@ from migrator.manifest import FAILED, Row, now_ms
 log = logging.getLogger(__name__)
 
 StageFn = Callable[[Row, Options], Row]
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,29 @@ class Stage:
     fn: StageFn
     prepare: Callable[[list[Row], Options], None] | None = None
     inputs: tuple[str, ...] = ()
+
+
+class ReadAhead(Generic[V]):
+    """What a job's `Stage.prepare` read for its rows, for those rows alone.
+
+    A job runs in one thread from its `prepare` to its last row (inline or on an actor), and
+    `run_job` empties every read-ahead of that thread when the job ends: an entry no row took
+    (a row that failed before its read) cannot outlive its job, nor be served to a later job
+    as stale, whatever a stage does."""
+
+    _thread = threading.local()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def job(self) -> dict[str, V]:
+        """This thread's entries for the job it runs (the rows take theirs with `pop`)."""
+        stores: dict[str, dict[str, Any]] = self._thread.__dict__.setdefault("stores", {})
+        return stores.setdefault(self.name, {})
+
+    @classmethod
+    def end_job(cls) -> None:
+        cls._thread.__dict__.pop("stores", None)
 
 
 @dataclass(frozen=True)
@@ -179,14 +203,18 @@ def run_each(work: Sequence[tuple[Stage, Row]], opts: Options) -> list[Row]:
 
 
 def run_job(job: Job, opts: Options) -> list[Row]:
-    """Run a job: its `prepare` (if any), then each row in turn. Never raises."""
+    """Run a job: its `prepare` (if any), then each row in turn; what `prepare` read ends with
+    the job (`ReadAhead`). Never raises."""
     credentials.bind(opts.source, opts.target)
-    if job.stage.prepare is not None:
-        try:
-            job.stage.prepare(job.rows, opts)
-        except Exception as e:  # only an optimisation: each row then reads for itself
-            log.debug("prepare of %s failed: %s", job.stage.name, describe(e))
-    return [run_one(job.stage, row, opts) for row in job.rows]
+    try:
+        if job.stage.prepare is not None:
+            try:
+                job.stage.prepare(job.rows, opts)
+            except Exception as e:  # only an optimisation: each row then reads for itself
+                log.debug("prepare of %s failed: %s", job.stage.name, describe(e))
+        return [run_one(job.stage, row, opts) for row in job.rows]
+    finally:
+        ReadAhead.end_job()
 
 
 class Executor(Protocol):

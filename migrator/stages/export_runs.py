@@ -9,6 +9,7 @@ from migrator.artifact_store import source_side
 from migrator.artifacts import stage_artifacts
 from migrator.capabilities import BULK_METRIC_HISTORY, LOGGED_MODELS, source_has
 from migrator.config import Options
+from migrator.fanout import ReadAhead
 from migrator.layout import (
     RUN_FORMAT,
     artifact_key,
@@ -96,9 +97,9 @@ def model_links(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return links
 
 
-#: Runs and metric histories read ahead for a job by `prefetch`, consumed by `export_run`
-#: (per worker process; a row finds its entry, or reads for itself).
-_PREFETCHED: dict[str, tuple[Any, list[Any]]] = {}
+#: Runs and metric histories read ahead for a job by `prefetch`, taken by `export_run` (a row
+#: finds its entry, or reads for itself).
+_PREFETCHED: ReadAhead[tuple[Any, list[Any]]] = ReadAhead("runs")
 
 
 def prefetch(rows: list[Row], opts: Options) -> None:
@@ -140,8 +141,7 @@ def prefetch(rows: list[Row], opts: Options) -> None:
             points[rid].extend(got[rid])
     for rid in per_key:
         points[rid] = _history(opts.source, runs[rid])
-    for rid, run in runs.items():
-        _PREFETCHED[rid] = (run, points[rid])
+    _PREFETCHED.job().update({rid: (run, points[rid]) for rid, run in runs.items()})
 
 
 def _history(uri: str, run: Any) -> list[Any]:
@@ -158,7 +158,7 @@ def _metric_points(metrics: list[Any]) -> list[dict[str, Any]]:
 
 def _read_run(uri: str, run_id: str) -> tuple[Any, list[Any]]:
     """The run and every point of every metric: read ahead by `prefetch`, or read now."""
-    cached = _PREFETCHED.pop(run_id, None)
+    cached = _PREFETCHED.job().pop(run_id, None)
     if cached is not None:
         return cached
     run = client(uri).get_run(run_id)

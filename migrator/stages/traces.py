@@ -24,7 +24,7 @@ from typing import Any
 
 from migrator.config import Options
 from migrator.errors import PermanentError, StagingError
-from migrator.fanout import failed_row
+from migrator.fanout import ReadAhead, failed_row
 from migrator.layout import TRACE_FORMAT, dump_doc, load_doc, trace_key
 from migrator.lineage import TRACE_FIELDS, TRACE_ID_TAG, fit, object_source_tags
 from migrator.manifest import EXPORTED, IMPORTED, Row, in_state, now_ms
@@ -51,21 +51,21 @@ from migrator.traces_io import (
 _OTEL_ID = re.compile(r"^tr-[0-9a-f]{32}$")
 
 #: Traces read ahead for a job by `prefetch`, and what the target holds of their ids.
-_PREFETCHED: dict[str, Any] = {}
-_HELD: dict[str, Any] = {}
+_PREFETCHED: ReadAhead[Any] = ReadAhead("traces")
+_HELD: ReadAhead[Any] = ReadAhead("traces held")
 
 
 def prefetch(rows: list[Row], opts: Options) -> None:
     """Read a job's traces in a few `batchGet` calls instead of one read per trace."""
     ids = [r["source_trace_id"] for r in rows]
-    _PREFETCHED.update(read_traces(opts.source, list(trace_infos(opts.source, ids).values())))
+    _PREFETCHED.job().update(read_traces(opts.source, list(trace_infos(opts.source, ids).values())))
 
 
 def prefetch_held(rows: list[Row], opts: Options) -> None:
     """Ask the target once per job which of the ids these traces may take it holds already."""
     wanted = [i for r in rows for i in _candidates(r["source_trace_id"])]
     held = trace_infos(opts.target, wanted)
-    _HELD.update({i: held.get(i) for i in wanted})
+    _HELD.job().update({i: held.get(i) for i in wanted})
 
 
 def prefetch_migrate(rows: list[Row], opts: Options) -> None:
@@ -148,7 +148,7 @@ def export_trace_keeping(item: Row, opts: Options) -> tuple[Row, Any]:
     source_id = item["source_trace_id"]
     obj = f"trace {source_id}"
     with translate_errors(obj, "export"):
-        trace = _PREFETCHED.pop(source_id, None)
+        trace = _PREFETCHED.job().pop(source_id, None)
         if trace is None:
             trace = read_traces(opts.source, list(trace_infos(opts.source, [source_id]).values()))
             trace = trace.get(source_id)
@@ -198,8 +198,9 @@ def choose_trace_id(item: Row, opts: Options) -> str:
         return str(item["target_trace_id"])
     source_id = item["source_trace_id"]
     candidates = _candidates(source_id)
-    if all(i in _HELD for i in candidates):  # asked for the whole job by `prefetch_held`
-        held = {i: _HELD.pop(i) for i in candidates}
+    ahead = _HELD.job()
+    if all(i in ahead for i in candidates):  # asked for the whole job by `prefetch_held`
+        held = {i: ahead.pop(i) for i in candidates}
     else:
         held = trace_infos(opts.target, candidates)
     for candidate in candidates:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from migrator.config import Options
+from migrator.fanout import ReadAhead
 from migrator.manifest import MATCH, MISSING_ON_SOURCE, MISSING_ON_TARGET, Row
 from migrator.mlflow_io import translate_errors
 from migrator.stages.traces import assessment_runs, target_info
@@ -28,7 +29,7 @@ from migrator.traces_io import (
     trace_infos,
 )
 
-_PAIRS: dict[str, tuple[Any, Any]] = {}
+_PAIRS: ReadAhead[tuple[Any, Any]] = ReadAhead("verify traces")
 _INFO_FIELDS = (
     "request_time",
     "execution_duration",
@@ -46,8 +47,9 @@ def prefetch(rows: list[Row], opts: Options) -> None:
     )
     ids = [r["target_trace_id"] for r in rows]
     target = read_traces(opts.target, list(trace_infos(opts.target, ids).values()))
+    pairs = _PAIRS.job()
     for r in rows:
-        _PAIRS[r["source_trace_id"]] = (
+        pairs[r["source_trace_id"]] = (
             source.get(r["source_trace_id"]),
             target.get(r["target_trace_id"]),
         )
@@ -126,7 +128,7 @@ def verify_trace(item: Row, opts: Options) -> Row:
     """One verify row for a migrated trace (`match`, `differ`, `missing_on_*`)."""
     source_id, target_id = item["source_trace_id"], item.get("target_trace_id")
     with translate_errors(f"trace {source_id}", "verify"):
-        pair = _PAIRS.pop(source_id, None)
+        pair = _PAIRS.job().pop(source_id, None)
         if pair is None:
             infos = trace_infos(opts.source, [source_id])
             source = read_traces(opts.source, list(infos.values())).get(source_id)

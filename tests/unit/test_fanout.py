@@ -416,3 +416,28 @@ def test_run_each_keeps_the_order_given_and_runs_side_by_side() -> None:
     out = fanout.run_each([(stage, r) for r in _rows(*map(str, range(6)))], Options(concurrency=3))
     assert [r["source_run_id"] for r in out] == [str(i) for i in range(6)]
     assert most == 3  # --concurrency at a time, no more
+
+
+def test_what_a_job_read_ahead_ends_with_the_job() -> None:
+    """An entry `prepare` read for a row that never took it (the row failed first) is gone
+    when the job ends: a later job on the same thread reads for itself, never stale."""
+    ahead: fanout.ReadAhead[str] = fanout.ReadAhead("test")
+    failing = {"b"}
+    served: dict[str, str | None] = {}
+
+    def prepare(rows: list[dict], opts: Options) -> None:
+        ahead.job().update({r["source_run_id"]: f"read for {r['source_run_id']}" for r in rows})
+
+    def export(row: dict, opts: Options) -> dict:
+        if row["source_run_id"] in failing:
+            raise ValueError("fails before its read")
+        served[row["source_run_id"]] = ahead.job().pop(row["source_run_id"], None)
+        return {**row, "state": "exported"}
+
+    rows = fanout.run_job(Job(Stage("export", export, prepare), _rows("a", "b")), Options())
+    assert [r["state"] for r in rows] == ["exported", "failed"]
+    assert served == {"a": "read for a"}
+    assert ahead.job() == {}  # b's entry did not outlive its job
+    failing.clear()
+    fanout.run_job(Job(Stage("export", export), _rows("b")), Options())
+    assert served["b"] is None
