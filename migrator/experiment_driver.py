@@ -16,6 +16,7 @@ from migrator.config import Options
 from migrator.fanout import Stage, run_each
 from migrator.manifest import FAILED, ManifestTable, Row, experiments_table
 from migrator.stages import experiments as stage
+from migrator.states import failed_at
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
@@ -65,7 +66,7 @@ class ExperimentDriver:
         imp = Stage("import", lambda row, opts: stage.import_experiment(row, opts, m.staging))
 
         def exported(r: Row) -> bool:
-            return not (r.get("state") == FAILED and r.get("failed_stage") == "export")
+            return not failed_at(r, "export")
 
         return self._each(imp, rows, exported)
 

@@ -24,6 +24,7 @@ from migrator.manifest import (
     logged_models_table,
 )
 from migrator.stages import logged_models as stage
+from migrator.states import failed_at
 from migrator.verify import VERIFY_LOGGED
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class LoggedModelDriver:
 
     def _staged(self, exps: dict[str, Row]) -> Iterator[Row]:
         for row in self.rows.rows(groups=list(exps), states=(EXPORTED, FAILED)):
-            if row["state"] == EXPORTED or row.get("failed_stage") == "import":
+            if row["state"] == EXPORTED or failed_at(row, "import"):
                 yield self.item(row, exps, row.get("metric_run_ids") or [])
 
     def transfer(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
@@ -115,7 +116,7 @@ class LoggedModelDriver:
         todo = (
             r
             for r in self.rows.rows(groups=list(exps), states=(IMPORTED, FAILED))
-            if r["state"] == IMPORTED or r.get("failed_stage") == "tag"
+            if r["state"] == IMPORTED or failed_at(r, "tag")
         )
         if opts.import_source_tags:  # nothing to call: no need for the fan-out
             for job in jobs_of(TAG, todo, 500):

@@ -27,6 +27,7 @@ from migrator.manifest import (
     Row,
     in_state,
 )
+from migrator.states import failed_at
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
@@ -100,9 +101,7 @@ class ObjectDriver:
         """Objects exported (by `export`) and not imported yet, for `import`."""
         experiment_ids = set(exps)
         for row in self.rows.rows(states=(EXPORTED, FAILED)):
-            todo = row["state"] == EXPORTED or (
-                row["state"] == FAILED and row.get("failed_stage") == "import"
-            )
+            todo = row["state"] == EXPORTED or failed_at(row, "import")
             if todo and self.in_scope(row, experiment_ids):
                 yield self.item(row, exps)
 

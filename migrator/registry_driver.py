@@ -31,6 +31,7 @@ from migrator.stages.export_models import export_model
 from migrator.stages.model_sources import source_ref
 from migrator.stages.verify_models import verify_model
 from migrator.staging import Staging
+from migrator.states import failed_at
 
 if TYPE_CHECKING:
     from migrator.pipeline import Migration
@@ -163,7 +164,7 @@ class RegistryDriver:
             todo = [
                 row
                 for row in self.in_scope()
-                if not (row["state"] == FAILED and row.get("failed_stage") == "export")
+                if not failed_at(row, "export")
                 and (
                     row["state"] != IMPORTED
                     or any(v["state"] != IMPORTED for v in self.versions_of(row["name"]))

@@ -24,6 +24,11 @@ def next_step(row: Row | None) -> str:
     return {EXPORTED: "import", IMPORTED: "tag", TAGGED: "done"}.get(state or "", "export")
 
 
+def failed_at(row: Row, stage: str) -> bool:
+    """Whether the object failed at `stage` (and so is retried from there)."""
+    return row.get("state") == FAILED and row.get("failed_stage") == stage
+
+
 def still_moving(row: Row | None, scope_complete: bool) -> bool:
     """Whether an object this migration points at, and that has no target yet, may get one on
     a re-run: not done, or failed on an error that may pass (transient, a lost task), or

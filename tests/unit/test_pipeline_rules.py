@@ -7,7 +7,7 @@ import functools
 import pytest
 
 from migrator.scope import matches
-from migrator.states import next_step, still_moving
+from migrator.states import failed_at, next_step, still_moving
 
 
 @pytest.mark.parametrize(
@@ -188,3 +188,17 @@ def test_summary_counts_every_failure_and_keeps_only_the_first_to_list() -> None
     assert f"FAILED ({SHOWN * 3 + 1}):" in text
     assert f"… and {SHOWN * 2 + 1} more (see manifests)" in text
     assert text.count(": import: boom") == SHOWN
+
+
+@pytest.mark.parametrize(
+    ("row", "at_import"),
+    [
+        ({"state": "failed", "failed_stage": "import"}, True),
+        ({"state": "failed", "failed_stage": "export"}, False),
+        ({"state": "failed"}, False),
+        # a stage left on a row that has since moved on is not a failure
+        ({"state": "imported", "failed_stage": "import"}, False),
+    ],
+)
+def test_failed_at(row: dict, at_import: bool) -> None:
+    assert failed_at(row, "import") is at_import
