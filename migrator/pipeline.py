@@ -15,11 +15,12 @@ source, once nothing more goes into them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pyarrow as pa
 
@@ -48,8 +49,6 @@ from migrator.watch import ServerWatch
 
 log = logging.getLogger(__name__)
 
-D = TypeVar("D")
-
 
 @contextlib.contextmanager
 def timed(label: str) -> Iterator[None]:
@@ -64,6 +63,15 @@ def timed(label: str) -> Iterator[None]:
 class Migration:
     """One staging URI: the drivers of every kind, the fan-out, the watch on the servers and
     the lease, and the summary."""
+
+    experiments: ExperimentDriver
+    runs: RunDriver
+    logged: LoggedModelDriver
+    traces: TraceDriver
+    datasets: DatasetDriver
+    scorers: ScorerDriver
+    models: RegistryDriver
+    prompts: RegistryDriver
 
     def __init__(self, opts: Options, executor: Executor, command: str) -> None:
         self.opts = opts
@@ -87,26 +95,47 @@ class Migration:
         # Arrow's default allocator keeps what it freed: the driver's peak would follow its
         # largest manifest batch ever read; the system's gives it back.
         pa.set_memory_pool(pa.system_memory_pool())
-        self._drivers: list[Any] = []
-        try:  # each loads its ledger from the manifests, folding what a killed driver left
-            self.experiments = self._add(ExperimentDriver(self))
-            self.exps = self.experiments.rows
-            self.runs = self._add(RunDriver(self))
-            self.logged = self._add(LoggedModelDriver(self))
-            self.traces = self._add(TraceDriver(self))
-            self.datasets = self._add(DatasetDriver(self))
-            self.scorers = self._add(ScorerDriver(self))
-            self.models = self._add(RegistryDriver(self, MODELS))
-            self.prompts = self._add(RegistryDriver(self, PROMPTS))
-        except BaseException:
-            self.release()
-            raise
+        # Each driver loads its ledgers from the manifests, folding in what a killed driver
+        # left: a few staging round trips each, so all of them side by side.
+        self._drivers: list[Any] = self._load_drivers(
+            lambda: ExperimentDriver(self),
+            lambda: RunDriver(self),
+            lambda: LoggedModelDriver(self),
+            lambda: TraceDriver(self),
+            lambda: DatasetDriver(self),
+            lambda: ScorerDriver(self),
+            lambda: RegistryDriver(self, MODELS),
+            lambda: RegistryDriver(self, PROMPTS),
+        )
+        (
+            self.experiments,
+            self.runs,
+            self.logged,
+            self.traces,
+            self.datasets,
+            self.scorers,
+            self.models,
+            self.prompts,
+        ) = self._drivers
+        self.exps = self.experiments.rows
         self.objects = (self.traces, self.datasets, self.scorers)
         self.registries = (self.models, self.prompts)
 
-    def _add(self, driver: D) -> D:
-        self._drivers.append(driver)
-        return driver
+    def _load_drivers(self, *makers: Callable[[], Any]) -> list[Any]:
+        """The drivers, made side by side; when one fails (or the command is interrupted),
+        those made are released."""
+        made: list[Future[Any]] = []
+        try:
+            with ThreadPoolExecutor(len(makers), thread_name_prefix="ledgers") as pool:
+                made = [pool.submit(make) for make in makers]  # the pool's exit waits for all
+            errors = [e for f in made if (e := f.exception()) is not None]
+            if errors:
+                raise errors[0]
+        except BaseException:
+            self._drivers = [f.result() for f in made if f.done() and f.exception() is None]
+            self.release()
+            raise
+        return [f.result() for f in made]
 
     def verify(self) -> Any:
         """Verify every object in scope (the manifests say what moved where)."""
@@ -202,26 +231,40 @@ class Migration:
 
 def preflight(opts: Options, *, source: bool, target: bool, staging: bool = True) -> Options:
     """Fail fast, before any work: URIs well-formed, servers answering, staging usable; then
-    ask each server what it offers.
+    ask each server what it offers. The checks of each side are made side by side (a few
+    dozen round trips in all); when several fail, the first of source, target, artifact
+    destinations, staging is named.
 
     Returns:
         The options carrying both servers' capabilities (`migrator.capabilities`).
     """
     credentials.bind(opts.source, opts.target)
-    if source:
-        if not opts.source:
-            raise ConfigError("--source is required")
-        mlflow_io.check_tracking_uri(opts.source, "source")
-    if target:
-        if not opts.target:
-            raise ConfigError("--target is required")
-        mlflow_io.check_tracking_uri(opts.target, "target")
-    artifact_store.check_destinations(opts, source=source, target=target)
+    if source and not opts.source:
+        raise ConfigError("--source is required")
+    if target and not opts.target:
+        raise ConfigError("--target is required")
+
+    checks: list[Callable[[], object]] = [
+        *([functools.partial(_check_server, opts, opts.source, "source")] if source else []),
+        *([functools.partial(_check_server, opts, opts.target, "target")] if target else []),
+        functools.partial(artifact_store.check_destinations, opts, source=source, target=target),
+    ]
     if staging:
-        check_staging_format(open_staging(opts.staging), write=False)
+        checks.append(lambda: check_staging_format(open_staging(opts.staging), write=False))
+    with ThreadPoolExecutor(len(checks), thread_name_prefix="preflight") as pool:
+        done = [pool.submit(check) for check in checks]
+        for future in done:
+            future.result()
     return capabilities.with_capabilities(
         opts, opts.source if source else "", opts.target if target else ""
     )
+
+
+def _check_server(opts: Options, uri: str, role: str) -> None:
+    """One side's preflight: the URI answers as a tracking server; then what it offers is
+    probed (`capabilities.probe` keeps it for the options `preflight` returns)."""
+    mlflow_io.check_tracking_uri(uri, role)
+    capabilities.with_capabilities(opts, uri)
 
 
 def run_command(command: str, opts: Options, executor_factory: Any) -> Summary:

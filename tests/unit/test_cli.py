@@ -135,6 +135,19 @@ def test_main_unreachable_target_exits_2(
     assert "not reachable" in lines[0]
 
 
+def test_both_servers_unreachable_names_the_source_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the two sides are checked side by side; the error is the source's, as it was in turn
+    code = main(["migrate", "--source", "http://127.0.0.1:1", "--target", "http://127.0.0.1:2",
+                 "--staging", str(tmp_path)])
+    assert code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "source server http://127.0.0.1:1 is not reachable" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["migrate", "plan"])
 def test_an_unforeseen_error_is_one_line_never_a_traceback(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -202,3 +202,32 @@ def test_summary_counts_every_failure_and_keeps_only_the_first_to_list() -> None
 )
 def test_failed_at(row: dict, at_import: bool) -> None:
     assert failed_at(row, "import") is at_import
+
+
+def test_a_driver_that_fails_to_load_releases_the_others(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drivers load their ledgers side by side: one that fails (a manifest it cannot
+    read) fails the command, and the ledgers the others opened are removed, not left."""
+    import tempfile
+
+    from migrator import pipeline
+    from migrator.config import Options
+    from migrator.errors import StagingError
+    from migrator.fanout import InlineExecutor
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def unreadable(m: object) -> None:
+        raise StagingError("manifests/runs.parquet: not a Parquet file")
+
+    opts = Options(staging=str(tmp_path / "staging"))
+    with monkeypatch.context() as patched, pytest.raises(StagingError, match="runs.parquet"):
+        patched.setattr(pipeline, "RunDriver", unreadable)
+        pipeline.Migration(opts, InlineExecutor(), "migrate")
+    assert not list((tmp_path / "tmp").glob("migrator-ledger-*"))
+    m = pipeline.Migration(opts, InlineExecutor(), "migrate")  # and without the fault
+    assert len(list((tmp_path / "tmp").glob("migrator-ledger-*"))) >= 8
+    m.release()
+    assert not list((tmp_path / "tmp").glob("migrator-ledger-*"))
