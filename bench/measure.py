@@ -131,6 +131,10 @@ def run_measured(
     timer.start()
     try:
         proc.wait()
+    except BaseException:  # the benchmark itself is stopped: so is the row's process group
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     finally:
         timer.cancel()
     wall = time.monotonic() - t0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -396,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON output (default bench/results.json, or bench/memory.json)",
     )
     args = p.parse_args(argv)
+    # A TERM (a kill, `timeout`) unwinds like Ctrl-C: every server and row started is stopped
+    # by PID, and its PostgreSQL database dropped, on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.memory and len({s for s in args.sizes.split(",") if s.strip()}) < 2:
         p.error("--sizes needs two run counts or more")
     out = args.out or BENCH / ("memory.json" if args.memory else "results.json")
