@@ -166,12 +166,14 @@ class Migration:
         """Whether the run or logged model `source_id` that something here points at (a child's
         parent, a run's or trace's link, a logged model's runs, a version's source) has no
         target id yet but may get one (`still_moving`): what points at it waits for it, where
-        an object that failed for good or lies outside the scope is done without."""
-        return (
-            bool(source_id)
-            and source_id not in kind.targets
-            and still_moving(kind.rows.get(source_id), self.scope_complete)
-        )
+        an object that failed for good or lies outside the scope is done without. One read
+        of the ledger: the row says both (its kind's target column, as `Targets` reads it)."""
+        if not source_id:
+            return False
+        row = kind.rows.get(source_id)
+        if row and row.get(kind.targets.column):
+            return False
+        return still_moving(row, self.scope_complete)
 
     def kind(self, label: str, stage: Callable[[], None]) -> None:
         """Run the stage of one kind of object. A server that refuses the driver's own calls

@@ -19,6 +19,7 @@ from mlflow.protos.databricks_pb2 import (
 
 from migrator.config import Options
 from migrator.errors import PermanentError, StagingError, TransientError
+from migrator.ledger import Targets
 from migrator.lineage import LOGGED_MODEL_FIELDS, SOURCE_MODEL_ID_TAG
 from migrator.manifest import FAILED, IMPORTED, TAGGED
 from migrator.stages import logged_models
@@ -424,10 +425,7 @@ def test_the_driver_makes_a_model_wait_for_its_own_source_run_still_moving() -> 
         failed_for_good: {"state": FAILED, "error": "PermanentError: 400"},
         done: {"state": IMPORTED, "target_run_id": TARGET_RUN},
     }
-    runs = SimpleNamespace(
-        rows=rows, targets={r: row["target_run_id"] for r, row in rows.items()
-                            if row.get("target_run_id")}
-    )
+    runs = SimpleNamespace(rows=rows, targets=Targets(rows, "target_run_id"))  # type: ignore[arg-type]
     driver = object.__new__(LoggedModelDriver)
     driver.m = m = SimpleNamespace(runs=runs, scope_complete=True)  # type: ignore[assignment]
     m.awaited = functools.partial(Migration.awaited, m)

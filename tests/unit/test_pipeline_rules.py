@@ -59,6 +59,7 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
     or it is lost (found by verify as a missing link)."""
     from types import SimpleNamespace
 
+    from migrator.ledger import Targets
     from migrator.pipeline import Migration
     from migrator.run_driver import RunDriver
 
@@ -77,10 +78,10 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
     }
     driver = object.__new__(RunDriver)
     driver.rows = {"p-moving": {"state": "failed", "error": "TransientError: 503"}}  # type: ignore[assignment]
-    driver.targets = {}  # type: ignore[assignment]
+    driver.targets = Targets(driver.rows, "target_run_id")  # type: ignore[arg-type]
     driver.m = m = SimpleNamespace(  # type: ignore[assignment]
         scope_complete=True,
-        logged=SimpleNamespace(rows=logged_rows, targets={"m-done": "t-m"}),
+        logged=SimpleNamespace(rows=logged_rows, targets=Targets(logged_rows, "target_model_id")),  # type: ignore[arg-type]
     )
     m.awaited = functools.partial(Migration.awaited, m)
 
