@@ -66,10 +66,10 @@ class TraceDriver(ObjectDriver):
         run, model = row.get("source_run_id"), row.get("source_model_id")
         target_run = m.runs.targets.get(run or "")
         target_model = m.logged.targets.get(model or "")
-        waits = []
-        if m.awaited(m.runs, run):
+        waits = []  # only a link without a target can wait (`awaited` reads the row again)
+        if not target_run and m.awaited(m.runs, run):
             waits.append(f"run {run}")
-        if m.awaited(m.logged, model):
+        if not target_model and m.awaited(m.logged, model):
             waits.append(f"logged model {model}")
         return {
             **row,
