@@ -14,8 +14,6 @@ way, so neither reading nor writing a manifest holds all its rows in memory.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import logging
 import os
@@ -30,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from migrator import heap
 from migrator.errors import StagingError
 from migrator.ledger import Ledger
 from migrator.parquet_parts import PartsWriter, read_row_groups
@@ -479,7 +478,7 @@ class ManifestTable:
             ledger.close()
             raise
         self.ledger = ledger
-        trim_heap()  # what the read held is not kept for the rest of the command
+        heap.trim()  # what the read held is not kept for the rest of the command
         if fold:
             self.compact()
         return ledger
@@ -506,7 +505,7 @@ class ManifestTable:
 
     def _write_from(self, ledger: Ledger) -> None:
         """Write the compacted file from the ledger, streamed (`RowsFile`)."""
-        trim_heap()  # the write's row group and footer start from what the driver holds
+        heap.trim()  # the write's row group and footer start from what the driver holds
         with RowsFile(self.schema) as out:
             out.add(ledger.ordered())
             out.upload(self.staging, self.path)
@@ -514,25 +513,6 @@ class ManifestTable:
     def load(self) -> dict[Any, Row]:
         """Newest row per key as dicts (times as epoch ms); a composite key is a tuple."""
         return {row_key(r, self.key): r for r in table_to_rows(self.read_table())}
-
-
-def _libc_trim() -> Any:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to give back this way
-        return None
-
-
-_MALLOC_TRIM = _libc_trim()
-
-
-def trim_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's `malloc_trim`; a no-op
-    elsewhere). A manifest's read or write of millions of rows comes on top of what the
-    driver holds at that moment, and glibc keeps freed pages of earlier work mapped: trimmed
-    first, the manifest's row group and footer do not stack on memory nobody uses."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 #: Rows per batch of a manifest read into, or written from, a ledger (one thread, no

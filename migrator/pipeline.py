@@ -24,7 +24,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from migrator import artifact_store, capabilities, credentials, inventory, mlflow_io, scope
+from migrator import (
+    artifact_store,
+    capabilities,
+    credentials,
+    heap,
+    inventory,
+    mlflow_io,
+    scope,
+)
 from migrator.config import Options
 from migrator.dataset_driver import DatasetDriver
 from migrator.errors import ConfigError, Interrupted, PermanentError, TransientError
@@ -93,8 +101,10 @@ class Migration:
         )
         self.progress = Progress(opts.progress)
         # Arrow's default allocator keeps what it freed: the driver's peak would follow its
-        # largest manifest batch ever read; the system's gives it back.
+        # largest manifest batch ever read; the system's gives it back, and its large blocks
+        # are given back at once (`heap`).
         pa.set_memory_pool(pa.system_memory_pool())
+        heap.keep_large_blocks_mapped()
         # Each driver loads its ledgers from the manifests, folding in what a killed driver
         # left: a few staging round trips each, so all of them side by side.
         self._drivers: list[Any] = self._load_drivers(
