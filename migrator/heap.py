@@ -1,7 +1,7 @@
 """The driver's C heap: how much of what it freed the process keeps.
 
 The driver's memory must not grow with the number of runs (README, "Benchmark", memory), and
-what it holds of Python objects does not; what grew was glibc's heap. glibc serves a large
+what it holds of Python objects does not; part of what grew was glibc's heap. glibc serves a large
 block (a manifest's row group, a Parquet page, a compression buffer) from `mmap` and unmaps it
 on free, until the first such free: then it raises its threshold to that block's size, so
 every later block up to it comes from the heap, which keeps freed pages mapped between

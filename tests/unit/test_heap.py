@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes.util
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,12 +42,14 @@ print(held - rss_kib())
 
 
 def _given_back_kib(fixed: bool) -> int:
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's own
     out = subprocess.run(
         [sys.executable, "-c", _SCRIPT.format(root=root, fixed=fixed)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return int(out.stdout.strip())
 
