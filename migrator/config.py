@@ -63,6 +63,10 @@ class Options:
     """`auto` (a live display on a terminal, log lines otherwise), `bar`, `log` or `none`."""
     manifest_flush_rows: int = 500
     """Status rows buffered by the driver before a journal file is written."""
+    runs_read_in_full: bool = False
+    """Set by the driver before the runs move, not a flag: some experiment in scope holds a
+    logged model, and a run of any experiment may have read it, which a search of runs leaves
+    out; so every run is read with `get_run` (`export_runs.prefetch`)."""
     capabilities: tuple[ServerCapabilities, ...] = ()
     """What the source and target offer, probed once by the driver's preflight
     (`migrator.capabilities`) and carried to every worker with the options; not a flag."""

@@ -79,6 +79,14 @@ def source_logged_models(opts: Options, experiment_id: str) -> Iterator[Any]:
         yield from mlflow_io.iter_logged_models(opts.source, [experiment_id])
 
 
+def holds_logged_models(opts: Options, experiment_ids: list[str]) -> bool:
+    """Whether any of these source experiments holds a logged model (none before MLflow 3):
+    the runs then read in full (`Options.runs_read_in_full`)."""
+    return source_has(opts, LOGGED_MODELS) and mlflow_io.has_logged_models(
+        opts.source, experiment_ids
+    )
+
+
 def source_traces(
     opts: Options, experiment_id: str, lifecycle_stage: str = "active"
 ) -> Iterator[Any]:

@@ -224,6 +224,13 @@ def _seed_models(c: Any, seeded: Seeded, echo: Any) -> dict[str, Any]:
         dataset_digest=ds.digest,
     )
     c.set_terminated(evaluation, "FINISHED")
+    # A model input may name any experiment's logged model: an evaluation in an experiment
+    # that holds none of its own.
+    elsewhere = c.create_run(
+        seeded.experiment_ids["demo/regression"], run_name="evaluate-classifier-elsewhere"
+    ).info.run_id
+    c.log_inputs(elsewhere, models=[LoggedModelInput(info.model_id)])
+    c.set_terminated(elsewhere, "FINISHED")
     name = "demo-classifier"
     c.create_registered_model(name, tags={"owner": "vision"}, description="Classifies **iris**")
     c.create_model_version(
@@ -244,7 +251,7 @@ def _seed_models(c: Any, seeded: Seeded, echo: Any) -> dict[str, Any]:
     c.create_model_version(name, f"runs:/{doomed}/model", run_id=doomed, tags={"note": "orphan"})
     c.set_terminated(doomed, "FINISHED")
     c.delete_run(doomed)
-    seeded.run_ids += [train_run, evaluation, doomed]
+    seeded.run_ids += [train_run, evaluation, elsewhere, doomed]
     seeded.deleted_run_ids.append(doomed)
     for gap in ("3", "5"):
         c.delete_model_version(name, gap)
@@ -260,6 +267,7 @@ def _seed_models(c: Any, seeded: Seeded, echo: Any) -> dict[str, Any]:
         "logged_model_id": info.model_id,
         "train_run": train_run,
         "evaluation_run": evaluation,
+        "evaluation_elsewhere": elsewhere,
         "deleted_run": doomed,
         "versions": {name: [1, 2, 4, 6], other: [1]},
     }

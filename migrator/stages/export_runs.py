@@ -108,13 +108,15 @@ def prefetch(rows: list[Row], opts: Options) -> None:
     ids = [r["source_run_id"] for r in rows]
     exps = sorted({r["source_experiment_id"] for r in rows})
     runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
-    # A search leaves out the logged models a run read: in experiments that have logged models
-    # (MLflow 3), each run is read in full.
-    with_models = (
-        {e for e in exps if has_logged_models(opts.source, e)}
-        if source_has(opts, LOGGED_MODELS)
-        else set()
-    )
+    # A search leaves out the logged models a run read (MLflow 3), which may be any
+    # experiment's: where some experiment in scope holds one, every run is read in full; else
+    # the runs of an experiment that holds one since the driver looked (asked after the search).
+    if opts.runs_read_in_full:
+        with_models = set(exps)
+    elif source_has(opts, LOGGED_MODELS):
+        with_models = {e for e in exps if has_logged_models(opts.source, [e])}
+    else:
+        with_models = set()
     for rid, run in list(runs.items()):
         if run.info.experiment_id in with_models:
             runs[rid] = client(opts.source).get_run(rid)

@@ -159,6 +159,9 @@ def test_logged_model_keeps_its_attributes_metrics_links_and_loads(
     assert [o.model_id for o in outputs] == [t.model_id]
     inputs = tgt.get_run(evaluation).inputs.model_inputs
     assert [i.model_id for i in inputs] == [t.model_id]
+    # read from an experiment that holds no logged model (a search leaves model inputs out)
+    elsewhere = by_source[source.seeded.models["evaluation_elsewhere"]]
+    assert [i.model_id for i in tgt.get_run(elsewhere).inputs.model_inputs] == [t.model_id]
     with using(done["target"].url):
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
         assert model.predict(["a", "b"]) == ["a", "b"]

@@ -262,3 +262,29 @@ def test_log_batch_to_a_server_sends_the_hand_written_body(monkeypatch) -> None:
     assert [api for api, _ in sent] == ["LogBatch", "LogBatch"]
     assert sent[0][1] == mlflow_io.batch_json("r", [Metric("a", 1.0, 2, 3)] * 999,
                                               [Param("p", "1")], [])
+
+
+class ModelSearch:
+    """A client whose logged models live in the experiments given; it records each search."""
+
+    def __init__(self, holding: set[str]) -> None:
+        self.holding = holding
+        self.searches: list[list[str]] = []
+
+    def search_logged_models(self, experiment_ids: list[str], max_results: int) -> list[str]:
+        assert max_results == 1
+        self.searches.append(experiment_ids)
+        return [e for e in experiment_ids if e in self.holding][:1]
+
+
+@pytest.mark.parametrize(("holding", "calls"), [(set(), 3), ({"5"}, 1), ({"249"}, 3)])
+def test_has_logged_models_asks_a_hundred_experiments_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, holding: set[str], calls: int
+) -> None:
+    c = ModelSearch(holding)
+    monkeypatch.setattr(mlflow_io, "client", lambda uri: c)
+    ids = [str(i) for i in range(250)]
+    assert mlflow_io.has_logged_models("http://src", ids) == bool(holding)
+    assert len(c.searches) == calls  # stops at the first that holds one
+    assert all(len(s) <= 100 for s in c.searches)
+    assert [e for s in c.searches for e in s] == ids[: sum(len(s) for s in c.searches)]
