@@ -21,6 +21,7 @@ from migrator.lineage import PARENT_RUN_ID_TAG, RUN_INFO_FIELDS, SYSTEM_TAG_PREF
 from migrator.manifest import EXPORTED, Row, now_ms
 from migrator.mlflow_io import (
     client,
+    get_run_or_none,
     has_logged_models,
     metric_history_bulk,
     run_fingerprint,
@@ -105,21 +106,7 @@ _PREFETCHED: ReadAhead[tuple[Any, list[Any]]] = ReadAhead("runs")
 def prefetch(rows: list[Row], opts: Options) -> None:
     """Read a job's runs with one search and their histories with one bulk call per metric key,
     instead of a get_run and a history call per key for every run."""
-    ids = [r["source_run_id"] for r in rows]
-    exps = sorted({r["source_experiment_id"] for r in rows})
-    runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
-    # A search leaves out the logged models a run read (MLflow 3), which may be any
-    # experiment's: where some experiment in scope holds one, every run is read in full; else
-    # the runs of an experiment that holds one since the driver looked (asked after the search).
-    if opts.runs_read_in_full:
-        with_models = set(exps)
-    elif source_has(opts, LOGGED_MODELS):
-        with_models = {e for e in exps if has_logged_models(opts.source, [e])}
-    else:
-        with_models = set()
-    for rid, run in list(runs.items()):
-        if run.info.experiment_id in with_models:
-            runs[rid] = client(opts.source).get_run(rid)
+    runs = _read_runs(rows, opts)
     # The bulk answer lacks a point's links to logged models and datasets, and older servers
     # have no bulk endpoint: such runs read their histories key by key.
     per_key = {
@@ -144,6 +131,29 @@ def prefetch(rows: list[Row], opts: Options) -> None:
     for rid in per_key:
         points[rid] = _history(opts.source, runs[rid])
     _PREFETCHED.job().update({rid: (run, points[rid]) for rid, run in runs.items()})
+
+
+def _read_runs(rows: list[Row], opts: Options) -> dict[str, Any]:
+    """A job's runs, by id (a run the source no longer has is left out: its row reads for
+    itself and fails naming it).
+
+    A search leaves out the logged models a run read (MLflow 3), which may be any experiment's.
+    Where some experiment in scope holds one, every run is read with `get_run` and no search.
+    Else one search; then, where the source has logged models at all, the runs of an
+    experiment that holds one since the driver looked are read again in full (asked after the
+    search, so a model made in between is seen)."""
+    ids = [r["source_run_id"] for r in rows]
+    if opts.runs_read_in_full:
+        read = (get_run_or_none(opts.source, rid) for rid in ids)
+        return {r.info.run_id: r for r in read if r is not None}
+    exps = sorted({r["source_experiment_id"] for r in rows})
+    runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
+    if source_has(opts, LOGGED_MODELS):
+        with_models = {e for e in exps if has_logged_models(opts.source, [e])}
+        for rid, run in runs.items():
+            if run.info.experiment_id in with_models:
+                runs[rid] = client(opts.source).get_run(rid)
+    return runs
 
 
 def _history(uri: str, run: Any) -> list[Any]:
