@@ -104,8 +104,9 @@ _PREFETCHED: ReadAhead[tuple[Any, list[Any]]] = ReadAhead("runs")
 
 
 def prefetch(rows: list[Row], opts: Options) -> None:
-    """Read a job's runs with one search and their histories with one bulk call per metric key,
-    instead of a get_run and a history call per key for every run."""
+    """Read a job's runs (`_read_runs`: one search where it gives all a run holds) and their
+    histories with one bulk call per metric key, instead of a history call per key for every
+    run."""
     runs = _read_runs(rows, opts)
     # The bulk answer lacks a point's links to logged models and datasets, and older servers
     # have no bulk endpoint: such runs read their histories key by key.
