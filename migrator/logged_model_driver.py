@@ -3,7 +3,7 @@ experiments, after the runs they came from and logged metrics against (their tar
 needed), and `logged_models.parquet`.
 
 A logged model nothing changed on since it moved (`last_updated_timestamp`) is not read again;
-one whose metric runs are still moving waits (`Migration.awaited`).
+one whose metric runs are still moving waits (`Migration.link`).
 """
 
 from __future__ import annotations
@@ -58,15 +58,14 @@ class LoggedModelDriver:
         at that are still moving (its import waits): the runs its metrics were logged against,
         and its own source run (MLflow takes that link only when the model is created)."""
         m = self.m
-        run_ids = set(run_ids) | ({row["source_run_id"]} if row.get("source_run_id") else set())
-        ids = {r: t for r in run_ids if (t := m.runs.targets.get(r))}
-        waits = [r for r in sorted(run_ids - set(ids)) if m.awaited(m.runs, r)]
+        own = row.get("source_run_id")
+        links = {r: m.link(m.runs, r) for r in set(run_ids) | ({own} if own else set())}
         return {
             **row,
             "target_experiment_id": exps[row["source_experiment_id"]]["target_experiment_id"],
-            "target_run_id": m.runs.targets.get(row.get("source_run_id") or ""),
-            "run_id_map": ids,
-            "waits_for_runs": waits,
+            "target_run_id": links[own].target if own else None,
+            "run_id_map": {r: link.target for r, link in links.items() if link.target},
+            "waits_for_runs": sorted(r for r, link in links.items() if link.waits),
         }
 
     def _from_source(self, exps: dict[str, Row], do_import: bool) -> Iterator[Row]:

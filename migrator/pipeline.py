@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -66,6 +66,15 @@ def timed(label: str) -> Iterator[None]:
         yield
     finally:
         log.debug("step %s: %.2f s", label, time.monotonic() - t0)
+
+
+class Link(NamedTuple):
+    """A reference to another object, as `Migration.link` finds it."""
+
+    target: str | None
+    """The object's target id, where it has one."""
+    waits: bool
+    """Without one: what points at it waits for it (it may still get one)."""
 
 
 class Migration:
@@ -172,18 +181,20 @@ class Migration:
             self.opts, self.executor, self.staging, exp_rows, work, other_sides, self.progress
         )
 
-    def awaited(self, kind: RunDriver | LoggedModelDriver, source_id: str | None) -> bool:
-        """Whether the run or logged model `source_id` that something here points at (a child's
-        parent, a run's or trace's link, a logged model's runs, a version's source) has no
-        target id yet but may get one (`still_moving`): what points at it waits for it, where
-        an object that failed for good or lies outside the scope is done without. One read
-        of the ledger: the row says both (its kind's target column, as `Targets` reads it)."""
+    def link(self, kind: RunDriver | LoggedModelDriver, source_id: str | None) -> Link:
+        """Where the run or logged model `source_id` that something here points at (a child's
+        parent, a run's or trace's link, a logged model's runs, a version's source) stands:
+        its target id, or, without one, whether it may still get one (`still_moving`), so what
+        points at it waits; an object that failed for good or lies outside the scope is done
+        without. One read of the ledger: the row says both (its kind's target column, as
+        `Targets` reads it)."""
         if not source_id:
-            return False
+            return Link(None, False)
         row = kind.rows.get(source_id)
-        if row and row.get(kind.targets.column):
-            return False
-        return still_moving(row, self.scope_complete)
+        target = row.get(kind.targets.column) if row else None
+        if target:
+            return Link(str(target), False)
+        return Link(None, still_moving(row, self.scope_complete))
 
     def kind(self, label: str, stage: Callable[[], None]) -> None:
         """Run the stage of one kind of object. A server that refuses the driver's own calls

@@ -10,7 +10,7 @@ experiments their links name, and before the traces that link to their versions.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from migrator import scope
@@ -34,7 +34,9 @@ from migrator.staging import Staging
 from migrator.states import failed_at
 
 if TYPE_CHECKING:
+    from migrator.logged_model_driver import LoggedModelDriver
     from migrator.pipeline import Migration
+    from migrator.run_driver import RunDriver
 
 
 def registry_tables(staging: Staging, kind: RegistryKind) -> tuple[ManifestTable, ManifestTable]:
@@ -103,35 +105,36 @@ class RegistryDriver:
         """Each model row with its version rows (`_versions`) and the target ids they point at
         (`refs`: runs, logged models, experiments), as its import and its verification take it."""
         m = self.m
-        logged = m.logged.targets
         experiments = {
             k: e["target_experiment_id"] for k, e in m.exps.items() if e.get("target_experiment_id")
         }
         for row in rows:
             versions = self.versions_of(row["name"])
-            refs = {**self._refs(versions, logged), "experiments": experiments}
+            refs = {**self._refs(versions), "experiments": experiments}
             yield {**row, "_versions": versions, "refs": refs}
 
-    def _refs(self, versions: list[Row], logged: Mapping[str, str]) -> Row:
+    def _refs(self, versions: list[Row]) -> Row:
         """The target runs and logged models versions point at, and (`pending`) the ones still
-        moving (`Migration.awaited`): a version waits for those rather than being registered from
+        moving (`Migration.link`): a version waits for those rather than being registered from
         a copy of its files."""
         m = self.m
         runs: dict[str, str] = {}
         models: dict[str, str] = {}
         pending: set[str] = set()
+
+        def refer(of: RunDriver | LoggedModelDriver, source_id: str, to: dict[str, str]) -> None:
+            link = m.link(of, source_id)
+            if link.target:
+                to[source_id] = link.target
+            elif link.waits:
+                pending.add(source_id)
+
         for v in versions:
             kind, ref, _ = source_ref(v.get("source") or "", v.get("run_id"))
             for rid in {v.get("run_id"), ref if kind == "run" else None} - {None}:
-                if target := m.runs.targets.get(rid or ""):
-                    runs[rid] = target  # type: ignore[index]
-                elif m.awaited(m.runs, rid):
-                    pending.add(rid)  # type: ignore[arg-type]
+                refer(m.runs, rid, runs)  # type: ignore[arg-type]
             for mid in {v.get("model_id"), ref if kind == "model" else None} - {None}:
-                if mid in logged:
-                    models[mid] = logged[mid]  # type: ignore[index]
-                elif m.awaited(m.logged, mid):
-                    pending.add(mid)  # type: ignore[arg-type]
+                refer(m.logged, mid, models)  # type: ignore[arg-type]
         return {"runs": runs, "models": models, "pending": sorted(pending)}
 
     def transfer(self, do_export: bool, do_import: bool) -> None:

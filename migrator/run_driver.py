@@ -168,15 +168,13 @@ class RunDriver:
         in_scope = [e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED]
         size = max(1, m.opts.batch_size) * 4
         missing_parents = 0
-        logged = m.logged.targets
 
         def items() -> Iterator[Row]:
             nonlocal missing_parents
             for row in self.rows.rows(groups=in_scope, states=(IMPORTED, FAILED)):
                 if next_step(row) != "tag":
                     continue
-                item = with_targets(row, self.targets, logged)
-                waits = self._waits_for(row)
+                item, waits = self.linked(row)
                 if waits:  # link it later: a tagged run is not visited again
                     self.record("tag", [failed_row(row, "tag", _waits(waits))])
                     continue
@@ -197,17 +195,27 @@ class RunDriver:
                 missing_parents,
             )
 
-    def _waits_for(self, row: Row) -> str | None:
-        """What a run's links wait for: its parent run, or a logged model it reads or wrote,
-        that has no target id yet but may get one (`Migration.awaited`); None: tag it now."""
+    def linked(self, row: Row) -> tuple[Row, str | None]:
+        """The row with the target ids its links point at (`with_targets`), and what it waits
+        for: its parent run, or a logged model it read or wrote, that has no target id yet but
+        may get one (`Migration.link`); None: tag it now. One ledger read per link."""
         m = self.m
-        parent = row.get("source_parent_run_id")
-        if m.awaited(self, parent):
-            return f"its parent run {parent}"
-        for link in row.get("model_links") or []:
-            if m.awaited(m.logged, link["model_id"]):
-                return f"its logged model {link['model_id']}"
-        return None
+        parent_id = row.get("source_parent_run_id") or ""
+        parent = m.link(self, parent_id)
+        models = {
+            k["model_id"]: m.link(m.logged, k["model_id"]) for k in row.get("model_links") or []
+        }
+        item = with_targets(
+            row,
+            {parent_id: parent.target} if parent.target else {},
+            {mid: link.target for mid, link in models.items() if link.target},
+        )
+        if parent.waits:
+            return item, f"its parent run {parent_id}"
+        for mid, link in models.items():
+            if link.waits:
+                return item, f"its logged model {mid}"
+        return item, None
 
     def record(self, stage: str, rows: list[Row]) -> None:
         m = self.m

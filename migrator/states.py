@@ -37,7 +37,7 @@ def still_moving(row: Row | None, scope_complete: bool) -> bool:
     (a child's parent link, a run's link to a logged model, a version's source) waits; what
     points at an object that failed for good, or lies outside the scope, does without.
 
-    Whether it has a target is its kind's to say (`Migration.awaited` asks that first), not
+    Whether it has a target is its kind's to say (`Migration.link` asks that first), not
     the row's id columns: a logged model's row carries `target_run_id`, its source run's
     target, and a failed logged model whose run had landed was once taken for a landed one,
     so the runs linking it were tagged without the link, for good."""

@@ -64,18 +64,14 @@ class TraceDriver(ObjectDriver):
         """The row with the target experiment, run and logged model, and what it waits for."""
         m = self.m
         run, model = row.get("source_run_id"), row.get("source_model_id")
-        target_run = m.runs.targets.get(run or "")
-        target_model = m.logged.targets.get(model or "")
-        waits = []  # only a link without a target can wait (`awaited` reads the row again)
-        if not target_run and m.awaited(m.runs, run):
-            waits.append(f"run {run}")
-        if not target_model and m.awaited(m.logged, model):
-            waits.append(f"logged model {model}")
+        run_link, model_link = m.link(m.runs, run), m.link(m.logged, model)
+        waits = [f"run {run}"] if run_link.waits else []
+        waits += [f"logged model {model}"] if model_link.waits else []
         return {
             **row,
             "target_experiment_id": exps[row["source_experiment_id"]]["target_experiment_id"],
-            "target_run_id": target_run,
-            "target_model_id": target_model,
+            "target_run_id": run_link.target,
+            "target_model_id": model_link.target,
             "_waits_for": waits,
         }
 

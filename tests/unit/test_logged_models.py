@@ -428,7 +428,7 @@ def test_the_driver_makes_a_model_wait_for_its_own_source_run_still_moving() -> 
     runs = SimpleNamespace(rows=rows, targets=Targets(rows, "target_run_id"))  # type: ignore[arg-type]
     driver = object.__new__(LoggedModelDriver)
     driver.m = m = SimpleNamespace(runs=runs, scope_complete=True)  # type: ignore[assignment]
-    m.awaited = functools.partial(Migration.awaited, m)
+    m.link = functools.partial(Migration.link, m)
     exps = {"3": {"target_experiment_id": "7"}}
 
     def waits(source_run: str | None, metric_runs: list[str]) -> list[str]:

@@ -77,23 +77,31 @@ def test_a_run_waits_for_the_logged_models_it_links_to_while_they_still_move() -
         },
     }
     driver = object.__new__(RunDriver)
-    driver.rows = {"p-moving": {"state": "failed", "error": "TransientError: 503"}}  # type: ignore[assignment]
+    driver.rows = {  # type: ignore[assignment]
+        "p-moving": {"state": "failed", "error": "TransientError: 503"},
+        "p-done": {"state": "tagged", "target_run_id": "t-p"},
+    }
     driver.targets = Targets(driver.rows, "target_run_id")  # type: ignore[arg-type]
     driver.m = m = SimpleNamespace(  # type: ignore[assignment]
         scope_complete=True,
         logged=SimpleNamespace(rows=logged_rows, targets=Targets(logged_rows, "target_model_id")),  # type: ignore[arg-type]
     )
-    m.awaited = functools.partial(Migration.awaited, m)
+    m.link = functools.partial(Migration.link, m)
 
     def waits(parent: str | None, *models: str) -> str | None:
         row = {"source_parent_run_id": parent,
                "model_links": [{"kind": "input", "model_id": m} for m in models]}
-        return driver._waits_for(row)
+        item, waits = driver.linked(row)
+        linked = {k["model_id"] for k in item.get("target_model_links") or []}
+        assert linked == ({"t-m"} if "m-done" in models else set())  # what has a target
+        assert item.get("target_parent_run_id") == ("t-p" if parent == "p-done" else None)
+        return waits
 
     assert waits(None, "m-done", "m-dead") is None  # linked now; the dead one is done without
     assert waits(None, "m-done", "m-moving") == "its logged model m-moving"
     assert waits(None, "m-run-landed") == "its logged model m-run-landed"
     assert waits("p-moving") == "its parent run p-moving"
+    assert waits("p-done", "m-done") is None
     assert waits("p-unknown", "m-unknown") is None  # outside a complete scope
 
 
