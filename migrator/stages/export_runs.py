@@ -5,9 +5,10 @@ from __future__ import annotations
 import tempfile
 from typing import Any, NamedTuple
 
+from migrator import scope
 from migrator.artifact_store import source_side
 from migrator.artifacts import stage_artifacts
-from migrator.capabilities import BULK_METRIC_HISTORY, LOGGED_MODELS, source_has
+from migrator.capabilities import BULK_METRIC_HISTORY, source_has
 from migrator.config import Options
 from migrator.fanout import ReadAhead
 from migrator.layout import (
@@ -22,7 +23,6 @@ from migrator.manifest import EXPORTED, Row, now_ms
 from migrator.mlflow_io import (
     client,
     get_run_or_none,
-    has_logged_models,
     metric_history_bulk,
     run_fingerprint,
     search_runs_by_id,
@@ -149,11 +149,10 @@ def _read_runs(rows: list[Row], opts: Options) -> dict[str, Any]:
         return {r.info.run_id: r for r in read if r is not None}
     exps = sorted({r["source_experiment_id"] for r in rows})
     runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
-    if source_has(opts, LOGGED_MODELS):
-        with_models = {e for e in exps if has_logged_models(opts.source, [e])}
-        for rid, run in runs.items():
-            if run.info.experiment_id in with_models:
-                runs[rid] = client(opts.source).get_run(rid)
+    with_models = {e for e in exps if scope.holds_logged_models(opts, [e])}
+    for rid, run in runs.items():
+        if run.info.experiment_id in with_models:
+            runs[rid] = client(opts.source).get_run(rid)
     return runs
 
 

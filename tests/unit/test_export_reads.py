@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from migrator import scope
 from migrator.config import Options
 from migrator.stages import export_runs
 
@@ -55,9 +56,9 @@ def source(monkeypatch: pytest.MonkeyPatch) -> Source:
     src = Source({"2"})
     monkeypatch.setattr(export_runs, "get_run_or_none", src.get_run_or_none)
     monkeypatch.setattr(export_runs, "search_runs_by_id", src.search)
-    monkeypatch.setattr(export_runs, "has_logged_models", src.has_logged_models)
+    monkeypatch.setattr(scope.mlflow_io, "has_logged_models", src.has_logged_models)
+    monkeypatch.setattr(scope, "source_has", lambda opts, feature: True)
     monkeypatch.setattr(export_runs, "client", lambda uri: src)
-    monkeypatch.setattr(export_runs, "source_has", lambda opts, feature: True)
     return src
 
 
