@@ -96,7 +96,7 @@ class LoggedModelDriver:
         """Every logged model of the migrated experiments: new and changed ones from the
         source, or (for `import`) the staged ones not yet imported."""
         m, opts = self.m, self.m.opts
-        exps = {e["source_experiment_id"]: e for e in exp_rows if e.get("state") != FAILED}
+        exps = scope.moving_experiments(exp_rows)
         items = self._from_source(exps, do_import) if do_export else self._staged(exps)
         step = MIGRATE if do_export and do_import else EXPORT if do_export else IMPORT
 

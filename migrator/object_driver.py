@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from migrator import scope
 from migrator.capabilities import of
 from migrator.fanout import Job, Stage, jobs_of
 from migrator.manifest import (
@@ -108,7 +109,7 @@ class ObjectDriver:
     def transfer(self, exp_rows: list[Row], do_export: bool, do_import: bool) -> None:
         """Move every object of the kind in scope (see the module docstring)."""
         m, opts = self.m, self.m.opts
-        exps = {e["source_experiment_id"]: e for e in exp_rows if e.get("state") != FAILED}
+        exps = scope.moving_experiments(exp_rows)
         if do_import and not of(opts, opts.target).has(self.feature):
             self._skip(exps, do_export)
             return

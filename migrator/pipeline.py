@@ -371,7 +371,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
         m.summary.servers += unmoved.result() if unmoved else []
     m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
     if do_export:
-        in_scope = [e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED]
+        in_scope = list(scope.moving_experiments(exp_rows))
         m.opts = opts = opts.replace(runs_read_in_full=scope.holds_logged_models(opts, in_scope))
     m.runs.count_ahead(exp_rows, from_source=do_export)
     runs = m.runs.from_source(exp_rows) if do_export else m.runs.from_staging(exp_rows)

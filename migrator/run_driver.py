@@ -106,9 +106,7 @@ class RunDriver:
     def staged(self, exp_rows: list[Row], states: Iterable[str] | None = None) -> Iterator[Row]:
         """Runs in scope as the manifest knows them (for `import`), optionally in some states."""
         targets = {
-            e["source_experiment_id"]: e.get("target_experiment_id")
-            for e in exp_rows
-            if e.get("state") != FAILED
+            k: e.get("target_experiment_id") for k, e in scope.moving_experiments(exp_rows).items()
         }
         for row in self.rows.rows(groups=targets, states=states):
             yield {**row, "target_experiment_id": targets[row["source_experiment_id"]]}
@@ -119,7 +117,7 @@ class RunDriver:
     def count_ahead(self, exp_rows: list[Row], from_source: bool) -> None:
         """The total of runs in scope for the progress display: counted on the source by
         a paged search in a thread of its own (for `import`: the manifest's)."""
-        exps = [e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED]
+        exps = list(scope.moving_experiments(exp_rows))
         if not from_source:
             self.m.progress.total("runs", sum(self.rows.counts(exps).values()), final=True)
             return
@@ -165,7 +163,7 @@ class RunDriver:
         """Apply source tags and parent links to every imported run in scope."""
         m = self.m
         crash_point("before-tags")
-        in_scope = [e["source_experiment_id"] for e in exp_rows if e.get("state") != FAILED]
+        in_scope = list(scope.moving_experiments(exp_rows))
         size = max(1, m.opts.batch_size) * 4
         missing_parents = 0
 

@@ -19,7 +19,7 @@ from migrator.capabilities import (
     source_has,
 )
 from migrator.config import Options
-from migrator.manifest import Row
+from migrator.manifest import FAILED, Row
 from migrator.registry import MODELS, RegistryKind
 
 
@@ -36,6 +36,12 @@ def staged_experiments(opts: Options, rows: Iterable[Row]) -> list[Row]:
     return [
         r for r in rows if matches(opts.experiments, r["source_experiment_id"], r.get("name") or "")
     ]
+
+
+def moving_experiments(exp_rows: Iterable[Row]) -> dict[str, Row]:
+    """The experiments in scope that did not fail, by source id: the runs, logged models and
+    other objects of a failed one stay where they are (it has no target to go to)."""
+    return {e["source_experiment_id"]: e for e in exp_rows if e.get("state") != FAILED}
 
 
 def view_type(opts: Options) -> int:
