@@ -108,8 +108,8 @@ class Ledger:
         self.name = name
         self.key = key
         self.group = group
-        self._own_folder = folder is None
         self._lock_fd: int | None = None
+        """Held while the ledger lives in a folder of its own (removed with it at `close`)."""
         if folder is None:
             folder, self._lock_fd = _new_folder(name)
         self._folder = folder
@@ -288,9 +288,8 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        if self._own_folder:
-            shutil.rmtree(self._folder, ignore_errors=True)
         if self._lock_fd is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
             os.close(self._lock_fd)
             self._lock_fd = None
 
