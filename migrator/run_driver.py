@@ -23,7 +23,7 @@ from migrator.fanout import Job, Stage, batched, failed_row, jobs_of
 from migrator.faults import crash_point
 from migrator.ledger import Ledger, Targets
 from migrator.manifest import EXPORTED, FAILED, IMPORTED, TAGGED, ManifestTable, Row, runs_table
-from migrator.stages.export_runs import export_run, prefetch
+from migrator.stages.export_runs import SOURCE_RUN, export_run, prefetch
 from migrator.stages.import_runs import import_run, migrate_run
 from migrator.stages.tag_runs import tag_run, with_targets
 from migrator.states import WAITS_FOR, next_step
@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 
 #: What the tag stage (and verify) take besides the row: the target ids it links to.
 LINKS = ("target_parent_run_id", "target_model_links")
-EXPORT = Stage("export", export_run, prefetch)
+EXPORT = Stage("export", export_run, prefetch, inputs=(SOURCE_RUN,))
 #: `migrate`: export and import a run in one task (the import reuses the export's local copies).
-MIGRATE = Stage("migrate", migrate_run, prefetch)
+MIGRATE = Stage("migrate", migrate_run, prefetch, inputs=(SOURCE_RUN,))
 IMPORT = Stage("import", import_run)
 TAG = Stage("tag", tag_run, inputs=LINKS)
 _DONE = {
@@ -73,7 +73,9 @@ class RunDriver:
 
     def from_source(self, exp_rows: list[Row]) -> Iterator[tuple[Row, str]]:
         """Every source run in scope, paged, as its manifest row (the known one, or a new
-        one) with the step it needs (`export` for a changed unfinished run)."""
+        one) with the step it needs (`export` for a changed unfinished run). A run to export
+        goes with the run the search found (`SOURCE_RUN`), unless tasks read every run in
+        full (`Options.runs_read_in_full`)."""
         for exp in exp_rows:
             if exp.get("state") == FAILED:
                 continue
@@ -96,6 +98,8 @@ class RunDriver:
                     and known.get("source_fingerprint") != self._fingerprint(run)
                 ):
                     step = "resync"  # unfinished at the last export, changed since
+                if step in ("export", "resync") and not self.m.opts.runs_read_in_full:
+                    row[SOURCE_RUN] = run  # the task's export reads it from here
                 crash_point("runs-found")
                 yield row, step
 

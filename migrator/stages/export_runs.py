@@ -98,6 +98,10 @@ def model_links(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return links
 
 
+#: The task input (`Stage.inputs`) that carries a run as the driver's enumeration found it, so
+#: the task need not search for it again (`_read_runs`).
+SOURCE_RUN = "source_run"
+
 #: Runs and metric histories read ahead for a job by `prefetch`, taken by `export_run` (a row
 #: finds its entry, or reads for itself).
 _PREFETCHED: ReadAhead[tuple[Any, list[Any]]] = ReadAhead("runs")
@@ -140,15 +144,20 @@ def _read_runs(rows: list[Row], opts: Options) -> dict[str, Any]:
 
     A search leaves out the logged models a run read (MLflow 3), which may be any experiment's.
     Where some experiment in scope holds one, every run is read with `get_run` and no search.
-    Else one search; then, where the source has logged models at all, the runs of an
-    experiment that holds one since the driver looked are read again in full (asked after the
-    search, so a model made in between is seen)."""
+    Else a run is what the driver's enumeration found (`SOURCE_RUN`: a search's answer, so a
+    search here would read the same again), and one search reads the rows that came without
+    it; then, where the source has logged models at all, the runs of an experiment that holds
+    one since the driver looked are read again in full (asked after the enumeration, so a
+    model made in between is seen)."""
     ids = [r["source_run_id"] for r in rows]
     if opts.runs_read_in_full:
         read = (get_run_or_none(opts.source, rid) for rid in ids)
         return {r.info.run_id: r for r in read if r is not None}
     exps = sorted({r["source_experiment_id"] for r in rows})
-    runs = {r.info.run_id: r for r in search_runs_by_id(opts.source, exps, ids)}
+    runs = {r["source_run_id"]: r[SOURCE_RUN] for r in rows if r.get(SOURCE_RUN) is not None}
+    unread = [rid for rid in ids if rid not in runs]
+    if unread:
+        runs.update((r.info.run_id, r) for r in search_runs_by_id(opts.source, exps, unread))
     with_models = {e for e in exps if scope.holds_logged_models(opts, [e])}
     for rid, run in runs.items():
         if run.info.experiment_id in with_models:

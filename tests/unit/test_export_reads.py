@@ -78,3 +78,35 @@ def test_a_search_then_a_full_read_of_runs_whose_experiment_now_holds_a_model(
     # asked after the search, so a model made in between is seen
     assert source.calls == ["search", "has_logged_models ['1']", "has_logged_models ['2']",
                             "get_run b"]
+
+
+def test_runs_the_enumeration_found_are_not_searched_again(
+    source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = run("a", "1")
+    rows = [{**ROWS[0], export_runs.SOURCE_RUN: found}, ROWS[1], ROWS[2]]
+    searched: list[list[str]] = []
+
+    def search(uri: str, exps: list[str], ids: list[str]) -> list[Any]:
+        searched.append(ids)
+        return source.search(uri, exps, ids)[1:]  # b only ("gone" is not on the source)
+
+    monkeypatch.setattr(export_runs, "search_runs_by_id", search)
+    runs = export_runs._read_runs(rows, Options(source="http://src"))
+    assert runs["a"] is found and sorted(runs) == ["a", "b"]
+    assert searched == [["b", "gone"]]  # only the rows that came without their run
+    assert source.calls[-2:] == ["has_logged_models ['2']", "get_run b"]
+
+
+def test_a_job_whose_runs_all_came_with_it_makes_no_search(source: Source) -> None:
+    rows = [{**r, export_runs.SOURCE_RUN: run(r["source_run_id"], r["source_experiment_id"])}
+            for r in ROWS[:1]]
+    runs = export_runs._read_runs(rows, Options(source="http://src"))
+    assert list(runs) == ["a"]
+    assert source.calls == ["has_logged_models ['1']"]
+
+
+def test_runs_read_in_full_ignore_what_the_enumeration_found(source: Source) -> None:
+    rows = [{**ROWS[0], export_runs.SOURCE_RUN: run("a", "1")}]
+    runs = export_runs._read_runs(rows, Options(source="http://src", runs_read_in_full=True))
+    assert runs["a"].full and source.calls == ["get_run a"]
