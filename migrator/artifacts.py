@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from migrator.artifact_store import (
 )
 from migrator.errors import PermanentError
 from migrator.staging import Staging, file_sha256, safe_key
+from migrator.workdirs import Workdir
 
 #: Puts the artifact at index i of a document's file list, path p, into a local file.
 Fetch = Callable[[int, str, str], None]
@@ -152,7 +151,7 @@ def upload_artifacts(
     store = open_store(side, artifact_uri)
     located = getattr(fetch, "s3_object", None)
     kept = getattr(fetch, "kept", None)
-    tmp: str | None = None  # made for the first file that has no local copy at hand
+    tmp: Workdir | None = None  # made for the first file that has no local copy at hand
     try:
         for i, f in enumerate(files):
             path = f["path"]
@@ -165,8 +164,8 @@ def upload_artifacts(
             local = kept(i, path) if kept is not None else None
             fetched = local is None
             if local is None:
-                tmp = tmp or tempfile.mkdtemp(prefix="migrator-import-")
-                local = os.path.join(tmp, posixpath.basename(path))
+                tmp = tmp or Workdir("import")
+                local = os.path.join(tmp.name, posixpath.basename(path))
                 fetch(i, path, local)
             size = os.path.getsize(local)
             if f.get("size") is not None and size != f["size"]:
@@ -180,7 +179,7 @@ def upload_artifacts(
                 os.remove(local)
     finally:
         if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.cleanup()
 
 
 def _copy_checked(src: S3Object, dst: S3Object, f: dict[str, Any], obj: str, stage: str) -> bool:

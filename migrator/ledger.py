@@ -7,7 +7,7 @@ Python dicts: memory is SQLite's page cache plus the rows of the page being read
 the number of objects. The manifests in staging stay the record (`manifest.ManifestTable`
 loads a ledger from them and writes them back from it); the ledger is only their index, built
 again by every command and removed when it ends (one that a killed driver left behind, the
-next driver on the machine removes: `sweep_orphans`).
+next driver on the machine removes: `workdirs`).
 
 Reads go by pages of keys, so a table can be written while it is being read: rows already
 passed are not seen again, whatever they became.
@@ -15,17 +15,14 @@ passed are not seen again, whatever they became.
 
 from __future__ import annotations
 
-import fcntl
-import glob
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+from migrator.workdirs import Workdir
 
 Row = dict[str, Any]
 Key = str | tuple[Any, ...]
@@ -39,51 +36,6 @@ _PAGE = 500
 _CACHE_KIB = 128
 #: Groups named in one statement at most; more are filtered in Python.
 _MAX_IN = 500
-#: A ledger's own folder in the temporary folder: `migrator-ledger-<name>-<random>/`, with
-#: `owner.lock`, which its process holds locked (`flock`) for as long as it lives.
-_FOLDER_PREFIX = "migrator-ledger-"
-_OWNER_LOCK = "owner.lock"
-_swept = threading.Lock()
-_sweep_done = False
-
-
-def sweep_orphans(parent: str | None = None) -> int:
-    """Remove the ledger folders of drivers that ended without closing them (`kill -9`, a
-    lost node): a folder whose `owner.lock` nobody holds. The kernel drops a dead process's
-    locks, whatever its PID namespace; a folder without the file (an older version's) is left.
-    A 100,000-run ledger is ~100 MB. Returns how many were removed."""
-    removed = 0
-    for folder in glob.glob(os.path.join(parent or tempfile.gettempdir(), _FOLDER_PREFIX + "*")):
-        try:
-            fd = os.open(os.path.join(folder, _OWNER_LOCK), os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its driver lives
-            os.close(fd)
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        os.close(fd)
-        removed += 1
-    return removed
-
-
-def _new_folder(name: str) -> tuple[str, int]:
-    """A new folder for a ledger, held by this process (its lock's descriptor), after the
-    first one of the process has swept away the orphans of dead drivers. The lock is taken
-    under another name and then renamed, so a sweep never sees `owner.lock` unheld."""
-    global _sweep_done
-    with _swept:
-        if not _sweep_done:
-            _sweep_done = True
-            sweep_orphans()
-    folder = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{name}-")
-    taking = os.path.join(folder, _OWNER_LOCK + ".new")
-    fd = os.open(taking, os.O_CREAT | os.O_RDWR, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.rename(taking, os.path.join(folder, _OWNER_LOCK))
-    return folder, fd
 
 
 def _encode_key(key: Key) -> str:
@@ -108,10 +60,11 @@ class Ledger:
         self.name = name
         self.key = key
         self.group = group
-        self._lock_fd: int | None = None
-        """Held while the ledger lives in a folder of its own (removed with it at `close`)."""
+        self._own: Workdir | None = None
+        """The folder of its own the ledger lives in (removed at `close`), if not given one."""
         if folder is None:
-            folder, self._lock_fd = _new_folder(name)
+            self._own = Workdir(f"ledger-{name}")
+            folder = self._own.name
         self._folder = folder
         self._db = sqlite3.connect(
             f"{self._folder}/{name}.sqlite3", isolation_level=None, check_same_thread=False
@@ -288,10 +241,8 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        if self._lock_fd is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._own is not None:
+            self._own.cleanup()
 
 
 class Targets(Mapping[str, str]):

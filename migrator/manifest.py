@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -33,6 +32,7 @@ from migrator.errors import StagingError
 from migrator.ledger import Ledger
 from migrator.parquet_parts import PartsWriter, read_row_groups
 from migrator.staging import Staging
+from migrator.workdirs import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ class ManifestTable:
             return self.ledger
         ledger = Ledger(self.name, self.key, self.group)
         try:
-            with tempfile.TemporaryDirectory(prefix="migrator-manifest-") as tmp:
+            with Workdir("manifest") as tmp:
                 local = os.path.join(tmp, "table.parquet")
                 if self.staging.exists(self.path):
                     self.staging.download_file(self.path, local)
@@ -532,7 +532,7 @@ class RowsFile:
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
         self.rows = 0
-        self._tmp = tempfile.TemporaryDirectory(prefix="migrator-manifest-")
+        self._tmp = Workdir("manifest")
         self._local = os.path.join(self._tmp.name, "table.parquet")
         self._writer: PartsWriter | None = PartsWriter(self._local, schema, compression="zstd")
         self._batch: list[Row] = []
@@ -692,7 +692,7 @@ def column_batches(staging: Staging, key: str, columns: list[str]) -> Iterator[p
     when it is not there): for readers that need a few columns of many rows."""
     if not staging.exists(key):
         return
-    with tempfile.TemporaryDirectory(prefix="migrator-manifest-") as tmp:
+    with Workdir("manifest") as tmp:
         local = os.path.join(tmp, "table.parquet")
         staging.download_file(key, local)
         try:

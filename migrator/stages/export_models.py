@@ -8,7 +8,6 @@ the last run are kept as they were, so they are not imported again.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from migrator.artifact_store import source_side
@@ -28,6 +27,7 @@ from migrator.mlflow_io import (
 from migrator.registry import MODELS, RegistryKind
 from migrator.stages.model_sources import model_id_of, staged_elsewhere
 from migrator.staging import Staging, open_staging
+from migrator.workdirs import Workdir
 
 
 def version_fields(v: Any) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def _stage_version_files(
     """
     uri = client(opts.source).get_model_version_download_uri(name, v.version)
     n = int(v.version)
-    with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
+    with Workdir("export") as keep:
 
         def stage(root: str, only: str | None = None) -> list[Row]:
             key = lambda path: version_artifact_key(name, n, path)  # noqa: E731

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any, NamedTuple
 
 from migrator import scope
@@ -29,6 +28,7 @@ from migrator.mlflow_io import (
     translate_errors,
 )
 from migrator.staging import Staging, open_staging
+from migrator.workdirs import Workdir
 
 STAGE = "export"
 
@@ -196,7 +196,7 @@ def export_run(item: Row, opts: Options) -> Row:
     Raises:
         TransientError, PermanentError: naming the run.
     """
-    with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
+    with Workdir("export") as keep:
         return export_run_keeping(item, opts, keep).row
 
 

@@ -12,7 +12,6 @@ metric points are de-duplicated by the server, artifacts are overwritten.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from mlflow.entities import RunTag
@@ -49,6 +48,7 @@ from migrator.mlflow_io import (
 from migrator.once import Lineage, create_once
 from migrator.stages.export_runs import row_fields
 from migrator.staging import Staging, open_staging
+from migrator.workdirs import Workdir
 
 STAGE = "import"
 
@@ -274,7 +274,7 @@ def migrate_run(item: Row, opts: Options) -> Row:
     from migrator.stages.export_runs import export_run_keeping
 
     source_id = item["source_run_id"]
-    with tempfile.TemporaryDirectory(prefix="migrator-migrate-") as keep:
+    with Workdir("migrate") as keep:
         exported = export_run_keeping(item, opts, keep)
         fetch = from_keep(
             keep, open_staging(opts.staging), lambda path: artifact_key(source_id, path)

@@ -12,7 +12,6 @@ outputs) are written by the runs' tag stage, once both ends exist.
 from __future__ import annotations
 
 import logging
-import tempfile
 from typing import Any
 
 from migrator.artifact_store import source_side, target_side
@@ -47,6 +46,7 @@ from migrator.mlflow_io import (
 from migrator.once import Lineage, create_once
 from migrator.staging import open_staging
 from migrator.states import WAITS_FOR
+from migrator.workdirs import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def export_logged_model_keeping(item: Row, opts: Options, keep: str) -> tuple[Ro
 
 
 def export_logged_model(item: Row, opts: Options) -> Row:
-    with tempfile.TemporaryDirectory(prefix="migrator-export-") as keep:
+    with Workdir("export") as keep:
         return export_logged_model_keeping(item, opts, keep)[0]
 
 
@@ -312,7 +312,7 @@ def import_logged_model(item: Row, opts: Options) -> Row:
 def migrate_logged_model(item: Row, opts: Options) -> Row:
     """`migrate`: export and import in one task, the import reading the export's local copies."""
     source_id = item["source_model_id"]
-    with tempfile.TemporaryDirectory(prefix="migrator-migrate-") as keep:
+    with Workdir("migrate") as keep:
         exported, doc = export_logged_model_keeping(item, opts, keep)
         fetch = from_keep(
             keep,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any
 
 from migrator.config import Options
@@ -37,6 +36,7 @@ from migrator.mlflow_io import (
 )
 from migrator.stages.tag_runs import link_key, run_model_links, tags_for
 from migrator.staging import file_sha256
+from migrator.workdirs import Workdir
 
 STAGE = "verify"
 _MAX_DETAIL = 6
@@ -100,7 +100,7 @@ def compare_artifacts(
     found = {f.path: f for f in iter_artifact_files(repo)}
     bad = [f"missing {p!r}" for p in sorted(set(expected) - set(found))]
     bad += [f"extra {p!r}" for p in sorted(set(found) - set(expected))]
-    with tempfile.TemporaryDirectory(prefix="migrator-verify-") as tmp:
+    with Workdir("verify") as tmp:
         local = os.path.join(tmp, "f")
         for path in sorted(set(expected) & set(found)):
             want, size = expected[path], found[path].file_size or 0  # REST drops a zero size

@@ -25,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
+from migrator import workdirs
 from migrator.config import Options
 from migrator.fanout import Executor, Job, OnDone, make_executor
 from migrator.faults import CRASH_ENV
@@ -95,6 +96,13 @@ def left_to_do(staging: Path, source: Source, names: tuple[str, ...]) -> str:
         untagged or unimported) else ""
 
 
+def tmpdir_of(log_path: Path) -> Path:
+    """The temporary folder of a crashed driver: its own, to see what the kill left there."""
+    tmp = log_path.parent / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return tmp
+
+
 def crashed(command: str, point: str, source: Source, target_url: str, staging: Path,
             names: tuple[str, ...], log_path: Path) -> str:
     """Run `migrator <command>` until the driver kills itself at `point`; returns its log."""
@@ -105,7 +113,7 @@ def crashed(command: str, point: str, source: Source, target_url: str, staging: 
         cmd += ["--target", target_url]
     cmd += ["--staging", str(staging), "--experiments", ",".join(names), "--include-deleted",
             "--batch-size", "1", "--concurrency", "2", "--ray-address", "none"]
-    env = {**os.environ, CRASH_ENV: point}
+    env = {**os.environ, CRASH_ENV: point, "TMPDIR": str(tmpdir_of(log_path))}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -149,6 +157,12 @@ def test_driver_killed_at_a_crash_point_resumes_exactly_once(
     crashed(command, point, source, target.url, staging, names, tmp_path / "crashed.log")
     left = left_to_do(staging, source, names)
     assert left, "the driver was killed with nothing left to do"
+    # what the kill left in the temporary folder (its ledgers at least) is all the next
+    # process's to sweep: every folder the migrator makes holds its owner's lock
+    folders = sorted(p.name for p in tmpdir_of(tmp_path / "crashed.log").glob("migrator-*"))
+    assert any(f.startswith("migrator-ledger-runs-") for f in folders), folders
+    assert workdirs.sweep(str(tmpdir_of(tmp_path / "crashed.log"))) == len(folders), folders
+    assert not any(tmpdir_of(tmp_path / "crashed.log").glob("migrator-*"))
 
     summary = run_command("migrate", opts, make_executor)
     print(f"left by the kill: {left}\nresumed:\n{summary.render()}")

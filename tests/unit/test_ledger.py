@@ -96,51 +96,6 @@ def test_close_removes_its_folder() -> None:
     assert not folder.exists()
 
 
-def test_a_killed_drivers_ledger_folders_are_swept_and_a_living_ones_kept(
-    tmp_path: Path,
-) -> None:
-    """A driver killed with SIGKILL leaves its ledgers' folders (~100 MB for 100,000 runs):
-    the next sweep removes them, and never the folders of a driver still alive."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from migrator.ledger import sweep_orphans
-
-    code = (
-        "import sys, time\n"
-        "from migrator.ledger import Ledger\n"
-        "ledgers = [Ledger(n, 'k') for n in ('runs', 'traces')]\n"
-        "print(*(led._folder for led in ledgers), flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-
-    def driver() -> tuple[subprocess.Popen[str], list[Path]]:
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                                text=True)
-        assert proc.stdout is not None
-        return proc, [Path(f) for f in proc.stdout.readline().split()]
-
-    killed, killed_folders = driver()
-    alive, alive_folders = driver()
-    try:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(30)
-        older = tmp_path / "migrator-ledger-runs-before"  # an older version's: no lock file
-        older.mkdir()
-        assert all(f.parent == tmp_path and f.is_dir() for f in killed_folders + alive_folders)
-        assert sweep_orphans(str(tmp_path)) == 2
-        assert not any(f.exists() for f in killed_folders)
-        assert all(f.is_dir() for f in alive_folders) and older.is_dir()
-        assert sweep_orphans(str(tmp_path)) == 0
-    finally:
-        alive.kill()
-        alive.wait(30)
-    assert sweep_orphans(str(tmp_path)) == 2  # gone with its process
-
-
 # ---- manifests through the ledger -------------------------------------------------------------
 
 

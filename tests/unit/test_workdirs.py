@@ -1,0 +1,69 @@
+"""Temporary folders a killed process leaves behind are removed by the next one (`workdirs`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from migrator.workdirs import OWNER_LOCK, Workdir, sweep
+
+
+def test_a_workdir_holds_its_lock_and_goes_with_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
+    with Workdir("export") as name:
+        folder = Path(name)
+        assert folder.parent == tmp_path and folder.name.startswith("migrator-export-")
+        assert sorted(p.name for p in folder.iterdir()) == [OWNER_LOCK]
+        assert sweep(str(tmp_path)) == 0  # held by this process
+    assert not folder.exists()
+
+
+def test_a_killed_processs_folders_are_swept_and_a_living_ones_kept(tmp_path: Path) -> None:
+    """A driver or task killed with SIGKILL leaves its folders (ledgers: ~100 MB for 100,000
+    runs; a task's: the files of the run or model it was moving): the next sweep removes them,
+    and never the folders of a process still alive, nor folders without the lock file."""
+    code = (
+        "import sys, time\n"
+        "from migrator.ledger import Ledger\n"
+        "from migrator.workdirs import Workdir\n"
+        "ledgers = [Ledger(n, 'k') for n in ('runs', 'traces')]\n"
+        "task = Workdir('export')\n"
+        "open(task.name + '/model.bin', 'wb').write(b'x' * 1000)\n"
+        "print(*(led._folder for led in ledgers), task.name, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+
+    def process() -> tuple[subprocess.Popen[str], list[Path]]:
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout is not None
+        return proc, [Path(f) for f in proc.stdout.readline().split()]
+
+    killed, killed_folders = process()
+    alive, alive_folders = process()
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        older = tmp_path / "migrator-ledger-runs-before"  # an older version's: no lock file
+        older.mkdir()
+        assert len(killed_folders) == 3
+        assert all(f.parent == tmp_path and f.is_dir() for f in killed_folders + alive_folders)
+        assert sweep(str(tmp_path)) == 3
+        assert not any(f.exists() for f in killed_folders)
+        assert all(f.is_dir() for f in alive_folders) and older.is_dir()
+        assert sweep(str(tmp_path)) == 0
+    finally:
+        alive.kill()
+        alive.wait(30)
+    assert sweep(str(tmp_path)) == 3  # gone with its process
