@@ -69,23 +69,22 @@ class LoggedModelDriver:
         }
 
     def _from_source(self, exps: dict[str, Row], do_import: bool) -> Iterator[Row]:
-        for exp_id in exps:
-            for lm in scope.source_logged_models(self.m.opts, exp_id):
-                known = self.rows.get(lm.model_id)
-                if (
-                    known
-                    and known.get("state") in (IMPORTED, TAGGED)
-                    and known.get("last_updated_timestamp") == lm.last_updated_timestamp
-                ):
-                    continue
-                row = {
-                    **(known or {}),
-                    "source_model_id": lm.model_id,
-                    "source_experiment_id": exp_id,
-                    "source_run_id": lm.source_run_id,
-                }
-                runs = {mt.run_id for mt in lm.metrics or [] if mt.run_id}
-                yield self.item(row, exps, runs) if do_import else row
+        for lm in scope.source_logged_models(self.m.opts, list(exps)):
+            known = self.rows.get(lm.model_id)
+            if (
+                known
+                and known.get("state") in (IMPORTED, TAGGED)
+                and known.get("last_updated_timestamp") == lm.last_updated_timestamp
+            ):
+                continue
+            row = {
+                **(known or {}),
+                "source_model_id": lm.model_id,
+                "source_experiment_id": lm.experiment_id,
+                "source_run_id": lm.source_run_id,
+            }
+            runs = {mt.run_id for mt in lm.metrics or [] if mt.run_id}
+            yield self.item(row, exps, runs) if do_import else row
 
     def _staged(self, exps: dict[str, Row]) -> Iterator[Row]:
         for row in self.rows.rows(groups=list(exps), states=(EXPORTED, FAILED)):

@@ -147,8 +147,10 @@ def _plan(opts: Options, command: str, plan: Plan, from_source: bool, known: Led
         for run in scope.source_runs(opts, exp.experiment_id):
             ep.runs[step(run.info.run_id)] += 1
         inv = plan.inventory
-        inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, exp.experiment_id))
-        for info in scope.source_traces(opts, exp.experiment_id, exp.lifecycle_stage):
+        inv["logged models"] += sum(
+            1 for _ in scope.source_logged_models(opts, [exp.experiment_id])
+        )
+        for info in scope.source_traces(opts, {exp.experiment_id: exp.lifecycle_stage}):
             inv["traces"] += 1
             inv["assessments"] += len(info.assessments or [])
         plan.experiments.append(ep)

@@ -132,7 +132,7 @@ def reconcile(
             )
             out += never_moved(
                 "logged_model",
-                ((m.model_id, m.name) for m in scope.source_logged_models(opts, e.experiment_id)),
+                ((m.model_id, m.name) for m in scope.source_logged_models(opts, [e.experiment_id])),
                 logged,
             )
         moved = {

@@ -7,7 +7,7 @@ that never moved) all enumerate through here, so they can never disagree.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from migrator import mlflow_io, traces_io
@@ -78,11 +78,23 @@ def source_runs(opts: Options, experiment_id: str) -> Iterator[Any]:
     )
 
 
-def source_logged_models(opts: Options, experiment_id: str) -> Iterator[Any]:
-    """Every logged model of one source experiment, paged; none on a server without them
-    (MLflow 2)."""
+#: Experiments one search lists logged models or traces of: a server of thousands of
+#: experiments, most of them without either, costs a request per hundred, not one each.
+EXPERIMENTS_PER_SEARCH = 100
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    ids = list(ids)
+    for i in range(0, len(ids), EXPERIMENTS_PER_SEARCH):
+        yield ids[i : i + EXPERIMENTS_PER_SEARCH]
+
+
+def source_logged_models(opts: Options, experiment_ids: Sequence[str]) -> Iterator[Any]:
+    """Every logged model of these source experiments (its `experiment_id` says whose), paged,
+    a hundred experiments per search; none on a server without them (MLflow 2)."""
     if source_has(opts, LOGGED_MODELS):
-        yield from mlflow_io.iter_logged_models(opts.source, [experiment_id])
+        for chunk in _chunks(experiment_ids):
+            yield from mlflow_io.iter_logged_models(opts.source, chunk)
 
 
 def holds_logged_models(opts: Options, experiment_ids: list[str]) -> bool:
@@ -93,14 +105,15 @@ def holds_logged_models(opts: Options, experiment_ids: list[str]) -> bool:
     )
 
 
-def source_traces(
-    opts: Options, experiment_id: str, lifecycle_stage: str = "active"
-) -> Iterator[Any]:
-    """Every trace (its TraceInfo) of one source experiment, oldest first, paged; none on a
-    server without MLflow 3's traces API, nor in a deleted experiment (the server refuses to
-    list them: restore the experiment to migrate them)."""
-    if source_has(opts, TRACES) and lifecycle_stage != "deleted":
-        yield from traces_io.iter_trace_infos(opts.source, experiment_id)
+def source_traces(opts: Options, experiments: Mapping[str, str]) -> Iterator[Any]:
+    """Every trace (its TraceInfo; its `experiment_id` says whose) of these source experiments
+    (id → lifecycle stage), oldest first in each search of a hundred experiments, paged; none
+    on a server without MLflow 3's traces API, nor in a deleted experiment (the server refuses
+    to list them: restore the experiment to migrate them)."""
+    if source_has(opts, TRACES):
+        active = [e for e, stage in experiments.items() if stage != "deleted"]
+        for chunk in _chunks(active):
+            yield from traces_io.iter_trace_infos(opts.source, chunk)
 
 
 def source_datasets(opts: Options) -> Iterator[Any]:

@@ -44,18 +44,18 @@ class TraceDriver(ObjectDriver):
         super().__init__(m, traces_table(m.staging, m.opts.manifest_flush_rows))
 
     def source_objects(self, exps: dict[str, Row]) -> Iterator[tuple[Any, Row]]:
-        for exp_id, exp in exps.items():
-            for info in scope.source_traces(self.m.opts, exp_id, exp.get("lifecycle_stage", "")):
-                yield (
-                    info,
-                    {
-                        "source_trace_id": info.trace_id,
-                        "source_experiment_id": exp_id,
-                        "source_run_id": info.trace_metadata.get(SOURCE_RUN_KEY),
-                        "source_model_id": info.trace_metadata.get(MODEL_ID_KEY),
-                        "source_fingerprint": stage.trace_fingerprint(info),
-                    },
-                )
+        stages = {exp_id: exp.get("lifecycle_stage", "") for exp_id, exp in exps.items()}
+        for info in scope.source_traces(self.m.opts, stages):
+            yield (
+                info,
+                {
+                    "source_trace_id": info.trace_id,
+                    "source_experiment_id": info.experiment_id,
+                    "source_run_id": info.trace_metadata.get(SOURCE_RUN_KEY),
+                    "source_model_id": info.trace_metadata.get(MODEL_ID_KEY),
+                    "source_fingerprint": stage.trace_fingerprint(info),
+                },
+            )
 
     def in_scope(self, row: Row, experiment_ids: set[str]) -> bool:
         return row["source_experiment_id"] in experiment_ids
@@ -101,7 +101,7 @@ class TraceDriver(ObjectDriver):
                     continue
                 linked = [
                     targets[info.trace_id]
-                    for info in traces_io.iter_trace_infos(m.opts.source, exp_id, run_id)
+                    for info in traces_io.iter_trace_infos(m.opts.source, [exp_id], run_id)
                     if info.trace_id in targets
                     and info.trace_metadata.get(SOURCE_RUN_KEY) != run_id
                 ]

@@ -50,13 +50,15 @@ def tracing(uri: str) -> Any:
     return TracingClient(uri)
 
 
-def iter_trace_infos(uri: str, experiment_id: str, run_id: str | None = None) -> Iterator[Any]:
-    """Every trace of an experiment as its TraceInfo (no spans), oldest first, paged; with
+def iter_trace_infos(
+    uri: str, experiment_ids: Sequence[str], run_id: str | None = None
+) -> Iterator[Any]:
+    """Every trace of these experiments as its TraceInfo (no spans), oldest first, paged; with
     `run_id`, those `search_traces(run_id=…)` finds for that run (made in it, or linked)."""
     token = None
     while True:
         page = client(uri).search_traces(
-            locations=[experiment_id],
+            locations=list(experiment_ids),
             run_id=run_id,
             max_results=PAGE,
             page_token=token,
