@@ -379,18 +379,24 @@ def discard_run(uri: str, run: Any, kept_id: str) -> None:
     c.delete_run(run_id)
 
 
-#: Experiments per `has_logged_models` search.
-LOGGED_MODEL_CHECK_EXPERIMENTS = 100
+#: Experiments one search of logged models or traces names at most: a server of thousands of
+#: experiments, most of them without either, costs a request per hundred, not one each.
+EXPERIMENTS_PER_SEARCH = 100
+
+
+def experiment_chunks(experiment_ids: Sequence[str]) -> Iterator[list[str]]:
+    """The ids, `EXPERIMENTS_PER_SEARCH` at a time."""
+    ids = list(experiment_ids)
+    for i in range(0, len(ids), EXPERIMENTS_PER_SEARCH):
+        yield ids[i : i + EXPERIMENTS_PER_SEARCH]
 
 
 def has_logged_models(uri: str, experiment_ids: Sequence[str]) -> bool:
     """Whether any of these experiments holds an MLflow 3 logged model (one small search per
     hundred experiments)."""
-    ids = list(experiment_ids)
-    step = LOGGED_MODEL_CHECK_EXPERIMENTS
     return any(
-        client(uri).search_logged_models(experiment_ids=ids[i : i + step], max_results=1)
-        for i in range(0, len(ids), step)
+        client(uri).search_logged_models(experiment_ids=chunk, max_results=1)
+        for chunk in experiment_chunks(experiment_ids)
     )
 
 

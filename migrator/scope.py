@@ -78,22 +78,11 @@ def source_runs(opts: Options, experiment_id: str) -> Iterator[Any]:
     )
 
 
-#: Experiments one search lists logged models or traces of: a server of thousands of
-#: experiments, most of them without either, costs a request per hundred, not one each.
-EXPERIMENTS_PER_SEARCH = 100
-
-
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    ids = list(ids)
-    for i in range(0, len(ids), EXPERIMENTS_PER_SEARCH):
-        yield ids[i : i + EXPERIMENTS_PER_SEARCH]
-
-
 def source_logged_models(opts: Options, experiment_ids: Sequence[str]) -> Iterator[Any]:
     """Every logged model of these source experiments (its `experiment_id` says whose), paged,
     a hundred experiments per search; none on a server without them (MLflow 2)."""
     if source_has(opts, LOGGED_MODELS):
-        for chunk in _chunks(experiment_ids):
+        for chunk in mlflow_io.experiment_chunks(experiment_ids):
             yield from mlflow_io.iter_logged_models(opts.source, chunk)
 
 
@@ -112,7 +101,7 @@ def source_traces(opts: Options, experiments: Mapping[str, str]) -> Iterator[Any
     to list them: restore the experiment to migrate them)."""
     if source_has(opts, TRACES):
         active = [e for e, stage in experiments.items() if stage != "deleted"]
-        for chunk in _chunks(active):
+        for chunk in mlflow_io.experiment_chunks(active):
             yield from traces_io.iter_trace_infos(opts.source, chunk)
 
 
