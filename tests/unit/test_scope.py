@@ -1,0 +1,56 @@
+"""What `scope` lists on the source, and in how many requests, against fakes of the source."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from migrator import scope
+from migrator.config import Options
+
+
+@pytest.fixture
+def listed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The experiment ids of each listing request (logged models or traces)."""
+    calls: list[list[str]] = []
+
+    def listing(uri: str, experiment_ids: Sequence[str], *rest: Any) -> Iterator[str]:
+        calls.append(list(experiment_ids))
+        yield from (f"object of {e}" for e in experiment_ids if int(e) % 50 == 0)
+
+    monkeypatch.setattr(scope, "source_has", lambda opts, feature: True)
+    monkeypatch.setattr(scope.mlflow_io, "iter_logged_models", listing)
+    monkeypatch.setattr(scope.traces_io, "iter_trace_infos", listing)
+    return calls
+
+
+def test_logged_models_are_listed_a_hundred_experiments_per_search(
+    listed: list[list[str]],
+) -> None:
+    ids = [str(i) for i in range(250)]
+    found = list(scope.source_logged_models(Options(source="http://src"), ids))
+    assert found == [f"object of {i}" for i in range(0, 250, 50)]
+    assert [len(c) for c in listed] == [100, 100, 50]
+    assert [e for c in listed for e in c] == ids
+
+
+def test_traces_are_listed_a_hundred_experiments_per_search_leaving_out_deleted_ones(
+    listed: list[list[str]],
+) -> None:
+    stages = {str(i): "deleted" if i % 2 else "active" for i in range(300)}
+    found = list(scope.source_traces(Options(source="http://src"), stages))
+    assert found == [f"object of {i}" for i in range(0, 300, 50)]
+    assert [len(c) for c in listed] == [100, 50]  # the 150 active ones
+    assert all(int(e) % 2 == 0 for c in listed for e in c)
+
+
+def test_nothing_is_listed_on_a_server_without_the_kind(
+    listed: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scope, "source_has", lambda opts, feature: False)
+    opts = Options(source="http://src")
+    assert list(scope.source_logged_models(opts, ["1"])) == []
+    assert list(scope.source_traces(opts, {"1": "active"})) == []
+    assert listed == []
