@@ -16,6 +16,7 @@ taken under another name and then renamed, so a sweep never finds `owner.lock` u
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import os
@@ -72,10 +73,25 @@ class Workdir:
         os.rename(taking, os.path.join(self.name, OWNER_LOCK))
 
     def cleanup(self) -> None:
-        """Remove the folder (then let go of its lock); a second call does nothing."""
+        """Remove the folder, its lock last (then let go of it); a second call does nothing.
+
+        The lock goes last so that a kill part way leaves a folder the next sweep still
+        recognises (`rmtree` alone may remove the lock first and the files after)."""
         if self._fd is None:
             return
-        shutil.rmtree(self.name, ignore_errors=True)
+        try:
+            with os.scandir(self.name) as entries:
+                for entry in entries:
+                    if entry.name == OWNER_LOCK:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+        except OSError:
+            pass  # gone already
+        shutil.rmtree(self.name, ignore_errors=True)  # the lock, and the folder
         os.close(self._fd)
         self._fd = None
 

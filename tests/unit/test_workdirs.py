@@ -28,6 +28,33 @@ def test_a_workdir_holds_its_lock_and_goes_with_cleanup(
     assert not folder.exists()
 
 
+def test_cleanup_removes_the_lock_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed while it removes a folder must not have removed the lock first: the
+    folder would be left with its files and nothing to tell the sweep it is an orphan."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    w = Workdir("export")
+    folder = Path(w.name)
+    for i in range(3):
+        (folder / str(i)).mkdir()
+        (folder / str(i) / "model.bin").write_bytes(b"x" * 100)
+    (folder / "run.json").write_text("{}")
+    unlinked: list[str] = []
+    unlink = os.unlink
+
+    def recorded(path: str, *args: object, **kwargs: object) -> None:
+        unlinked.append(os.path.basename(path))
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", recorded)
+    w.cleanup()
+    assert not folder.exists()
+    assert sorted(unlinked) == sorted(["model.bin"] * 3 + ["run.json", OWNER_LOCK])
+    assert unlinked[-1] == OWNER_LOCK
+
+
 def test_a_killed_processs_folders_are_swept_and_a_living_ones_kept(tmp_path: Path) -> None:
     """A driver or task killed with SIGKILL leaves its folders (ledgers: ~100 MB for 100,000
     runs; a task's: the files of the run or model it was moving): the next sweep removes them,
