@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from types import TracebackType
 
 PREFIX = "migrator-"
@@ -59,41 +60,43 @@ def _sweep_once() -> None:
             sweep()
 
 
+def _remove(folder: str, lock_fd: int) -> None:
+    """Remove a folder, its lock last, then let go of the lock. The lock goes last so that a
+    kill part way leaves a folder the next sweep still recognises (`rmtree` alone may remove
+    the lock first and the files after)."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name == OWNER_LOCK:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+    except OSError:
+        pass  # gone already
+    shutil.rmtree(folder, ignore_errors=True)  # the lock, and the folder
+    os.close(lock_fd)
+
+
 class Workdir:
     """A new temporary folder `migrator-<kind>-<random>/`, held by this process until
-    `cleanup` removes it (also as a context manager, like `tempfile.TemporaryDirectory`, whose
-    place it takes)."""
+    `cleanup` removes it (also as a context manager), or until the object is collected or the
+    process exits, as with `tempfile.TemporaryDirectory`, whose place it takes."""
 
     def __init__(self, kind: str) -> None:
         _sweep_once()
         self.name = tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-")
         taking = os.path.join(self.name, OWNER_LOCK + ".new")
-        self._fd: int | None = os.open(taking, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(taking, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(taking, os.path.join(self.name, OWNER_LOCK))
+        self._finalizer = weakref.finalize(self, _remove, self.name, fd)
 
     def cleanup(self) -> None:
-        """Remove the folder, its lock last (then let go of it); a second call does nothing.
-
-        The lock goes last so that a kill part way leaves a folder the next sweep still
-        recognises (`rmtree` alone may remove the lock first and the files after)."""
-        if self._fd is None:
-            return
-        try:
-            with os.scandir(self.name) as entries:
-                for entry in entries:
-                    if entry.name == OWNER_LOCK:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-        except OSError:
-            pass  # gone already
-        shutil.rmtree(self.name, ignore_errors=True)  # the lock, and the folder
-        os.close(self._fd)
-        self._fd = None
+        """Remove the folder (`_remove`); a second call does nothing."""
+        self._finalizer()
 
     def __enter__(self) -> str:
         return self.name

@@ -26,6 +26,8 @@ def test_a_workdir_holds_its_lock_and_goes_with_cleanup(
         assert sorted(p.name for p in folder.iterdir()) == [OWNER_LOCK]
         assert sweep(str(tmp_path)) == 0  # held by this process
     assert not folder.exists()
+    dropped = Path(Workdir("export").name)  # never cleaned up: goes with the object
+    assert not dropped.exists()
 
 
 def test_cleanup_removes_the_lock_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
