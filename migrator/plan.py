@@ -142,20 +142,20 @@ def _plan(opts: Options, command: str, plan: Plan, from_source: bool, known: Led
         done = (known_models.get(rm.name) or {}).get("state") == IMPORTED
         plan.models["done" if done else "import"] += 1
         plan.versions += len(mlflow_io.model_versions(opts.source, rm.name))
+    inv = plan.inventory
+    stages: dict[str, str] = {}
     for exp in scope.source_experiments(opts):
         ep = ExperimentPlan(exp.experiment_id, exp.name, exp.lifecycle_stage, on_target(exp.name))
         for run in scope.source_runs(opts, exp.experiment_id):
             ep.runs[step(run.info.run_id)] += 1
-        inv = plan.inventory
-        inv["logged models"] += sum(
-            1 for _ in scope.source_logged_models(opts, [exp.experiment_id])
-        )
-        for info in scope.source_traces(opts, {exp.experiment_id: exp.lifecycle_stage}):
-            inv["traces"] += 1
-            inv["assessments"] += len(info.assessments or [])
         plan.experiments.append(ep)
+        stages[exp.experiment_id] = exp.lifecycle_stage
         scorers = scope.source_scorers(opts, exp.experiment_id, exp.lifecycle_stage)
         inv["scorers"] += sum(1 for _ in scorers)
+    inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, list(stages)))
+    for info in scope.source_traces(opts, stages):
+        inv["traces"] += 1
+        inv["assessments"] += len(info.assessments or [])
     for prompt in scope.source_registry(opts, PROMPTS):
         plan.inventory["prompts"] += 1
         plan.inventory["prompt versions"] += len(PROMPTS.versions(opts.source, prompt.name))
