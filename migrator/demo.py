@@ -11,6 +11,7 @@ prints the figures.
 from __future__ import annotations
 
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -54,8 +55,27 @@ def keep_manifests(staging: Staging, dest: Path) -> Path:
 
 
 def run_demo(n_runs: int = 40, keep: bool = False) -> int:
+    """Seed, migrate, migrate again, verify. The working folder (the servers' databases, logs
+    and artifacts) goes when the demo succeeds, and stays, said, when it does not."""
     workdir = Path(tempfile.mkdtemp(prefix="migrator-demo-"))
     print(f"demo: working folder {workdir}")
+    code = 1
+    try:
+        code = _demo(workdir, n_runs, keep)
+    finally:
+        finish(workdir, code)
+    return code
+
+
+def finish(workdir: Path, code: int) -> None:
+    """Remove the working folder after a demo that succeeded; keep it for one that did not."""
+    if code == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"demo: the servers' logs and databases stay in {workdir}")
+
+
+def _demo(workdir: Path, n_runs: int, keep: bool) -> int:
     with (
         s3_server(workdir, BUCKET) as s3,
         mlflow_server("source", "sqlite", workdir) as src,
