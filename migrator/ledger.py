@@ -55,17 +55,13 @@ class Ledger:
         name: str,
         key: str | tuple[str, ...],
         group: str | None = None,
-        folder: str | None = None,
     ) -> None:
         self.name = name
         self.key = key
         self.group = group
-        self._own: Workdir | None = None
-        """The folder of its own the ledger lives in (removed at `close`), if not given one."""
-        if folder is None:
-            self._own = Workdir(f"ledger-{name}")
-            folder = self._own.name
-        self._folder = folder
+        self._own = Workdir(f"ledger-{name}")
+        """The folder of its own the ledger lives in (removed at `close`)."""
+        self._folder = self._own.name
         self._db = sqlite3.connect(
             f"{self._folder}/{name}.sqlite3", isolation_level=None, check_same_thread=False
         )
@@ -241,8 +237,7 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        if self._own is not None:
-            self._own.cleanup()
+        self._own.cleanup()
 
 
 class Targets(Mapping[str, str]):
