@@ -130,16 +130,14 @@ def reconcile(
                 ),
                 runs,
             )
-            out += never_moved(
-                "logged_model",
-                ((m.model_id, m.name) for m in scope.source_logged_models(opts, [e.experiment_id])),
-                logged,
-            )
         moved = {
             e.experiment_id: {"lifecycle_stage": e.lifecycle_stage}
             for e in source_exps
             if e.experiment_id in exps
         }
+        # listed as the migration lists them: a hundred experiments per search
+        listed_models = scope.source_logged_models(opts, list(moved))
+        out += never_moved("logged_model", ((m.model_id, m.name) for m in listed_models), logged)
         for d in objects:  # `ObjectDriver`s: traces, evaluation datasets, scorers
             listed = ((f[d.key], f.get("name")) for _, f in d.source_objects(moved))
             out += never_moved(d.object_type, listed, d.rows)
