@@ -12,6 +12,11 @@ removes every `migrator-*` folder whose lock nobody holds (`sweep`). The kernel 
 process's locks, whatever its PID namespace, so a living process's folders are never touched;
 a folder without the file (an older version's, another program's) is left alone. The lock is
 taken under another name and then renamed, so a sweep never finds `owner.lock` unheld.
+
+A process killed in the instant between making its folder and renaming its lock into place
+leaves a folder that is empty, or holds only the lock under its other name (`owner.lock.new`),
+unheld. A living process's folder looks the same during that instant, so such a folder is
+removed only once it is older than `UNBORN_AFTER_S`.
 """
 
 from __future__ import annotations
@@ -23,23 +28,33 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from types import TracebackType
 
 PREFIX = "migrator-"
 OWNER_LOCK = "owner.lock"
+#: The name the lock is taken under, before it is renamed to `OWNER_LOCK`.
+TAKING_LOCK = OWNER_LOCK + ".new"
+#: Age (seconds since its last change) after which a folder killed before its lock was in place
+#: is removed: a living process renames its lock in microseconds.
+UNBORN_AFTER_S = 60.0
 _swept = threading.Lock()
 _sweep_done = False
 
 
 def sweep(parent: str | None = None) -> int:
     """Remove the folders of processes that ended without removing them: a `migrator-*` folder
-    whose `owner.lock` nobody holds. Returns how many were removed."""
+    whose `owner.lock` nobody holds, or one its process never finished making (`_unborn`).
+    Returns how many were removed."""
     removed = 0
     for folder in glob.glob(os.path.join(parent or tempfile.gettempdir(), PREFIX + "*")):
         try:
             fd = os.open(os.path.join(folder, OWNER_LOCK), os.O_RDWR)
         except OSError:
+            if _unborn(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,6 +65,32 @@ def sweep(parent: str | None = None) -> int:
         os.close(fd)
         removed += 1
     return removed
+
+
+def _unborn(folder: str) -> bool:
+    """A folder whose process was killed before its lock was in place: no `owner.lock`, nothing
+    in it but an unheld `owner.lock.new`, and unchanged for `UNBORN_AFTER_S`."""
+    try:
+        if time.time() - os.stat(folder).st_mtime < UNBORN_AFTER_S:
+            return False
+        entries = os.listdir(folder)
+    except OSError:
+        return False
+    if not entries:
+        return True
+    if entries != [TAKING_LOCK]:
+        return False
+    try:
+        fd = os.open(os.path.join(folder, TAKING_LOCK), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its process lives (and is slow to rename it)
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _sweep_once() -> None:
@@ -88,7 +129,7 @@ class Workdir:
     def __init__(self, kind: str) -> None:
         _sweep_once()
         self.name = tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-")
-        taking = os.path.join(self.name, OWNER_LOCK + ".new")
+        taking = os.path.join(self.name, TAKING_LOCK)
         fd = os.open(taking, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(taking, os.path.join(self.name, OWNER_LOCK))

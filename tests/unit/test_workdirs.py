@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from migrator.workdirs import OWNER_LOCK, Workdir, sweep
+from migrator.workdirs import OWNER_LOCK, TAKING_LOCK, UNBORN_AFTER_S, Workdir, sweep
 
 
 def test_a_workdir_holds_its_lock_and_goes_with_cleanup(
@@ -96,3 +98,30 @@ def test_a_killed_processs_folders_are_swept_and_a_living_ones_kept(tmp_path: Pa
         alive.kill()
         alive.wait(30)
     assert sweep(str(tmp_path)) == 3  # gone with its process
+
+
+def test_a_folder_killed_before_its_lock_was_in_place_is_swept_once_old(tmp_path: Path) -> None:
+    """A kill between making the folder and renaming the lock into place leaves an empty
+    folder, or one holding only the lock under its other name: swept once older than a living
+    process could be at that step, and never a folder with anything else in it."""
+    old = time.time() - UNBORN_AFTER_S - 5
+    empty = tmp_path / "migrator-export-empty"
+    taking = tmp_path / "migrator-export-taking"
+    fresh = tmp_path / "migrator-export-fresh"  # a living process, microseconds in
+    other = tmp_path / "migrator-export-other"  # someone else's files: not ours to judge
+    held = tmp_path / "migrator-export-held"  # its lock is held: its process lives
+    for f in (empty, taking, fresh, other, held):
+        f.mkdir()
+    (taking / TAKING_LOCK).write_bytes(b"")
+    (other / "notes.txt").write_text("x")
+    (held / TAKING_LOCK).write_bytes(b"")
+    fd = os.open(held / TAKING_LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        for f in (empty, taking, other, held):
+            os.utime(f, (old, old))
+        assert sweep(str(tmp_path)) == 2
+        assert not empty.exists() and not taking.exists()
+        assert fresh.is_dir() and other.is_dir() and held.is_dir()
+    finally:
+        os.close(fd)
