@@ -379,8 +379,9 @@ def discard_run(uri: str, run: Any, kept_id: str) -> None:
     c.delete_run(run_id)
 
 
-#: Experiments one search of logged models or traces names at most: a server of thousands of
-#: experiments, most of them without either, costs a request per hundred, not one each.
+#: Experiments one search of runs, logged models or traces names at most: a server of
+#: thousands of experiments, most of them small or empty, costs a request per hundred, not one
+#: each.
 EXPERIMENTS_PER_SEARCH = 100
 
 

@@ -119,23 +119,15 @@ def reconcile(
     with mlflow_io.translate_errors("source", "verify"):
         source_exps = list(scope.source_experiments(opts))
         out += never_moved("experiment", ((e.experiment_id, e.name) for e in source_exps), exps)
-        for e in source_exps:
-            if e.experiment_id not in exps:
-                continue  # reported above; its runs follow it
-            out += never_moved(
-                "run",
-                (
-                    (r.info.run_id, r.info.run_name)
-                    for r in scope.source_runs(opts, e.experiment_id)
-                ),
-                runs,
-            )
+        # an experiment that never moved is reported above; its runs follow it
         moved = {
             e.experiment_id: {"lifecycle_stage": e.lifecycle_stage}
             for e in source_exps
             if e.experiment_id in exps
         }
         # listed as the migration lists them: a hundred experiments per search
+        listed_runs = scope.source_runs(opts, list(moved))
+        out += never_moved("run", ((r.info.run_id, r.info.run_name) for r in listed_runs), runs)
         listed_models = scope.source_logged_models(opts, list(moved))
         out += never_moved("logged_model", ((m.model_id, m.name) for m in listed_models), logged)
         for d in objects:  # `ObjectDriver`s: traces, evaluation datasets, scorers

@@ -76,32 +76,31 @@ class RunDriver:
         one) with the step it needs (`export` for a changed unfinished run). A run to export
         goes with the run the search found (`SOURCE_RUN`), unless tasks read every run in
         full (`Options.runs_read_in_full`)."""
-        for exp in exp_rows:
-            if exp.get("state") == FAILED:
-                continue
-            for run in scope.source_runs(self.m.opts, exp["source_experiment_id"]):
-                known = self.rows.get(run.info.run_id)
-                row = (
-                    known
-                    if known
-                    else {
-                        "source_run_id": run.info.run_id,
-                        "source_experiment_id": exp["source_experiment_id"],
-                    }
-                )
-                row["target_experiment_id"] = exp.get("target_experiment_id")
-                step = next_step(known)
-                if (
-                    known
-                    and known.get("state") in (IMPORTED, TAGGED)
-                    and known.get("status") in UNFINISHED
-                    and known.get("source_fingerprint") != self._fingerprint(run)
-                ):
-                    step = "resync"  # unfinished at the last export, changed since
-                if step in ("export", "resync") and not self.m.opts.runs_read_in_full:
-                    row[SOURCE_RUN] = run  # the task's export reads it from here
-                crash_point("runs-found")
-                yield row, step
+        moving = scope.moving_experiments(exp_rows)
+        for run in scope.source_runs(self.m.opts, list(moving)):
+            exp = moving[run.info.experiment_id]
+            known = self.rows.get(run.info.run_id)
+            row = (
+                known
+                if known
+                else {
+                    "source_run_id": run.info.run_id,
+                    "source_experiment_id": exp["source_experiment_id"],
+                }
+            )
+            row["target_experiment_id"] = exp.get("target_experiment_id")
+            step = next_step(known)
+            if (
+                known
+                and known.get("state") in (IMPORTED, TAGGED)
+                and known.get("status") in UNFINISHED
+                and known.get("source_fingerprint") != self._fingerprint(run)
+            ):
+                step = "resync"  # unfinished at the last export, changed since
+            if step in ("export", "resync") and not self.m.opts.runs_read_in_full:
+                row[SOURCE_RUN] = run  # the task's export reads it from here
+            crash_point("runs-found")
+            yield row, step
 
     def _fingerprint(self, run: Any) -> str:
         sizes = mlflow_io.artifact_sizes(self.m.opts.source, run.info.artifact_uri)
@@ -128,11 +127,10 @@ class RunDriver:
 
         def count() -> Iterator[int]:
             n = 0
-            for exp in exps:
-                for _ in scope.source_runs(self.m.opts, exp):
-                    n += 1
-                    if n % 1000 == 0:
-                        yield n
+            for _ in scope.source_runs(self.m.opts, exps):
+                n += 1
+                if n % 1000 == 0:
+                    yield n
             yield n
 
         self.m.progress.count_ahead("runs", count)

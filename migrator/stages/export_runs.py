@@ -158,11 +158,22 @@ def _read_runs(rows: list[Row], opts: Options) -> dict[str, Any]:
     unread = [rid for rid in ids if rid not in runs]
     if unread:
         runs.update((r.info.run_id, r) for r in search_runs_by_id(opts.source, exps, unread))
-    with_models = {e for e in exps if scope.holds_logged_models(opts, [e])}
+    with_models = _holding_logged_models(opts, exps)
     for rid, run in runs.items():
         if run.info.experiment_id in with_models:
             runs[rid] = client(opts.source).get_run(rid)
     return runs
+
+
+def _holding_logged_models(opts: Options, exps: list[str]) -> set[str]:
+    """Which of a job's experiments hold a logged model: one search for them all (a job's
+    runs may come from several experiments, and most hold none), then one per experiment only
+    when some does."""
+    if not scope.holds_logged_models(opts, exps):
+        return set()
+    if len(exps) == 1:
+        return set(exps)
+    return {e for e in exps if scope.holds_logged_models(opts, [e])}
 
 
 def _history(uri: str, run: Any) -> list[Any]:

@@ -76,8 +76,17 @@ def test_a_search_then_a_full_read_of_runs_whose_experiment_now_holds_a_model(
     assert sorted(runs) == ["a", "b"]
     assert (runs["a"].full, runs["b"].full) == (False, True)
     # asked after the search, so a model made in between is seen
-    assert source.calls == ["search", "has_logged_models ['1']", "has_logged_models ['2']",
-                            "get_run b"]
+    assert source.calls == ["search", "has_logged_models ['1', '2']", "has_logged_models ['1']",
+                            "has_logged_models ['2']", "get_run b"]
+
+
+def test_a_job_of_several_experiments_none_with_a_model_asks_once(source: Source) -> None:
+    """Runs listed a hundred experiments per search come to a job from several experiments:
+    one search says that none holds a logged model."""
+    source.holding = set()
+    runs = export_runs._read_runs(ROWS, Options(source="http://src"))
+    assert not any(r.full for r in runs.values())
+    assert source.calls == ["search", "has_logged_models ['1', '2']"]
 
 
 def test_runs_the_enumeration_found_are_not_searched_again(

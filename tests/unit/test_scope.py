@@ -13,7 +13,7 @@ from migrator.config import Options
 
 @pytest.fixture
 def listed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The experiment ids of each listing request (logged models or traces)."""
+    """The experiment ids of each listing request (runs, logged models or traces)."""
     calls: list[list[str]] = []
 
     def listing(uri: str, experiment_ids: Sequence[str], *rest: Any) -> Iterator[str]:
@@ -23,7 +23,18 @@ def listed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setattr(scope, "source_has", lambda opts, feature: True)
     monkeypatch.setattr(scope.mlflow_io, "iter_logged_models", listing)
     monkeypatch.setattr(scope.traces_io, "iter_trace_infos", listing)
+    monkeypatch.setattr(scope.mlflow_io, "iter_runs", listing)
     return calls
+
+
+def test_runs_are_listed_a_hundred_experiments_per_search(listed: list[list[str]]) -> None:
+    """A server of thousands of experiments, most of them small, costs a search of runs per
+    hundred experiments, not one each (the migration, its progress count, plan and verify)."""
+    ids = [str(i) for i in range(250)]
+    found = list(scope.source_runs(Options(source="http://src"), ids))
+    assert found == [f"object of {i}" for i in range(0, 250, 50)]
+    assert [len(c) for c in listed] == [100, 100, 50]
+    assert [e for c in listed for e in c] == ids
 
 
 def test_logged_models_are_listed_a_hundred_experiments_per_search(
