@@ -9,9 +9,9 @@ other: 200 runs over 10 experiments on SQLite servers, then 1,000 runs over 20 e
 PostgreSQL servers (127.0.0.1:5432; SQLite where it does not answer, and the report says so).
 For each: moto S3 (staging, and every server's proxied artifacts under
 s3://bench-artifacts/<server>), a source `mlflow server` seeded deterministically, and a fresh
-target server per tool; then, one after the other on this machine: the read floor, this
-migrator with default settings (then its no-op re-run on the same target), this migrator with
---source/--target-artifacts-destination, mlflow-export-import, and the write floor; with the
+target server per tool; then, one after the other on this machine: the read floor, the write
+floor, this migrator with default settings (then its no-op re-run on the same target), this
+migrator with --source/--target-artifacts-destination, and mlflow-export-import; with the
 HTTP requests each server received during each row (its access log). Every server, database
 and process it starts is stopped by PID when it ends.
 """
@@ -157,6 +157,21 @@ def server(name: str, kind: str, workdir: Path) -> Iterator[services.Service]:
         yield svc
 
 
+def drop_artifacts(store: services.Service, name: str) -> None:
+    """Delete a target's artifacts once its row is measured, so every row finds the artifacts
+    bucket as the first did (the source's files only): moto lists a prefix by scanning the
+    whole bucket, so a row after others would pay for their files in every listing."""
+    import boto3
+
+    s3c = boto3.client("s3", endpoint_url=store.url)
+    for page in s3c.get_paginator("list_objects_v2").paginate(
+        Bucket=ARTIFACTS_BUCKET, Prefix=f"{name}/"
+    ):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3c.delete_objects(Bucket=ARTIFACTS_BUCKET, Delete={"Objects": keys})
+
+
 def workload(
     args: argparse.Namespace,
     w: Workload,
@@ -189,36 +204,6 @@ def workload(
             {"source": src, "s3": store},
         )
         results["read_floor"] = result(m, w.runs, window=win)
-        with server("target-migrator", kind, workdir) as tgt:
-            sides = {"source": src, "target": tgt, "s3": store}
-            progress("migrator migrate")
-            cmd = migrate_cmd(src.url, tgt.url, f"s3://{BUCKET}/bench")
-            m, win = measured(cmd, workdir / "migrator.log", sides, RAY_ENV)
-            results["migrator"] = result(m, w.runs, tgt.url, win)
-            progress("migrator migrate again (no-op)")
-            m, win = measured(cmd, workdir / "migrator-rerun.log", sides, RAY_ENV)
-            results["migrator_rerun"] = result(m, w.runs, tgt.url, win)
-        if not args.skip_flags:
-            with server("target-flags", kind, workdir) as tgt:
-                progress("migrator migrate --source/--target-artifacts-destination")
-                cmd = migrate_cmd(
-                    src.url,
-                    tgt.url,
-                    f"s3://{BUCKET}/bench-flags",
-                    "--source-artifacts-destination",
-                    src.artifacts_destination,
-                    "--target-artifacts-destination",
-                    tgt.artifacts_destination,
-                )
-                sides = {"source": src, "target": tgt, "s3": store}
-                m, win = measured(cmd, workdir / "migrator-flags.log", sides, RAY_ENV)
-                results["migrator_flags"] = result(m, w.runs, tgt.url, win)
-        if anchor_bin is not None:
-            with server("target-anchor", kind, workdir) as tgt:
-                progress("mlflow-export-import export-all + import-all")
-                with Window({"source": src, "target": tgt, "s3": store}) as win:
-                    m = anchor.run_anchor(anchor_bin, src.url, tgt.url, workdir)
-                results["anchor"] = result(m, w.runs, tgt.url, win)
         with server("target-floor", kind, workdir) as tgt:
             progress("write floor")
             cmd = [
@@ -236,6 +221,40 @@ def workload(
             ]
             m, win = measured(cmd, workdir / "write-floor.log", {"target": tgt, "s3": store})
             results["write_floor"] = result(m, w.runs, tgt.url, win)
+        drop_artifacts(store, "target-floor")
+        with server("target-migrator", kind, workdir) as tgt:
+            sides = {"source": src, "target": tgt, "s3": store}
+            progress("migrator migrate")
+            cmd = migrate_cmd(src.url, tgt.url, f"s3://{BUCKET}/bench")
+            m, win = measured(cmd, workdir / "migrator.log", sides, RAY_ENV)
+            results["migrator"] = result(m, w.runs, tgt.url, win)
+            progress("migrator migrate again (no-op)")
+            m, win = measured(cmd, workdir / "migrator-rerun.log", sides, RAY_ENV)
+            results["migrator_rerun"] = result(m, w.runs, tgt.url, win)
+        drop_artifacts(store, "target-migrator")
+        if not args.skip_flags:
+            with server("target-flags", kind, workdir) as tgt:
+                progress("migrator migrate --source/--target-artifacts-destination")
+                cmd = migrate_cmd(
+                    src.url,
+                    tgt.url,
+                    f"s3://{BUCKET}/bench-flags",
+                    "--source-artifacts-destination",
+                    src.artifacts_destination,
+                    "--target-artifacts-destination",
+                    tgt.artifacts_destination,
+                )
+                sides = {"source": src, "target": tgt, "s3": store}
+                m, win = measured(cmd, workdir / "migrator-flags.log", sides, RAY_ENV)
+                results["migrator_flags"] = result(m, w.runs, tgt.url, win)
+            drop_artifacts(store, "target-flags")
+        if anchor_bin is not None:
+            with server("target-anchor", kind, workdir) as tgt:
+                progress("mlflow-export-import export-all + import-all")
+                with Window({"source": src, "target": tgt, "s3": store}) as win:
+                    m = anchor.run_anchor(anchor_bin, src.url, tgt.url, workdir)
+                results["anchor"] = result(m, w.runs, tgt.url, win)
+            drop_artifacts(store, "target-anchor")
     wl["results"] = results
     wl["ratios"] = report.ratios(results)
     wl["goals"] = report.goals(wl["ratios"])

@@ -176,9 +176,12 @@ def test_versions_keep_numbers_stage_alias_and_load_on_the_target(
         assert model.aliases == {"champion": "3"}
     with pointing_at(moved["target"], registry=True):
         for uri in (f"models:/{name}/3", f"models:/{name}/4", f"models:/{name}/1"):
-            loaded = mlflow.pyfunc.load_model(uri)
-            assert [int(p) for p in loaded.predict(old_source["predict_input"])] == \
-                old_source["predictions"], uri
+            # into a folder of our own: without one, MLflow downloads into a temporary folder
+            # that nobody removes
+            with tempfile.TemporaryDirectory() as tmp:
+                loaded = mlflow.pyfunc.load_model(uri, dst_path=tmp)
+                assert [int(p) for p in loaded.predict(old_source["predict_input"])] == \
+                    old_source["predictions"], uri
 
 
 def test_verify_matches_and_a_rerun_adds_nothing(moved: dict[str, Any],

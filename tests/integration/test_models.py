@@ -162,8 +162,10 @@ def test_logged_model_keeps_its_attributes_metrics_links_and_loads(
     # read from an experiment that holds no logged model (a search leaves model inputs out)
     elsewhere = by_source[source.seeded.models["evaluation_elsewhere"]]
     assert [i.model_id for i in tgt.get_run(elsewhere).inputs.model_inputs] == [t.model_id]
-    with using(done["target"].url):
-        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    # into a folder of our own: without one, MLflow downloads into a temporary folder that
+    # nobody removes
+    with using(done["target"].url), tempfile.TemporaryDirectory() as tmp:
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion", dst_path=tmp)
         assert model.predict(["a", "b"]) == ["a", "b"]
 
 
