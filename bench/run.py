@@ -157,10 +157,21 @@ def server(name: str, kind: str, workdir: Path) -> Iterator[services.Service]:
         yield svc
 
 
+@contextlib.contextmanager
+def target(
+    name: str, kind: str, workdir: Path, store: services.Service
+) -> Iterator[services.Service]:
+    """A row's fresh target server; its artifacts are deleted once the row is measured, so
+    every row finds the artifacts bucket as the first did (the source's files only): moto lists
+    a prefix by scanning the whole bucket, so a row after others would pay for their files in
+    every listing."""
+    with server(name, kind, workdir) as svc:
+        yield svc
+    drop_artifacts(store, name)
+
+
 def drop_artifacts(store: services.Service, name: str) -> None:
-    """Delete a target's artifacts once its row is measured, so every row finds the artifacts
-    bucket as the first did (the source's files only): moto lists a prefix by scanning the
-    whole bucket, so a row after others would pay for their files in every listing."""
+    """Delete every object of s3://bench-artifacts/<name>/."""
     import boto3
 
     s3c = boto3.client("s3", endpoint_url=store.url)
@@ -204,7 +215,7 @@ def workload(
             {"source": src, "s3": store},
         )
         results["read_floor"] = result(m, w.runs, window=win)
-        with server("target-floor", kind, workdir) as tgt:
+        with target("target-floor", kind, workdir, store) as tgt:
             progress("write floor")
             cmd = [
                 py,
@@ -221,8 +232,7 @@ def workload(
             ]
             m, win = measured(cmd, workdir / "write-floor.log", {"target": tgt, "s3": store})
             results["write_floor"] = result(m, w.runs, tgt.url, win)
-        drop_artifacts(store, "target-floor")
-        with server("target-migrator", kind, workdir) as tgt:
+        with target("target-migrator", kind, workdir, store) as tgt:
             sides = {"source": src, "target": tgt, "s3": store}
             progress("migrator migrate")
             cmd = migrate_cmd(src.url, tgt.url, f"s3://{BUCKET}/bench")
@@ -231,9 +241,8 @@ def workload(
             progress("migrator migrate again (no-op)")
             m, win = measured(cmd, workdir / "migrator-rerun.log", sides, RAY_ENV)
             results["migrator_rerun"] = result(m, w.runs, tgt.url, win)
-        drop_artifacts(store, "target-migrator")
         if not args.skip_flags:
-            with server("target-flags", kind, workdir) as tgt:
+            with target("target-flags", kind, workdir, store) as tgt:
                 progress("migrator migrate --source/--target-artifacts-destination")
                 cmd = migrate_cmd(
                     src.url,
@@ -247,14 +256,12 @@ def workload(
                 sides = {"source": src, "target": tgt, "s3": store}
                 m, win = measured(cmd, workdir / "migrator-flags.log", sides, RAY_ENV)
                 results["migrator_flags"] = result(m, w.runs, tgt.url, win)
-            drop_artifacts(store, "target-flags")
         if anchor_bin is not None:
-            with server("target-anchor", kind, workdir) as tgt:
+            with target("target-anchor", kind, workdir, store) as tgt:
                 progress("mlflow-export-import export-all + import-all")
                 with Window({"source": src, "target": tgt, "s3": store}) as win:
                     m = anchor.run_anchor(anchor_bin, src.url, tgt.url, workdir)
                 results["anchor"] = result(m, w.runs, tgt.url, win)
-            drop_artifacts(store, "target-anchor")
     wl["results"] = results
     wl["ratios"] = report.ratios(results)
     wl["goals"] = report.goals(wl["ratios"])
