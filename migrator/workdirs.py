@@ -49,22 +49,29 @@ def sweep(parent: str | None = None) -> int:
     Returns how many were removed."""
     removed = 0
     for folder in glob.glob(os.path.join(parent or tempfile.gettempdir(), PREFIX + "*")):
-        try:
-            fd = os.open(os.path.join(folder, OWNER_LOCK), os.O_RDWR)
-        except OSError:
-            if _unborn(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-                removed += 1
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its process lives
-            os.close(fd)
-            continue
+        fd = _take(os.path.join(folder, OWNER_LOCK))
+        if fd is None and not _unborn(folder):
+            continue  # held (its process lives), or not ours to judge
         shutil.rmtree(folder, ignore_errors=True)
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         removed += 1
     return removed
+
+
+def _take(lock: str) -> int | None:
+    """The lock file `lock`, opened and locked by this process; None when it is missing or
+    another process holds it."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _unborn(folder: str) -> bool:
@@ -80,16 +87,10 @@ def _unborn(folder: str) -> bool:
         return True
     if entries != [TAKING_LOCK]:
         return False
-    try:
-        fd = os.open(os.path.join(folder, TAKING_LOCK), os.O_RDWR)
-    except OSError:
+    fd = _take(os.path.join(folder, TAKING_LOCK))  # held: its process lives, slow to rename
+    if fd is None:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held: its process lives (and is slow to rename it)
-        return False
-    finally:
-        os.close(fd)
+    os.close(fd)
     return True
 
 
