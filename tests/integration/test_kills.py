@@ -164,8 +164,8 @@ def test_driver_killed_at_a_crash_point_resumes_exactly_once(
     folders = sorted(p.name for p in tmp.glob("migrator-*"))
     assert any(f.startswith("migrator-ledger-runs-") for f in folders), folders
     assert workdirs.sweep(str(tmp)) >= 10, folders  # every manifest's ledger
-    left = {p.name: sorted(f.name for f in p.iterdir()) for p in tmp.glob("migrator-*")}
-    assert all(files in ([], [workdirs.OWNER_LOCK + ".new"]) for files in left.values()), left
+    unswept = {p.name: sorted(f.name for f in p.iterdir()) for p in tmp.glob("migrator-*")}
+    assert all(files in ([], [workdirs.TAKING_LOCK]) for files in unswept.values()), unswept
 
     summary = run_command("migrate", opts, make_executor)
     print(f"left by the kill: {left}\nresumed:\n{summary.render()}")
