@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -46,6 +47,7 @@ TRACES = "traces"
 TRACES_V2 = "traces_v2"
 EVALUATION_DATASETS = "evaluation_datasets"
 SCORERS = "scorers"
+SCORERS_ACROSS_EXPERIMENTS = "scorers_across_experiments"
 WEBHOOKS = "webhooks"
 WORKSPACES = "workspaces"
 GATEWAY = "gateway"
@@ -76,6 +78,9 @@ class Feature:
     replaced_by: str = ""
     """A later API of the same kind: this one is spoken of only where a server has it and
     not the later one."""
+    present_if: str = ""
+    """For a parameter rather than an endpoint: text only an answer of a server that has it
+    contains (any other answer, a success included, means it is absent)."""
 
     @property
     def named(self) -> str:
@@ -156,6 +161,20 @@ FEATURES: tuple[Feature, ...] = (
         "/api/3.0/mlflow/scorers/list",
         query=(("experiment_id", "0"),),
         moves=True,
+    ),
+    Feature(
+        SCORERS_ACROSS_EXPERIMENTS,
+        "scorers listed across experiments",
+        "",
+        "GET",
+        "/api/3.0/mlflow/scorers/list",
+        # A server that takes `experiment_ids` refuses it beside `experiment_id`; one that
+        # does not ignores it (and answers experiment 0's scorers, or refuses otherwise), so
+        # only that refusal tells: a server mistaken for one that has it would answer an
+        # `experiment_ids` listing with nothing and lose every scorer.
+        query=(("experiment_id", "0"), ("experiment_ids", "0")),
+        rest_only=True,
+        present_if="Cannot specify both 'experiment_id' and 'experiment_ids'",
     ),
     Feature(
         WEBHOOKS,
@@ -297,6 +316,8 @@ def _probe_feature(uri: str, feature: Feature) -> str:
     for attempt in range(1, PROBE_ATTEMPTS + 1):
         status, body = request(uri, feature.method, feature.path, feature.query, feature.body)
         found = classify(status, body)
+        if found == PRESENT and feature.present_if not in body:
+            return ABSENT
         if found is not None:
             return found
         if attempt < PROBE_ATTEMPTS:
@@ -333,8 +354,12 @@ def probe(uri: str) -> ServerCapabilities:
 
         present = frozenset(f.name for f in FEATURES if not f.rest_only)
         return ServerCapabilities(uri, mlflow.__version__, present)
-    version = server_version(uri)
-    found = {f.name: _probe_feature(uri, f) for f in FEATURES}
+    # Asked at once: a preflight waits for every answer of both servers.
+    with ThreadPoolExecutor(len(FEATURES) + 1, thread_name_prefix="probe") as pool:
+        asked_version = pool.submit(server_version, uri)
+        answers = {f.name: pool.submit(_probe_feature, uri, f) for f in FEATURES}
+        version = asked_version.result()
+        found = {name: answer.result() for name, answer in answers.items()}
     caps = ServerCapabilities(
         uri,
         version,

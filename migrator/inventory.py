@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from migrator.capabilities import (
@@ -48,6 +49,10 @@ def _count(
     return n
 
 
+#: Requests in flight at once for a kind listed per experiment.
+PER_EXPERIMENT_THREADS = 4
+
+
 def _not_default(item: dict[str, object]) -> bool:
     """Every experiment gets a default label schema of its own: not the user's."""
     return not item.get("is_default")
@@ -60,13 +65,14 @@ def _per_experiment(
     keep: Callable[[dict[str, object]], bool] = lambda item: True,
 ) -> Callable[[Options, Iterable[str]], int | None]:
     def count(opts: Options, experiment_ids: Iterable[str]) -> int | None:
-        total = 0
-        for exp in experiment_ids:
-            n = _count(opts.source, path, field, ((param, exp),), keep)
-            if n is None:
-                return None
-            total += n
-        return total
+        """A few experiments at a time: a server of thousands takes a request for each."""
+
+        def one(experiment_id: str) -> int | None:
+            return _count(opts.source, path, field, ((param, experiment_id),), keep)
+
+        with ThreadPoolExecutor(PER_EXPERIMENT_THREADS, thread_name_prefix="inventory") as pool:
+            counts = list(pool.map(one, experiment_ids))
+        return None if None in counts else sum(n or 0 for n in counts)
 
     return count
 

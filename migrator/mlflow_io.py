@@ -392,6 +392,25 @@ def experiment_chunks(experiment_ids: Sequence[str]) -> Iterator[list[str]]:
         yield ids[i : i + EXPERIMENTS_PER_SEARCH]
 
 
+def scorers_across(uri: str, experiment_ids: Sequence[str]) -> Iterator[Any]:
+    """The registered scorers (latest version of each) of these experiments, one listing per
+    hundred, from a server that lists across experiments (MLflow's `ListScorers` with
+    `experiment_ids`: `capabilities.SCORERS_ACROSS_EXPERIMENTS`; its client has no call for
+    it). Each names its experiment; deleted ones have none, as one by one."""
+    from mlflow.entities.scorer import ScorerVersion
+    from mlflow.protos.service_pb2 import ListScorers
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    store = tracking_store(uri)
+    for chunk in experiment_chunks(experiment_ids):
+        answer = store._call_endpoint(
+            ListScorers,
+            message_to_json(ListScorers(experiment_ids=chunk)),
+            endpoint="/api/3.0/mlflow/scorers/list",
+        )
+        yield from (ScorerVersion.from_proto(s) for s in answer.scorers)
+
+
 def has_logged_models(uri: str, experiment_ids: Sequence[str]) -> bool:
     """Whether any of these experiments holds an MLflow 3 logged model (one small search per
     hundred experiments)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -348,6 +349,21 @@ def _unmoved(opts: Options) -> list[str]:
         return inventory.unmoved_lines(opts, experiments)
 
 
+def _aside(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """`fn(*args)` in a daemon thread of its own, for its result later: a command that ends
+    early (an error, an interrupt) does not wait for it."""
+    result: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            result.set_result(fn(*args))
+        except BaseException as e:  # said by `result()`, in the driver's thread
+            result.set_exception(e)
+
+    threading.Thread(target=run, name=f"aside-{fn.__name__}", daemon=True).start()
+    return result
+
+
 def _run_stages(m: Migration, command: str) -> Summary:
     """The stages of a command, in order (see the module docstring)."""
     opts = m.opts
@@ -356,19 +372,18 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.summary.servers = capabilities.notes(
         opts, source=command != "import", target=command != "export"
     )
-    with ThreadPoolExecutor(1, thread_name_prefix="inventory") as aside:
-        # what the source holds that does not move: a few list calls on the source, made
-        # while the experiments are created on the target
-        unmoved = aside.submit(_unmoved, opts) if command != "import" else None
-        if command == "verify":
-            m.summary.servers += unmoved.result() if unmoved else []
-            m.summary.verify = m.verify()
-            return m.summary
-        with timed("experiments"):
-            exp_rows = m.experiments.export() if do_export else m.experiments.staged()
-            if do_import:
-                exp_rows = m.experiments.import_(exp_rows)
+    # What the source holds that does not move: list calls on the source (per experiment for
+    # some kinds), made in a thread of its own while everything else moves, and waited for
+    # only by the summary: a server of thousands of experiments does not hold the runs up.
+    unmoved = _aside(_unmoved, opts) if command != "import" else None
+    if command == "verify":
         m.summary.servers += unmoved.result() if unmoved else []
+        m.summary.verify = m.verify()
+        return m.summary
+    with timed("experiments"):
+        exp_rows = m.experiments.export() if do_export else m.experiments.staged()
+        if do_import:
+            exp_rows = m.experiments.import_(exp_rows)
     m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
     if do_export:
         in_scope = list(scope.moving_experiments(exp_rows))
@@ -395,6 +410,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
         m.experiments.finish(exp_rows)
     else:
         m.experiments.count(exp_rows)
+    m.summary.servers += unmoved.result() if unmoved else []
     with timed("manifests"):
         summary = m.close(exp_rows)
     if opts.verify and command == "migrate":

@@ -148,12 +148,11 @@ def _plan(opts: Options, command: str, plan: Plan, from_source: bool, known: Led
         ep = ExperimentPlan(exp.experiment_id, exp.name, exp.lifecycle_stage, on_target(exp.name))
         by_id[exp.experiment_id] = ep
         plan.experiments.append(ep)
-        scorers = scope.source_scorers(opts, exp.experiment_id, exp.lifecycle_stage)
-        inv["scorers"] += sum(1 for _ in scorers)
     for run in scope.source_runs(opts, list(by_id)):
         by_id[run.info.experiment_id].runs[step(run.info.run_id)] += 1
     inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, list(by_id)))
     stages = {k: ep.lifecycle_stage for k, ep in by_id.items()}
+    inv["scorers"] += sum(1 for _ in scope.source_scorers(opts, stages))
     for info in scope.source_traces(opts, stages):
         inv["traces"] += 1
         inv["assessments"] += len(info.assessments or [])

@@ -15,6 +15,7 @@ from migrator.capabilities import (
     EVALUATION_DATASETS,
     LOGGED_MODELS,
     SCORERS,
+    SCORERS_ACROSS_EXPERIMENTS,
     TRACES,
     source_has,
 )
@@ -115,13 +116,21 @@ def source_datasets(opts: Options) -> Iterator[Any]:
         yield from mlflow_io.iter_datasets(opts.source)
 
 
-def source_scorers(
-    opts: Options, experiment_id: str, lifecycle_stage: str = "active"
-) -> Iterator[Any]:
-    """Every registered scorer (its latest version) of one source experiment (none in a
-    deleted one, as for traces)."""
-    if source_has(opts, SCORERS) and lifecycle_stage != "deleted":
-        yield from mlflow_io.tracking_store(opts.source).list_scorers(experiment_id)
+def source_scorers(opts: Options, experiments: Mapping[str, str]) -> Iterator[tuple[str, Any]]:
+    """Every registered scorer (its latest version) of these source experiments (id →
+    lifecycle stage), with the id of its experiment; none in a deleted one (as for traces).
+    One listing per hundred experiments where the server lists across experiments, else one
+    each."""
+    if not source_has(opts, SCORERS):
+        return
+    active = [e for e, stage in experiments.items() if stage != "deleted"]
+    if source_has(opts, SCORERS_ACROSS_EXPERIMENTS):
+        for sv in mlflow_io.scorers_across(opts.source, active):
+            yield str(sv.experiment_id), sv
+        return
+    store = mlflow_io.tracking_store(opts.source)
+    for exp_id in active:
+        yield from ((exp_id, sv) for sv in store.list_scorers(exp_id))
 
 
 def source_models(opts: Options) -> Iterator[Any]:

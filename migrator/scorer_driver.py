@@ -31,18 +31,18 @@ class ScorerDriver(ObjectDriver):
         super().__init__(m, scorers_table(m.staging))
 
     def source_objects(self, exps: dict[str, Row]) -> Iterator[tuple[Any, Row]]:
-        for exp_id, exp in exps.items():
-            for sv in scope.source_scorers(self.m.opts, exp_id, exp.get("lifecycle_stage", "")):
-                yield (
-                    sv,
-                    {
-                        "source_scorer_key": stage.scorer_key_of(exp_id, sv.scorer_name),
-                        "source_experiment_id": exp_id,
-                        "name": sv.scorer_name,
-                        # The latest version and its time: a new version changes both.
-                        "source_fingerprint": f"{sv.scorer_version}/{sv.creation_time}",
-                    },
-                )
+        stages = {exp_id: exp.get("lifecycle_stage", "") for exp_id, exp in exps.items()}
+        for exp_id, sv in scope.source_scorers(self.m.opts, stages):
+            yield (
+                sv,
+                {
+                    "source_scorer_key": stage.scorer_key_of(exp_id, sv.scorer_name),
+                    "source_experiment_id": exp_id,
+                    "name": sv.scorer_name,
+                    # The latest version and its time: a new version changes both.
+                    "source_fingerprint": f"{sv.scorer_version}/{sv.creation_time}",
+                },
+            )
 
     def in_scope(self, row: Row, experiment_ids: set[str]) -> bool:
         return row["source_experiment_id"] in experiment_ids

@@ -17,6 +17,8 @@ from migrator.capabilities import (
     DATASET_INPUTS,
     FEATURES,
     LOGGED_MODELS,
+    SCORERS,
+    SCORERS_ACROSS_EXPERIMENTS,
     TRACES,
     WORKSPACES,
     classify,
@@ -72,12 +74,27 @@ def mlflow2(method: str, path: str) -> tuple[int, str]:
 
 
 def mlflow3(method: str, path: str) -> tuple[int, str]:
-    """An MLflow 3.17 server without workspaces enabled."""
+    """An MLflow 3.17 server without workspaces enabled (its refusal of both scorer listing
+    parameters at once as a real 3.17.2 server words it)."""
     if path == "/version":
         return 200, "3.17.2"
     if path.startswith("/api/3.0/mlflow/workspaces"):
         return 503, "Endpoint: /api/3.0/mlflow/workspaces disabled because ..."
+    if path.startswith("/api/3.0/mlflow/scorers/list?") and "experiment_ids=" in path:
+        if "experiment_id=" in path:
+            return 400, (
+                '{"error_code": "INVALID_PARAMETER_VALUE", "message": "Cannot specify both '
+                "'experiment_id' and 'experiment_ids'. Use 'experiment_ids' to scope the query "
+                "to multiple experiments, or 'experiment_id' to scope it to a single "
+                'experiment."}'
+            )
     return 200, "{}"
+
+
+def earlier_mlflow3(method: str, path: str) -> tuple[int, str]:
+    """An MLflow 3 server from before scorers were listed across experiments: it lists one
+    experiment's and ignores `experiment_ids`."""
+    return mlflow3(method, path.replace("experiment_ids=", "ignored="))
 
 
 class FakeServer:
@@ -138,7 +155,7 @@ def test_an_mlflow2_server_lacks_what_mlflow3_brought(serve: Callable[[Answer], 
     assert not found.has(LOGGED_MODELS) and not found.has(TRACES)
     assert found.describe() == "MLflow 2.16.2"
     # Every probe is asked once, and none of them writes: the writes carry no arguments.
-    asked = [p.split("?")[0] for _, p in server.requests]
+    asked = [p for _, p in server.requests]
     assert len(asked) == len(set(asked)) == len(FEATURES) + 1
 
 
@@ -148,6 +165,16 @@ def test_an_mlflow3_server_has_everything_but_a_disabled_feature(
     found = caps.probe(serve(mlflow3).url)
     assert found.major == 3
     assert {f.name for f in found.lacks()} == {WORKSPACES}
+
+
+def test_scorers_are_listed_across_experiments_only_where_the_server_says_it_can(
+    serve: Callable[[Answer], FakeServer],
+) -> None:
+    """A server that ignores `experiment_ids` would answer a listing by it with nothing (or
+    experiment 0's): only the refusal of both parameters at once tells it takes them."""
+    assert caps.probe(serve(mlflow3).url).has(SCORERS_ACROSS_EXPERIMENTS)
+    earlier = caps.probe(serve(earlier_mlflow3).url)
+    assert earlier.has(SCORERS) and not earlier.has(SCORERS_ACROSS_EXPERIMENTS)
 
 
 def test_a_probe_is_asked_once_per_process(serve: Callable[[Answer], FakeServer]) -> None:

@@ -65,3 +65,43 @@ def test_nothing_is_listed_on_a_server_without_the_kind(
     assert list(scope.source_logged_models(opts, ["1"])) == []
     assert list(scope.source_traces(opts, {"1": "active"})) == []
     assert listed == []
+
+
+@pytest.mark.parametrize("across", [True, False])
+def test_scorers_are_listed_a_hundred_experiments_per_request_where_the_server_can(
+    monkeypatch: pytest.MonkeyPatch, across: bool
+) -> None:
+    """A server that lists scorers across experiments is asked once per hundred active
+    experiments; an earlier one once per experiment. Either way a scorer comes with the id of
+    its experiment, and none is read from a deleted experiment."""
+    from types import SimpleNamespace
+
+    from migrator.capabilities import SCORERS_ACROSS_EXPERIMENTS
+
+    def scorer(e: str) -> Any:
+        return SimpleNamespace(experiment_id=int(e), scorer_name=f"judge of {e}")
+
+    calls: list[list[str]] = []
+
+    def across_experiments(uri: str, experiment_ids: Sequence[str]) -> Iterator[Any]:
+        for chunk in (experiment_ids[i : i + 100] for i in range(0, len(experiment_ids), 100)):
+            calls.append(list(chunk))
+            yield from (scorer(e) for e in chunk if int(e) % 50 == 0)
+
+    class Store:
+        def list_scorers(self, experiment_id: str) -> list[Any]:
+            calls.append([experiment_id])
+            return [scorer(experiment_id)] if int(experiment_id) % 50 == 0 else []
+
+    monkeypatch.setattr(
+        scope, "source_has", lambda opts, f: across or f != SCORERS_ACROSS_EXPERIMENTS
+    )
+    monkeypatch.setattr(scope.mlflow_io, "scorers_across", across_experiments)
+    monkeypatch.setattr(scope.mlflow_io, "tracking_store", lambda uri: Store())
+    stages = {str(i): "deleted" if i % 4 == 3 else "active" for i in range(300)}
+    found = list(scope.source_scorers(Options(source="http://src"), stages))
+    assert [(e, sv.scorer_name) for e, sv in found] == [
+        (str(i), f"judge of {i}") for i in range(0, 300, 50)
+    ]
+    assert [len(c) for c in calls] == ([100, 100, 25] if across else [1] * 225)
+    assert all(stages[e] == "active" for c in calls for e in c)
