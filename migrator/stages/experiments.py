@@ -96,8 +96,11 @@ def import_experiment(row: Row, opts: Options, staging: Staging) -> Row:
         if source_id == DEFAULT_EXPERIMENT_ID:
             target = c.get_experiment(DEFAULT_EXPERIMENT_ID)
         else:
+            # Names are unique on a server (deleted experiments' too): a create of one that
+            # is there already is refused as such, and `create_once` then finds it by name,
+            # so a first migration spends no lookup per experiment (as registered models).
             lineage = experiment_lineage(c, fields["name"], source_id, wanted)
-            target = create_once(lineage, look_first=True)
+            target = create_once(lineage, look_first=False)
         if target.lifecycle_stage != "active":
             c.restore_experiment(target.experiment_id)  # runs can only go into an active one
         for k, v in wanted.items():

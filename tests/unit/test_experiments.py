@@ -1,0 +1,87 @@
+"""Importing an experiment against a fake target client: created with one request where it is
+new, adopted by name where the target has it already (the server keeps names unique)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from migrator.config import Options
+from migrator.stages import experiments
+from migrator.staging import open_staging
+
+
+class Target:
+    """A tracking client holding experiments by name, logging every call."""
+
+    def __init__(self, existing: dict[str, dict[str, str]]) -> None:
+        self.by_name = {
+            name: SimpleNamespace(
+                experiment_id=str(i), name=name, lifecycle_stage="active", tags=dict(tags)
+            )
+            for i, (name, tags) in enumerate(existing.items(), start=1)
+        }
+        self.calls: list[str] = []
+
+    def get_experiment_by_name(self, name: str) -> Any:
+        self.calls.append("get_experiment_by_name")
+        return self.by_name.get(name)
+
+    def create_experiment(self, name: str, tags: dict[str, str]) -> str:
+        self.calls.append("create_experiment")
+        if name in self.by_name:
+            raise MlflowException(f"{name} already exists", error_code="RESOURCE_ALREADY_EXISTS")
+        exp_id = str(len(self.by_name) + 1)
+        self.by_name[name] = SimpleNamespace(
+            experiment_id=exp_id, name=name, lifecycle_stage="active", tags=dict(tags)
+        )
+        return exp_id
+
+    def get_experiment(self, exp_id: str) -> Any:
+        self.calls.append("get_experiment")
+        return next(e for e in self.by_name.values() if e.experiment_id == exp_id)
+
+    def set_experiment_tag(self, exp_id: str, key: str, value: str) -> None:
+        self.calls.append(f"set_experiment_tag {key}")
+        next(e for e in self.by_name.values() if e.experiment_id == exp_id).tags[key] = value
+
+
+def _import(tmp_path: Any, target: Target, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setattr(experiments, "client", lambda uri: target)
+    staging = open_staging(str(tmp_path))
+    exp = SimpleNamespace(
+        experiment_id="7",
+        name="churn",
+        artifact_location="mlflow-artifacts:/7",
+        lifecycle_stage="active",
+        creation_time=1,
+        last_update_time=2,
+        tags={"team": "risk"},
+    )
+    row = experiments.export_experiment(exp, staging)
+    opts = Options(target="http://tgt", import_source_tags=False)
+    return experiments.import_experiment(row, opts, staging)
+
+
+def test_a_new_experiment_is_created_without_a_lookup_first(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = Target({})
+    row = _import(tmp_path, target, monkeypatch)
+    assert target.calls == ["create_experiment", "get_experiment"]
+    assert target.by_name["churn"].tags == {"team": "risk"}
+    assert row["target_experiment_id"] == target.by_name["churn"].experiment_id
+
+
+def test_an_experiment_the_target_has_by_name_is_adopted_not_made_twice(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier attempt's (killed before it was recorded) or the target's own."""
+    target = Target({"churn": {"team": "old"}})
+    row = _import(tmp_path, target, monkeypatch)
+    assert target.calls == ["create_experiment", "get_experiment_by_name", "set_experiment_tag team"]
+    assert len(target.by_name) == 1 and target.by_name["churn"].tags == {"team": "risk"}
+    assert row["target_experiment_id"] == "1"
