@@ -98,6 +98,12 @@ def holds_logged_models(opts: Options, experiment_ids: list[str]) -> bool:
     )
 
 
+def lifecycle_stages(experiments: Mapping[str, Row]) -> dict[str, str]:
+    """Experiment rows by source id, as the id → lifecycle stage that listings per experiment
+    take (`source_traces`, `source_scorers`)."""
+    return {exp_id: exp.get("lifecycle_stage") or "" for exp_id, exp in experiments.items()}
+
+
 def source_traces(opts: Options, experiments: Mapping[str, str]) -> Iterator[Any]:
     """Every trace (its TraceInfo; its `experiment_id` says whose) of these source experiments
     (id → lifecycle stage), oldest first in each search of a hundred experiments, paged; none
@@ -125,8 +131,10 @@ def source_scorers(opts: Options, experiments: Mapping[str, str]) -> Iterator[tu
         return
     active = [e for e, stage in experiments.items() if stage != "deleted"]
     if source_has(opts, SCORERS_ACROSS_EXPERIMENTS):
+        asked = set(active)  # a server that listed more than it was asked is not believed
         for sv in mlflow_io.scorers_across(opts.source, active):
-            yield str(sv.experiment_id), sv
+            if str(sv.experiment_id) in asked:
+                yield str(sv.experiment_id), sv
         return
     store = mlflow_io.tracking_store(opts.source)
     for exp_id in active:

@@ -31,7 +31,7 @@ class ScorerDriver(ObjectDriver):
         super().__init__(m, scorers_table(m.staging))
 
     def source_objects(self, exps: dict[str, Row]) -> Iterator[tuple[Any, Row]]:
-        stages = {exp_id: exp.get("lifecycle_stage", "") for exp_id, exp in exps.items()}
+        stages = scope.lifecycle_stages(exps)
         for exp_id, sv in scope.source_scorers(self.m.opts, stages):
             yield (
                 sv,

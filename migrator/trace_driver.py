@@ -44,7 +44,7 @@ class TraceDriver(ObjectDriver):
         super().__init__(m, traces_table(m.staging, m.opts.manifest_flush_rows))
 
     def source_objects(self, exps: dict[str, Row]) -> Iterator[tuple[Any, Row]]:
-        stages = {exp_id: exp.get("lifecycle_stage", "") for exp_id, exp in exps.items()}
+        stages = scope.lifecycle_stages(exps)
         for info in scope.source_traces(self.m.opts, stages):
             yield (
                 info,

@@ -73,7 +73,8 @@ def test_scorers_are_listed_a_hundred_experiments_per_request_where_the_server_c
 ) -> None:
     """A server that lists scorers across experiments is asked once per hundred active
     experiments; an earlier one once per experiment. Either way a scorer comes with the id of
-    its experiment, and none is read from a deleted experiment."""
+    its experiment, and none is read from a deleted experiment (nor taken from one it did not
+    ask for)."""
     from types import SimpleNamespace
 
     from migrator.capabilities import SCORERS_ACROSS_EXPERIMENTS
@@ -87,6 +88,7 @@ def test_scorers_are_listed_a_hundred_experiments_per_request_where_the_server_c
         for chunk in (experiment_ids[i : i + 100] for i in range(0, len(experiment_ids), 100)):
             calls.append(list(chunk))
             yield from (scorer(e) for e in chunk if int(e) % 50 == 0)
+            yield scorer("100000")  # not asked for: left out
 
     class Store:
         def list_scorers(self, experiment_id: str) -> list[Any]:
