@@ -349,6 +349,20 @@ def _unmoved(opts: Options) -> list[str]:
         return inventory.unmoved_lines(opts, experiments)
 
 
+def _inventory_lines(unmoved: Future[list[str]] | None) -> list[str]:
+    """The inventory's lines for the summary. A count the source kept failing (its retries
+    spent) is said there, not raised: the work it ran beside is done and recorded, and a
+    blip the runs rode out must not fail the command at its end."""
+    if unmoved is None:
+        return []
+    try:
+        return unmoved.result()
+    except TransientError as e:
+        return [
+            f"not migrated by this version: not counted ({e.message}); `migrator plan` counts them"
+        ]
+
+
 def _aside(fn: Callable[..., Any], *args: Any) -> Future[Any]:
     """`fn(*args)` in a daemon thread of its own, for its result later: a command that ends
     early (an error, an interrupt) does not wait for it."""
@@ -377,7 +391,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
     # only by the summary: a server of thousands of experiments does not hold the runs up.
     unmoved = _aside(_unmoved, opts) if command != "import" else None
     if command == "verify":
-        m.summary.servers += unmoved.result() if unmoved else []
+        m.summary.servers += _inventory_lines(unmoved)
         m.summary.verify = m.verify()
         return m.summary
     with timed("experiments"):
@@ -410,7 +424,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
         m.experiments.finish(exp_rows)
     else:
         m.experiments.count(exp_rows)
-    m.summary.servers += unmoved.result() if unmoved else []
+    m.summary.servers += _inventory_lines(unmoved)
     with timed("manifests"):
         summary = m.close(exp_rows)
     if opts.verify and command == "migrate":

@@ -152,10 +152,10 @@ def _plan(opts: Options, command: str, plan: Plan, from_source: bool, known: Led
         by_id[run.info.experiment_id].runs[step(run.info.run_id)] += 1
     inv["logged models"] += sum(1 for _ in scope.source_logged_models(opts, list(by_id)))
     stages = {k: ep.lifecycle_stage for k, ep in by_id.items()}
-    inv["scorers"] += sum(1 for _ in scope.source_scorers(opts, stages))
     for info in scope.source_traces(opts, stages):
         inv["traces"] += 1
         inv["assessments"] += len(info.assessments or [])
+    inv["scorers"] += sum(1 for _ in scope.source_scorers(opts, stages))
     for prompt in scope.source_registry(opts, PROMPTS):
         plan.inventory["prompts"] += 1
         plan.inventory["prompt versions"] += len(PROMPTS.versions(opts.source, prompt.name))

@@ -240,3 +240,37 @@ def test_a_driver_that_fails_to_load_releases_the_others(
     assert len(list((tmp_path / "tmp").glob("migrator-ledger-*"))) >= 8
     m.release()
     assert not list((tmp_path / "tmp").glob("migrator-ledger-*"))
+
+
+def test_the_inventory_runs_aside_and_a_count_the_source_kept_failing_is_said_not_raised() -> None:
+    """The inventory runs beside the whole migration; the summary takes its lines at the end.
+    A source that kept failing its list calls (retries spent) is said there: the migration it
+    ran beside is done. Any other error is a bug, and raised."""
+    import threading
+
+    from migrator.errors import TransientError
+    from migrator.pipeline import _aside, _inventory_lines
+
+    release = threading.Event()
+
+    def slow() -> list[str]:
+        release.wait(5)
+        return ["  webhooks 0  why"]
+
+    pending = _aside(slow)
+    assert not pending.done()  # the caller goes on while it counts
+    release.set()
+    assert _inventory_lines(pending) == ["  webhooks 0  why"]
+    assert _inventory_lines(None) == []
+
+    def failing() -> list[str]:
+        raise TransientError("HTTP 503 five times", obj="server http://src", stage="driver")
+
+    (line,) = _inventory_lines(_aside(failing))
+    assert "not counted (HTTP 503 five times)" in line and "migrator plan" in line
+
+    def broken() -> list[str]:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        _inventory_lines(_aside(broken))
