@@ -2,19 +2,22 @@
 them), finished last (an experiment deleted at the source is deleted on the target once
 nothing more goes into it), and `experiments.parquet`.
 
-Experiments are few: each goes through the fan-out's retries in this process, `--concurrency`
-at a time (`run_each`: every run waits for them, so none waits for another).
+Experiments are few next to runs: each goes through the fan-out's retries in this process,
+`--concurrency` at a time (`run_each`: no job, no Ray), a hundred at a time (`move`); the runs
+of each hundred move while the next hundred are made (`pipeline`), so a server of thousands of
+experiments does not hold its first run back until the last experiment is made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from migrator import scope
 from migrator.config import Options
 from migrator.fanout import Stage, run_each
 from migrator.manifest import FAILED, ManifestTable, Row, experiments_table
+from migrator.mlflow_io import EXPERIMENTS_PER_SEARCH
 from migrator.stages import experiments as stage
 from migrator.states import failed_at
 
@@ -36,39 +39,56 @@ class ExperimentDriver:
     def tables(self) -> tuple[ManifestTable]:
         return (self.table,)
 
-    def export(self) -> list[Row]:
-        """Stage every source experiment in scope; returns their rows."""
+    def plan(self, do_export: bool, do_import: bool) -> list[tuple[Stage | None, Row]]:
+        """Every experiment in scope with the stage that moves it: listed on the source
+        (`export`, or `migrate`: export and import in one call), or as staged (`import`; one
+        whose export failed goes with no stage: it stays as it is)."""
         m = self.m
-        work = []
+        if not do_export:
+            imp = Stage("import", lambda row, opts: stage.import_experiment(row, opts, m.staging))
+            return [(None if failed_at(r, "export") else imp, r) for r in self.staged()]
+        work: list[tuple[Stage | None, Row]] = []
         for exp in scope.source_experiments(m.opts):
-
-            def export(row: Row, opts: Options, exp: Any = exp) -> Row:
-                out = stage.export_experiment(exp, m.staging)
-                if row.get("target_experiment_id"):
-                    out["target_experiment_id"] = row["target_experiment_id"]
-                return out
-
             known = self.rows.get(exp.experiment_id) or {}
             row = {
                 "source_experiment_id": exp.experiment_id,
                 "name": exp.name,
                 "target_experiment_id": known.get("target_experiment_id"),
             }
-            work.append((Stage("export", export), row))
-        return [self._record(row) for row in run_each(work, m.opts)]
+            work.append((self._source_stage(exp, do_import), row))
+        return work
+
+    def _source_stage(self, exp: Any, do_import: bool) -> Stage:
+        staging = self.m.staging
+        if do_import:
+            return Stage("migrate", lambda row, opts: stage.migrate_experiment(exp, opts, staging))
+
+        def export(row: Row, opts: Options) -> Row:
+            out = stage.export_experiment(exp, staging)
+            if row.get("target_experiment_id"):  # kept for the `import` to come
+                out["target_experiment_id"] = row["target_experiment_id"]
+            return out
+
+        return Stage("export", export)
+
+    def move(self, work: list[tuple[Stage | None, Row]]) -> Iterator[list[Row]]:
+        """The planned experiments, a hundred at a time (what one search for their runs
+        names): each hundred through its stages (`run_each`), then yielded, so that its runs
+        can move while the next hundred are made. Nothing is recorded here: the caller
+        records each hundred as it takes it (`record`), in its own thread."""
+        for i in range(0, len(work), EXPERIMENTS_PER_SEARCH):
+            chunk = work[i : i + EXPERIMENTS_PER_SEARCH]
+            done = iter(run_each([(s, r) for s, r in chunk if s is not None], self.m.opts))
+            yield [next(done) if s is not None else r for s, r in chunk]
+
+    def record(self, rows: list[Row]) -> list[Row]:
+        """Record the rows `move` gave (those it left as they were too: harmless)."""
+        self.table.append(rows)
+        return rows
 
     def staged(self) -> list[Row]:
         """Experiments in scope as the manifest knows them (for `import`, which has no source)."""
         return scope.staged_experiments(self.m.opts, self.rows.values())
-
-    def import_(self, rows: list[Row]) -> list[Row]:
-        m = self.m
-        imp = Stage("import", lambda row, opts: stage.import_experiment(row, opts, m.staging))
-
-        def exported(r: Row) -> bool:
-            return not failed_at(r, "export")
-
-        return self._each(imp, rows, exported)
 
     def finish(self, rows: list[Row]) -> None:
         summary = self.m.summary
@@ -81,7 +101,7 @@ class ExperimentDriver:
         """`rows` in their order: each `wanted` one through `step` (`run_each`) and recorded,
         the others as they are."""
         done = iter(run_each([(step, r) for r in rows if wanted(r)], self.m.opts))
-        return [self._record(next(done)) if wanted(r) else r for r in rows]
+        return [self.record([next(done)])[0] if wanted(r) else r for r in rows]
 
     def count(self, rows: list[Row]) -> None:
         """The state of each experiment, into the summary (a command that does not import)."""
@@ -90,7 +110,3 @@ class ExperimentDriver:
             summary.experiments[e["state"]] += 1
             if e["state"] == FAILED:
                 summary.add_failed([e])
-
-    def _record(self, row: Row) -> Row:
-        self.table.append([row])
-        return row

@@ -5,11 +5,12 @@ Each kind of object has a driver of its own (`ExperimentDriver`, `RunDriver`,
 ledger what is left to do for each object in scope and sends the work through the fan-out.
 Resume rule (as dlt's): first finish what the manifests say is pending, then new work.
 
-Order: experiments (inline: few) → per run export → import (pipelined through the fan-out)
-→ logged models (need their runs' target ids) → prompts → traces → datasets → scorers → tag
-(needs every parent's and logged model's target id) → registered models and versions (need
-the runs and logged models they point at) → finish experiments (delete those deleted at
-source, once nothing more goes into them).
+Order: experiments (inline, a hundred at a time) → per run export → import (the runs of each
+hundred experiments through the fan-out while the next hundred are made) → logged models (need
+their runs' target ids) → prompts → traces → datasets → scorers → tag (needs every parent's and
+logged model's target id) → registered models and versions (need the runs and logged models
+they point at) → finish experiments (delete those deleted at source, once nothing more goes
+into them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +34,7 @@ from migrator import (
     mlflow_io,
     scope,
 )
+from migrator.background import ahead, aside
 from migrator.config import Options
 from migrator.dataset_driver import DatasetDriver
 from migrator.errors import ConfigError, Interrupted, PermanentError, TransientError
@@ -363,21 +364,6 @@ def _inventory_lines(unmoved: Future[list[str]] | None) -> list[str]:
         ]
 
 
-def _aside(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    """`fn(*args)` in a daemon thread of its own, for its result later: a command that ends
-    early (an error, an interrupt) does not wait for it."""
-    result: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            result.set_result(fn(*args))
-        except BaseException as e:  # said by `result()`, in the driver's thread
-            result.set_exception(e)
-
-    threading.Thread(target=run, name=f"aside-{fn.__name__}", daemon=True).start()
-    return result
-
-
 def _run_stages(m: Migration, command: str) -> Summary:
     """The stages of a command, in order (see the module docstring)."""
     opts = m.opts
@@ -389,23 +375,28 @@ def _run_stages(m: Migration, command: str) -> Summary:
     # What the source holds that does not move: list calls on the source (per experiment for
     # some kinds), made in a thread of its own while everything else moves, and waited for
     # only by the summary: a server of thousands of experiments does not hold the runs up.
-    unmoved = _aside(_unmoved, opts) if command != "import" else None
+    unmoved = aside(_unmoved, opts) if command != "import" else None
     if command == "verify":
         m.summary.servers += _inventory_lines(unmoved)
         m.summary.verify = m.verify()
         return m.summary
-    with timed("experiments"):
-        exp_rows = m.experiments.export() if do_export else m.experiments.staged()
-        if do_import:
-            exp_rows = m.experiments.import_(exp_rows)
-    m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
+    work = m.experiments.plan(do_export, do_import)
+    ids = [row["source_experiment_id"] for step, row in work if step is not None]
     if do_export:
-        in_scope = list(scope.moving_experiments(exp_rows))
-        m.opts = opts = opts.replace(runs_read_in_full=scope.holds_logged_models(opts, in_scope))
-    m.runs.count_ahead(exp_rows, from_source=do_export)
-    runs = m.runs.from_source(exp_rows) if do_export else m.runs.from_staging(exp_rows)
-    with timed("runs"):
-        m.runs.transfer(runs, do_export, do_import)
+        m.opts = opts = opts.replace(runs_read_in_full=scope.holds_logged_models(opts, ids))
+    m.runs.count_ahead(ids, from_source=do_export)
+    exp_rows: list[Row] = []
+
+    def runs() -> Iterator[tuple[Row, str]]:
+        """The runs of each hundred experiments, once those are made (`ExperimentDriver.move`,
+        a hundred ahead in a thread of its own, so the runs never wait for the next)."""
+        for chunk in ahead(m.experiments.move(work), "experiments"):
+            exp_rows.extend(m.experiments.record(chunk))
+            yield from (m.runs.from_source(chunk) if do_export else m.runs.from_staging(chunk))
+
+    with timed("experiments and runs"):
+        m.runs.transfer(runs(), do_export, do_import)
+        m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
         if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
             m.runs.transfer(m.runs.exported_not_imported(exp_rows), False, True)
     # Each kind on its own: one the source or target refuses fails alone, said in the summary.

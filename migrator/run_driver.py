@@ -117,10 +117,10 @@ class RunDriver:
     def from_staging(self, exp_rows: list[Row]) -> Iterator[tuple[Row, str]]:
         return ((row, next_step(row)) for row in self.staged(exp_rows))
 
-    def count_ahead(self, exp_rows: list[Row], from_source: bool) -> None:
-        """The total of runs in scope for the progress display: counted on the source by
-        a paged search in a thread of its own (for `import`: the manifest's)."""
-        exps = list(scope.moving_experiments(exp_rows))
+    def count_ahead(self, experiment_ids: list[str], from_source: bool) -> None:
+        """The total of runs of these experiments for the progress display: counted on the
+        source by a paged search in a thread of its own (for `import`: the manifest's)."""
+        exps = experiment_ids
         if not from_source:
             self.m.progress.total("runs", sum(self.rows.counts(exps).values()), final=True)
             return

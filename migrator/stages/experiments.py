@@ -1,7 +1,9 @@
 """Experiments: export to staging, import by name (reuse, never duplicate), finish.
 
-Experiments are few, so the driver runs these inline. An experiment that already exists on the
-target by name is reused; the source's Default experiment (id 0) maps to the target's Default.
+Experiments are few, so the driver runs these inline. In `migrate`, one call does both
+(`migrate_experiment`): the import takes the document the export just wrote. An experiment
+that already exists on the target by name is reused; the source's Default experiment (id 0)
+maps to the target's Default.
 A deleted source experiment is deleted on the target only after its runs are in (MLflow refuses
 new runs in a deleted experiment).
 """
@@ -33,13 +35,16 @@ def experiment_fields(exp: Any) -> dict[str, Any]:
 
 def export_experiment(exp: Any, staging: Staging) -> Row:
     """Write experiment.json; returns the manifest row in state `exported`."""
+    return _export(exp, staging)[0]
+
+
+def _export(exp: Any, staging: Staging) -> tuple[Row, dict[str, Any]]:
+    """`export_experiment`, also returning the document it wrote."""
     fields = experiment_fields(exp)
     tags = dict(exp.tags)
-    staging.write_bytes(
-        experiment_key(exp.experiment_id),
-        dump_doc(EXPERIMENT_FORMAT, {"fields": fields, "tags": tags}),
-    )
-    return {
+    doc = {"fields": fields, "tags": tags}
+    staging.write_bytes(experiment_key(exp.experiment_id), dump_doc(EXPERIMENT_FORMAT, doc))
+    row = {
         "source_experiment_id": exp.experiment_id,
         "name": exp.name,
         "artifact_location": exp.artifact_location,
@@ -52,6 +57,15 @@ def export_experiment(exp: Any, staging: Staging) -> Row:
         "failed_stage": None,
         "updated_at": now_ms(),
     }
+    return row, doc
+
+
+def migrate_experiment(exp: Any, opts: Options, staging: Staging) -> Row:
+    """Export an experiment and import it in one call (`migrate`): staged as by `export`,
+    imported from the document in memory instead of read back. Returns the row in state
+    `imported`."""
+    row, doc = _export(exp, staging)
+    return import_experiment(row, opts, staging, doc)
 
 
 def read_experiment_doc(staging: Staging, experiment_id: str) -> dict[str, Any]:
@@ -82,10 +96,14 @@ def experiment_lineage(
     )
 
 
-def import_experiment(row: Row, opts: Options, staging: Staging) -> Row:
-    """Find or create the target experiment, set its tags; returns the row in state `imported`."""
+def import_experiment(
+    row: Row, opts: Options, staging: Staging, doc: dict[str, Any] | None = None
+) -> Row:
+    """Find or create the target experiment, set its tags; returns the row in state `imported`.
+    The staged document is read unless given (`migrate_experiment`)."""
     source_id = row["source_experiment_id"]
-    doc = read_experiment_doc(staging, source_id)
+    if doc is None:
+        doc = read_experiment_doc(staging, source_id)
     fields, tags = doc["fields"], doc["tags"]
     c = client(opts.target)
     with translate_errors(f"experiment {fields['name']!r} ({source_id})", "import"):

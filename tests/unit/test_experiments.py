@@ -85,3 +85,65 @@ def test_an_experiment_the_target_has_by_name_is_adopted_not_made_twice(
     assert target.calls == ["create_experiment", "get_experiment_by_name", "set_experiment_tag team"]
     assert len(target.by_name) == 1 and target.by_name["churn"].tags == {"team": "risk"}
     assert row["target_experiment_id"] == "1"
+
+
+def test_migrate_imports_from_the_document_it_staged_without_reading_it_back(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = Target({})
+    monkeypatch.setattr(experiments, "client", lambda uri: target)
+    staging = open_staging(str(tmp_path))
+
+    def no_read(key: str) -> bytes:
+        raise AssertionError(f"read back {key}")
+
+    monkeypatch.setattr(staging, "read_bytes", no_read)
+    exp = SimpleNamespace(
+        experiment_id="7",
+        name="churn",
+        artifact_location="mlflow-artifacts:/7",
+        lifecycle_stage="active",
+        creation_time=1,
+        last_update_time=2,
+        tags={"team": "risk"},
+    )
+    opts = Options(target="http://tgt", import_source_tags=True)
+    row = experiments.migrate_experiment(exp, opts, staging)
+    assert row["state"] == "imported" and row["target_experiment_id"] == "1"
+    assert target.by_name["churn"].tags["mlflow_exim.field.experiment_id"] == "7"
+    assert list(tmp_path.rglob("experiment.json"))  # staged as `export` stages it
+
+
+def test_the_runs_of_a_hundred_experiments_move_while_the_next_hundred_are_made() -> None:
+    """`ExperimentDriver.move` makes a hundred at a time; taken through `ahead`, as the driver
+    does, the third hundred is made only once the loop has the first (its runs are moving)."""
+    import threading
+
+    from migrator.background import ahead
+    from migrator.experiment_driver import ExperimentDriver
+    from migrator.fanout import Stage
+
+    first_taken = threading.Event()
+    waited: list[bool] = []
+
+    def make(row: dict[str, Any], opts: Options) -> dict[str, Any]:
+        if row["source_experiment_id"] == "200":
+            waited.append(first_taken.wait(5))
+        return {**row, "state": "imported"}
+
+    driver = ExperimentDriver.__new__(ExperimentDriver)
+    driver.m = SimpleNamespace(opts=Options(concurrency=4))  # type: ignore[assignment]
+    step = Stage("migrate", make)
+    work: list[tuple[Stage | None, dict[str, Any]]] = [
+        (step, {"source_experiment_id": str(i)}) for i in range(250)
+    ]
+    work[5] = (None, {"source_experiment_id": "5", "state": "failed"})  # left as it is
+    chunks = []
+    for chunk in ahead(driver.move(work), "experiments"):
+        first_taken.set()
+        chunks.append(chunk)
+    assert [len(c) for c in chunks] == [100, 100, 50]
+    assert waited == [True]
+    rows = [r for c in chunks for r in c]
+    assert [r["source_experiment_id"] for r in rows] == [str(i) for i in range(250)]
+    assert rows[5]["state"] == "failed" and rows[6]["state"] == "imported"

@@ -249,7 +249,8 @@ def test_the_inventory_runs_aside_and_a_count_the_source_kept_failing_is_said_no
     import threading
 
     from migrator.errors import TransientError
-    from migrator.pipeline import _aside, _inventory_lines
+    from migrator.background import aside
+    from migrator.pipeline import _inventory_lines
 
     release = threading.Event()
 
@@ -257,7 +258,7 @@ def test_the_inventory_runs_aside_and_a_count_the_source_kept_failing_is_said_no
         release.wait(5)
         return ["  webhooks 0  why"]
 
-    pending = _aside(slow)
+    pending = aside(slow)
     assert not pending.done()  # the caller goes on while it counts
     release.set()
     assert _inventory_lines(pending) == ["  webhooks 0  why"]
@@ -266,11 +267,11 @@ def test_the_inventory_runs_aside_and_a_count_the_source_kept_failing_is_said_no
     def failing() -> list[str]:
         raise TransientError("HTTP 503 five times", obj="server http://src", stage="driver")
 
-    (line,) = _inventory_lines(_aside(failing))
+    (line,) = _inventory_lines(aside(failing))
     assert "not counted (HTTP 503 five times)" in line and "migrator plan" in line
 
     def broken() -> list[str]:
         raise KeyError("bug")
 
     with pytest.raises(KeyError):
-        _inventory_lines(_aside(broken))
+        _inventory_lines(aside(broken))
