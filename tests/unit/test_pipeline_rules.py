@@ -248,8 +248,8 @@ def test_the_inventory_runs_aside_and_a_count_the_source_kept_failing_is_said_no
     ran beside is done. Any other error is a bug, and raised."""
     import threading
 
-    from migrator.errors import TransientError
     from migrator.background import aside
+    from migrator.errors import TransientError
     from migrator.pipeline import _inventory_lines
 
     release = threading.Event()
