@@ -49,10 +49,8 @@ class Target:
         next(e for e in self.by_name.values() if e.experiment_id == exp_id).tags[key] = value
 
 
-def _import(tmp_path: Any, target: Target, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(experiments, "client", lambda uri: target)
-    staging = open_staging(str(tmp_path))
-    exp = SimpleNamespace(
+def _source_experiment() -> Any:
+    return SimpleNamespace(
         experiment_id="7",
         name="churn",
         artifact_location="mlflow-artifacts:/7",
@@ -61,6 +59,12 @@ def _import(tmp_path: Any, target: Target, monkeypatch: pytest.MonkeyPatch) -> d
         last_update_time=2,
         tags={"team": "risk"},
     )
+
+
+def _import(tmp_path: Any, target: Target, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setattr(experiments, "client", lambda uri: target)
+    staging = open_staging(str(tmp_path))
+    exp = _source_experiment()
     row = experiments.export_experiment(exp, staging)
     opts = Options(target="http://tgt", import_source_tags=False)
     return experiments.import_experiment(row, opts, staging)
@@ -98,15 +102,7 @@ def test_migrate_imports_from_the_document_it_staged_without_reading_it_back(
         raise AssertionError(f"read back {key}")
 
     monkeypatch.setattr(staging, "read_bytes", no_read)
-    exp = SimpleNamespace(
-        experiment_id="7",
-        name="churn",
-        artifact_location="mlflow-artifacts:/7",
-        lifecycle_stage="active",
-        creation_time=1,
-        last_update_time=2,
-        tags={"team": "risk"},
-    )
+    exp = _source_experiment()
     opts = Options(target="http://tgt", import_source_tags=True)
     row = experiments.migrate_experiment(exp, opts, staging)
     assert row["state"] == "imported" and row["target_experiment_id"] == "1"
