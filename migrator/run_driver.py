@@ -120,14 +120,14 @@ class RunDriver:
     def count_ahead(self, experiment_ids: list[str], from_source: bool) -> None:
         """The total of runs of these experiments for the progress display: counted on the
         source by a paged search in a thread of its own (for `import`: the manifest's)."""
-        exps = experiment_ids
         if not from_source:
-            self.m.progress.total("runs", sum(self.rows.counts(exps).values()), final=True)
+            counts = self.rows.counts(experiment_ids)
+            self.m.progress.total("runs", sum(counts.values()), final=True)
             return
 
         def count() -> Iterator[int]:
             n = 0
-            for _ in scope.source_runs(self.m.opts, exps):
+            for _ in scope.source_runs(self.m.opts, experiment_ids):
                 n += 1
                 if n % 1000 == 0:
                     yield n
