@@ -19,7 +19,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -387,15 +387,16 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.runs.count_ahead(ids, from_source=do_export)
     exp_rows: list[Row] = []
 
-    def runs() -> Iterator[tuple[Row, str]]:
+    def runs() -> Generator[tuple[Row, str], None, None]:
         """The runs of each hundred experiments, once those are made (`ExperimentDriver.move`,
         a hundred ahead in a thread of its own, so the runs never wait for the next)."""
         for chunk in ahead(m.experiments.move(work), "experiments"):
             exp_rows.extend(m.experiments.record(chunk))
             yield from (m.runs.from_source(chunk) if do_export else m.runs.from_staging(chunk))
 
-    with timed("experiments and runs"):
-        m.runs.transfer(runs(), do_export, do_import)
+    # Closed when the transfer stops early (an error, an interrupt): so is `ahead`'s thread.
+    with timed("experiments and runs"), contextlib.closing(runs()) as moving:
+        m.runs.transfer(moving, do_export, do_import)
         m.scope_complete = all(e.get("state") != FAILED for e in exp_rows)
         if do_import and do_export:  # runs exported by an earlier `export`, not yet imported
             m.runs.transfer(m.runs.exported_not_imported(exp_rows), False, True)
