@@ -61,7 +61,9 @@ class ExperimentDriver:
     def _source_stage(self, exp: Any, do_import: bool) -> Stage:
         staging = self.m.staging
         if do_import:
-            return Stage("migrate", lambda row, opts: stage.migrate_experiment(exp, opts, staging))
+            return Stage(
+                "migrate", lambda row, opts: stage.migrate_experiment(exp, row, opts, staging)
+            )
 
         def export(row: Row, opts: Options) -> Row:
             out = stage.export_experiment(exp, staging)

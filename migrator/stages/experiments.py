@@ -60,11 +60,12 @@ def _export(exp: Any, staging: Staging) -> tuple[Row, dict[str, Any]]:
     return row, doc
 
 
-def migrate_experiment(exp: Any, opts: Options, staging: Staging) -> Row:
+def migrate_experiment(exp: Any, known: Row, opts: Options, staging: Staging) -> Row:
     """Export an experiment and import it in one call (`migrate`): staged as by `export`,
-    imported from the document in memory instead of read back. Returns the row in state
-    `imported`."""
+    imported from the document in memory instead of read back. `known` is its manifest row
+    (its target id, from an earlier command). Returns the row in state `imported`."""
     row, doc = _export(exp, staging)
+    row["target_experiment_id"] = known.get("target_experiment_id")
     return import_experiment(row, opts, staging, doc)
 
 
@@ -117,8 +118,10 @@ def import_experiment(
             # Names are unique on a server (deleted experiments' too): a create of one that
             # is there already is refused as such, and `create_once` then finds it by name,
             # so a first migration spends no lookup per experiment (as registered models).
+            # One an earlier command made (the manifest knows its target) is looked up
+            # first: a re-run spends no refused create on it.
             lineage = experiment_lineage(c, fields["name"], source_id, wanted)
-            target = create_once(lineage, look_first=False)
+            target = create_once(lineage, look_first=bool(row.get("target_experiment_id")))
         if target.lifecycle_stage != "active":
             c.restore_experiment(target.experiment_id)  # runs can only go into an active one
         for k, v in wanted.items():

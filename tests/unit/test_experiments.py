@@ -104,7 +104,7 @@ def test_migrate_imports_from_the_document_it_staged_without_reading_it_back(
     monkeypatch.setattr(staging, "read_bytes", no_read)
     exp = _source_experiment()
     opts = Options(target="http://tgt", import_source_tags=True)
-    row = experiments.migrate_experiment(exp, opts, staging)
+    row = experiments.migrate_experiment(exp, {}, opts, staging)
     assert row["state"] == "imported" and row["target_experiment_id"] == "1"
     assert target.by_name["churn"].tags["mlflow_exim.field.experiment_id"] == "7"
     assert list(tmp_path.rglob("experiment.json"))  # staged as `export` stages it
@@ -143,3 +143,16 @@ def test_the_runs_of_a_hundred_experiments_move_while_the_next_hundred_are_made(
     rows = [r for c in chunks for r in c]
     assert [r["source_experiment_id"] for r in rows] == [str(i) for i in range(250)]
     assert rows[5]["state"] == "failed" and rows[6]["state"] == "imported"
+
+
+def test_an_experiment_an_earlier_command_made_is_looked_up_not_created_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run: the manifest knows the target, so no refused create (and no log of one)."""
+    target = Target({"churn": {"team": "risk"}})
+    monkeypatch.setattr(experiments, "client", lambda uri: target)
+    opts = Options(target="http://tgt", import_source_tags=False)
+    known = {"source_experiment_id": "7", "target_experiment_id": "1"}
+    row = experiments.migrate_experiment(_source_experiment(), known, opts, open_staging(str(tmp_path)))
+    assert target.calls == ["get_experiment_by_name"]
+    assert row["target_experiment_id"] == "1" and row["state"] == "imported"
