@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from migrator import scope
-from migrator.config import Options
 from migrator.fanout import Stage, run_each
 from migrator.manifest import FAILED, ManifestTable, Row, experiments_table
 from migrator.mlflow_io import EXPERIMENTS_PER_SEARCH
@@ -64,24 +63,21 @@ class ExperimentDriver:
             return Stage(
                 "migrate", lambda row, opts: stage.migrate_experiment(exp, row, opts, staging)
             )
-
-        def export(row: Row, opts: Options) -> Row:
-            out = stage.export_experiment(exp, staging)
-            if row.get("target_experiment_id"):  # kept for the `import` to come
-                out["target_experiment_id"] = row["target_experiment_id"]
-            return out
-
-        return Stage("export", export)
+        return Stage("export", lambda row, opts: stage.export_experiment(exp, staging, row))
 
     def move(self, work: list[tuple[Stage | None, Row]]) -> Iterator[list[Row]]:
         """The planned experiments, a hundred at a time (what one search for their runs
-        names): each hundred through its stages (`run_each`), then yielded, so that its runs
+        names): each hundred through its stages (`_through`), then yielded, so that its runs
         can move while the next hundred are made. Nothing is recorded here: the caller
         records each hundred as it takes it (`record`), in its own thread."""
         for i in range(0, len(work), EXPERIMENTS_PER_SEARCH):
-            chunk = work[i : i + EXPERIMENTS_PER_SEARCH]
-            done = iter(run_each([(s, r) for s, r in chunk if s is not None], self.m.opts))
-            yield [next(done) if s is not None else r for s, r in chunk]
+            yield self._through(work[i : i + EXPERIMENTS_PER_SEARCH])
+
+    def _through(self, work: list[tuple[Stage | None, Row]]) -> list[Row]:
+        """The rows in their order: each with a stage through it (`run_each`), the others as
+        they are."""
+        done = iter(run_each([(s, r) for s, r in work if s is not None], self.m.opts))
+        return [next(done) if s is not None else r for s, r in work]
 
     def record(self, rows: list[Row]) -> list[Row]:
         """Record the rows `move` gave (those it left as they were too: harmless)."""
@@ -100,10 +96,12 @@ class ExperimentDriver:
             summary.experiments[row["state"]] += 1
 
     def _each(self, step: Stage, rows: list[Row], wanted: Callable[[Row], bool]) -> list[Row]:
-        """`rows` in their order: each `wanted` one through `step` (`run_each`) and recorded,
-        the others as they are."""
-        done = iter(run_each([(step, r) for r in rows if wanted(r)], self.m.opts))
-        return [self.record([next(done)])[0] if wanted(r) else r for r in rows]
+        """`rows` in their order: each `wanted` one through `step` and recorded, the others
+        as they are."""
+        work = [(step if wanted(r) else None, r) for r in rows]
+        out = self._through(work)
+        self.record([o for o, (s, _) in zip(out, work, strict=True) if s is not None])
+        return out
 
     def count(self, rows: list[Row]) -> None:
         """The state of each experiment, into the summary (a command that does not import)."""

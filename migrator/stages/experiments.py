@@ -33,12 +33,13 @@ def experiment_fields(exp: Any) -> dict[str, Any]:
     return {f: getattr(exp, f) for f in EXPERIMENT_FIELDS}
 
 
-def export_experiment(exp: Any, staging: Staging) -> Row:
-    """Write experiment.json; returns the manifest row in state `exported`."""
-    return _export(exp, staging)[0]
+def export_experiment(exp: Any, staging: Staging, known: Row | None = None) -> Row:
+    """Write experiment.json; returns the manifest row in state `exported`, keeping the
+    target id of `known`, its manifest row (from an earlier command), for the import."""
+    return _export(exp, staging, known)[0]
 
 
-def _export(exp: Any, staging: Staging) -> tuple[Row, dict[str, Any]]:
+def _export(exp: Any, staging: Staging, known: Row | None) -> tuple[Row, dict[str, Any]]:
     """`export_experiment`, also returning the document it wrote."""
     fields = experiment_fields(exp)
     tags = dict(exp.tags)
@@ -57,6 +58,8 @@ def _export(exp: Any, staging: Staging) -> tuple[Row, dict[str, Any]]:
         "failed_stage": None,
         "updated_at": now_ms(),
     }
+    if known and known.get("target_experiment_id"):
+        row["target_experiment_id"] = known["target_experiment_id"]
     return row, doc
 
 
@@ -64,8 +67,7 @@ def migrate_experiment(exp: Any, known: Row, opts: Options, staging: Staging) ->
     """Export an experiment and import it in one call (`migrate`): staged as by `export`,
     imported from the document in memory instead of read back. `known` is its manifest row
     (its target id, from an earlier command). Returns the row in state `imported`."""
-    row, doc = _export(exp, staging)
-    row["target_experiment_id"] = known.get("target_experiment_id")
+    row, doc = _export(exp, staging, known)
     return import_experiment(row, opts, staging, doc)
 
 
