@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -34,13 +34,17 @@ def aside(fn: Callable[..., T], *args: Any) -> Future[T]:
     return result
 
 
-def ahead(items: Iterable[T], name: str, depth: int = 1) -> Iterator[T]:
+def ahead(
+    items: Iterable[T], name: str, depth: int = 1, stopped: threading.Event | None = None
+) -> Generator[T, None, None]:
     """`items`, made in a daemon thread up to `depth` ahead of the loop that takes them: the
     next is made while this one is used. An error raised while making one is raised here, in
-    its place. When the loop stops early, the thread stops once it has made the item it is
-    making, which nobody takes."""
+    its place. When the loop stops early, `stopped` is set, and the thread stops once it has
+    made the item it is making, which nobody takes; a producer given the same event can cut
+    that item short (`ExperimentDriver.move`)."""
     handed: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=max(1, depth))
-    stopped = threading.Event()
+    if stopped is None:
+        stopped = threading.Event()
 
     def hand(last: bool, value: Any) -> bool:
         while not stopped.is_set():

@@ -10,6 +10,7 @@ experiments does not hold its first run back until the last experiment is made.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +49,7 @@ class ExperimentDriver:
             return [(None if failed_at(r, "export") else imp, r) for r in self.staged()]
         work: list[tuple[Stage | None, Row]] = []
         for exp in scope.source_experiments(m.opts):
-            known = self.rows.get(exp.experiment_id) or {}
-            row = {
-                "source_experiment_id": exp.experiment_id,
-                "name": exp.name,
-                "target_experiment_id": known.get("target_experiment_id"),
-            }
+            row = stage.experiment_row(exp, self.rows.get(exp.experiment_id))
             work.append((self._source_stage(exp, do_import), row))
         return work
 
@@ -65,18 +61,27 @@ class ExperimentDriver:
             )
         return Stage("export", lambda row, opts: stage.export_experiment(exp, staging, row))
 
-    def move(self, work: list[tuple[Stage | None, Row]]) -> Iterator[list[Row]]:
+    def move(
+        self, work: list[tuple[Stage | None, Row]], stopped: threading.Event | None = None
+    ) -> Iterator[list[Row]]:
         """The planned experiments, a hundred at a time (what one search for their runs
         names): each hundred through its stages (`_through`), then yielded, so that its runs
         can move while the next hundred are made. Nothing is recorded here: the caller
-        records each hundred as it takes it (`record`), in its own thread."""
+        records each hundred as it takes it (`record`), in its own thread. Once `stopped` is
+        set (the caller's loop ended early), no experiment is started: a command that stops
+        does not wait for the rest of a hundred nobody will take."""
         for i in range(0, len(work), EXPERIMENTS_PER_SEARCH):
-            yield self._through(work[i : i + EXPERIMENTS_PER_SEARCH])
+            if stopped is not None and stopped.is_set():
+                return
+            yield self._through(work[i : i + EXPERIMENTS_PER_SEARCH], stopped)
 
-    def _through(self, work: list[tuple[Stage | None, Row]]) -> list[Row]:
+    def _through(
+        self, work: list[tuple[Stage | None, Row]], stopped: threading.Event | None = None
+    ) -> list[Row]:
         """The rows in their order: each with a stage through it (`run_each`), the others as
         they are."""
-        done = iter(run_each([(s, r) for s, r in work if s is not None], self.m.opts))
+        with_stage = [(s, r) for s, r in work if s is not None]
+        done = iter(run_each(with_stage, self.m.opts, stopped))
         return [next(done) if s is not None else r for s, r in work]
 
     def record(self, rows: list[Row]) -> list[Row]:

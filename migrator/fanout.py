@@ -192,14 +192,26 @@ def _run_one(stage: Stage, row: Row, opts: Options) -> Row:
     raise AssertionError("unreachable")
 
 
-def run_each(work: Sequence[tuple[Stage, Row]], opts: Options) -> list[Row]:
+def run_each(
+    work: Sequence[tuple[Stage, Row]], opts: Options, stopped: threading.Event | None = None
+) -> list[Row]:
     """Run a few rows now, each with its own stage, `--concurrency` at a time in threads of
     this process; the results in the order given. For the driver's own small kinds (the
-    experiments, which every run waits for): no job, no Ray, none of them waits for another."""
+    experiments, which every run waits for): no job, no Ray, none of them waits for another.
+
+    Once `stopped` is set (whoever wanted the rows has stopped: an error, an interrupt), the
+    rows not yet started come back as they were, not run: the pool's threads, which the
+    interpreter waits for at exit, end with the rows already running."""
+
+    def one(w: tuple[Stage, Row]) -> Row:
+        if stopped is not None and stopped.is_set():
+            return w[1]
+        return run_one(w[0], w[1], opts)
+
     if len(work) <= 1:
-        return [run_one(stage, row, opts) for stage, row in work]
+        return [one(w) for w in work]
     with ThreadPoolExecutor(min(len(work), max(1, opts.concurrency))) as pool:
-        return list(pool.map(lambda w: run_one(w[0], w[1], opts), work))
+        return list(pool.map(one, work))
 
 
 def run_job(job: Job, opts: Options) -> list[Row]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -389,10 +390,13 @@ def _run_stages(m: Migration, command: str) -> Summary:
 
     def runs() -> Generator[tuple[Row, str], None, None]:
         """The runs of each hundred experiments, once those are made (`ExperimentDriver.move`,
-        a hundred ahead in a thread of its own, so the runs never wait for the next)."""
-        for chunk in ahead(m.experiments.move(work), "experiments"):
-            exp_rows.extend(m.experiments.record(chunk))
-            yield from (m.runs.from_source(chunk) if do_export else m.runs.from_staging(chunk))
+        the next hundred made in a thread of its own while this hundred's runs move)."""
+        stopped = threading.Event()  # set when the loop ends early: the hundred being made stops
+        made = ahead(m.experiments.move(work, stopped), "experiments", stopped=stopped)
+        with contextlib.closing(made):
+            for chunk in made:
+                exp_rows.extend(m.experiments.record(chunk))
+                yield from (m.runs.from_source(chunk) if do_export else m.runs.from_staging(chunk))
 
     # Closed when the transfer stops early (an error, an interrupt): so is `ahead`'s thread.
     with timed("experiments and runs"), contextlib.closing(runs()) as moving:

@@ -39,27 +39,28 @@ def export_experiment(exp: Any, staging: Staging, known: Row | None = None) -> R
     return _export(exp, staging, known)[0]
 
 
-def _export(exp: Any, staging: Staging, known: Row | None) -> tuple[Row, dict[str, Any]]:
-    """`export_experiment`, also returning the document it wrote."""
-    fields = experiment_fields(exp)
-    tags = dict(exp.tags)
-    doc = {"fields": fields, "tags": tags}
-    staging.write_bytes(experiment_key(exp.experiment_id), dump_doc(EXPERIMENT_FORMAT, doc))
-    row = {
+def experiment_row(exp: Any, known: Row | None = None) -> Row:
+    """The manifest row's fields of a source experiment, with the target id of `known`, its
+    manifest row from an earlier command. The driver plans with it, so a row that fails in
+    its stage still says what the experiment was (its lifecycle stage, for `finish`)."""
+    return {
         "source_experiment_id": exp.experiment_id,
         "name": exp.name,
         "artifact_location": exp.artifact_location,
         "lifecycle_stage": exp.lifecycle_stage,
         "creation_time": exp.creation_time,
         "last_update_time": exp.last_update_time,
-        "tags": tags,
-        "state": EXPORTED,
-        "error": None,
-        "failed_stage": None,
-        "updated_at": now_ms(),
+        "tags": dict(exp.tags),
+        "target_experiment_id": (known or {}).get("target_experiment_id") or None,
     }
-    if known and known.get("target_experiment_id"):
-        row["target_experiment_id"] = known["target_experiment_id"]
+
+
+def _export(exp: Any, staging: Staging, known: Row | None) -> tuple[Row, dict[str, Any]]:
+    """`export_experiment`, also returning the document it wrote."""
+    row = experiment_row(exp, known)
+    doc = {"fields": experiment_fields(exp), "tags": row["tags"]}
+    staging.write_bytes(experiment_key(exp.experiment_id), dump_doc(EXPERIMENT_FORMAT, doc))
+    row.update(state=EXPORTED, error=None, failed_stage=None, updated_at=now_ms())
     return row, doc
 
 

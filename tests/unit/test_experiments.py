@@ -156,3 +156,75 @@ def test_an_experiment_an_earlier_command_made_is_looked_up_not_created_again(
     row = experiments.migrate_experiment(_source_experiment(), known, opts, open_staging(str(tmp_path)))
     assert target.calls == ["get_experiment_by_name"]
     assert row["target_experiment_id"] == "1" and row["state"] == "imported"
+
+
+def test_a_migrate_that_fails_keeps_what_the_experiment_was(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver plans with the source's fields: a row that fails in its stage still holds
+    the lifecycle stage (`finish` deletes a deleted one after an `import`), tags and times."""
+    from migrator import experiment_driver
+    from migrator.experiment_driver import ExperimentDriver
+
+    class Refusing(Target):
+        def create_experiment(self, name: str, tags: dict[str, str]) -> str:
+            raise MlflowException("not allowed", error_code="PERMISSION_DENIED")
+
+    monkeypatch.setattr(experiments, "client", lambda uri: Refusing({}))
+    exp = _source_experiment()
+    exp.lifecycle_stage = "deleted"
+    monkeypatch.setattr(experiment_driver.scope, "source_experiments", lambda opts: [exp])
+    driver = ExperimentDriver.__new__(ExperimentDriver)
+    staging = open_staging(str(tmp_path))
+    opts = Options(target="http://tgt", import_source_tags=False, max_attempts=1)
+    driver.m = SimpleNamespace(opts=opts, staging=staging)  # type: ignore[assignment]
+    driver.rows = {}
+    [row] = driver._through(driver.plan(do_export=True, do_import=True))
+    assert row["state"] == "failed" and row["failed_stage"] == "import"
+    assert "not allowed" in row["error"]
+    assert row["lifecycle_stage"] == "deleted" and row["tags"] == {"team": "risk"}
+    assert row["creation_time"] == 1 and row["artifact_location"] == "mlflow-artifacts:/7"
+    assert row["target_experiment_id"] is None
+
+
+def test_a_loop_that_stops_early_starts_no_more_experiments() -> None:
+    """An error or an interrupt ends the driver's loop while the next hundred is being made:
+    the experiments of that hundred not yet started are not started (the interpreter would
+    wait for them at exit), and nothing more is made after it."""
+    import threading
+    import time
+
+    from migrator.background import ahead
+    from migrator.experiment_driver import ExperimentDriver
+    from migrator.fanout import Stage
+
+    started, closed = threading.Event(), threading.Event()
+    made: list[str] = []
+
+    def make(row: dict[str, Any], opts: Options) -> dict[str, Any]:
+        made.append(row["source_experiment_id"])
+        if row["source_experiment_id"] == "100":  # the first of the hundred made ahead
+            started.set()
+            assert closed.wait(5)
+        return {**row, "state": "imported"}
+
+    driver = ExperimentDriver.__new__(ExperimentDriver)
+    driver.m = SimpleNamespace(opts=Options(concurrency=1))  # type: ignore[assignment]
+    step = Stage("migrate", make)
+    work: list[tuple[Stage | None, dict[str, Any]]] = [
+        (step, {"source_experiment_id": str(i)}) for i in range(300)
+    ]
+    stopped = threading.Event()
+    taken = ahead(driver.move(work, stopped), "experiments-stop", stopped=stopped)
+    assert len(next(taken)) == 100
+    assert started.wait(5)
+    taken.close()  # the loop stops: its `finally` sets `stopped`
+    assert stopped.is_set()
+    closed.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+        t.name == "ahead-experiments-stop" and t.is_alive() for t in threading.enumerate()
+    ):
+        time.sleep(0.05)
+    assert made == [str(i) for i in range(101)]
+    assert not [t for t in threading.enumerate() if t.name == "ahead-experiments-stop"]
