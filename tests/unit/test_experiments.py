@@ -110,14 +110,24 @@ def test_migrate_imports_from_the_document_it_staged_without_reading_it_back(
     assert list(tmp_path.rglob("experiment.json"))  # staged as `export` stages it
 
 
+def _moving(make: Any, n: int, concurrency: int) -> tuple[Any, list[Any]]:
+    """An experiment driver (no migration behind it) and `n` experiments, each to go through
+    `make` as its stage."""
+    from migrator.experiment_driver import ExperimentDriver
+    from migrator.fanout import Stage
+
+    driver = ExperimentDriver.__new__(ExperimentDriver)
+    driver.m = SimpleNamespace(opts=Options(concurrency=concurrency))  # type: ignore[assignment]
+    step = Stage("migrate", make)
+    return driver, [(step, {"source_experiment_id": str(i)}) for i in range(n)]
+
+
 def test_the_runs_of_a_hundred_experiments_move_while_the_next_hundred_are_made() -> None:
     """`ExperimentDriver.move` makes a hundred at a time; taken through `ahead`, as the driver
     does, the third hundred is made only once the loop has the first (its runs are moving)."""
     import threading
 
     from migrator.background import ahead
-    from migrator.experiment_driver import ExperimentDriver
-    from migrator.fanout import Stage
 
     first_taken = threading.Event()
     waited: list[bool] = []
@@ -127,12 +137,7 @@ def test_the_runs_of_a_hundred_experiments_move_while_the_next_hundred_are_made(
             waited.append(first_taken.wait(5))
         return {**row, "state": "imported"}
 
-    driver = ExperimentDriver.__new__(ExperimentDriver)
-    driver.m = SimpleNamespace(opts=Options(concurrency=4))  # type: ignore[assignment]
-    step = Stage("migrate", make)
-    work: list[tuple[Stage | None, dict[str, Any]]] = [
-        (step, {"source_experiment_id": str(i)}) for i in range(250)
-    ]
+    driver, work = _moving(make, 250, concurrency=4)
     work[5] = (None, {"source_experiment_id": "5", "state": "failed"})  # left as it is
     chunks = []
     for chunk in ahead(driver.move(work), "experiments"):
@@ -195,8 +200,6 @@ def test_a_loop_that_stops_early_starts_no_more_experiments() -> None:
     import time
 
     from migrator.background import ahead
-    from migrator.experiment_driver import ExperimentDriver
-    from migrator.fanout import Stage
 
     started, closed = threading.Event(), threading.Event()
     made: list[str] = []
@@ -208,12 +211,7 @@ def test_a_loop_that_stops_early_starts_no_more_experiments() -> None:
             assert closed.wait(5)
         return {**row, "state": "imported"}
 
-    driver = ExperimentDriver.__new__(ExperimentDriver)
-    driver.m = SimpleNamespace(opts=Options(concurrency=1))  # type: ignore[assignment]
-    step = Stage("migrate", make)
-    work: list[tuple[Stage | None, dict[str, Any]]] = [
-        (step, {"source_experiment_id": str(i)}) for i in range(300)
-    ]
+    driver, work = _moving(make, 300, concurrency=1)
     stopped = threading.Event()
     taken = ahead(driver.move(work, stopped), "experiments-stop", stopped=stopped)
     assert len(next(taken)) == 100
