@@ -291,14 +291,17 @@ def mlflow_server(
     python: str = sys.executable,
     artifacts_destination: str = "",
 ) -> Iterator[Service]:
-    """A fresh MLflow server on a fresh database; both gone afterwards."""
+    """A fresh MLflow server on a fresh database; both gone afterwards (the database too when
+    the server does not start)."""
     uri = backend_uri(kind, workdir, name)
-    svc = start_mlflow(name, uri, workdir, extra_args, env, python, artifacts_destination)
-    svc.backend = uri
     try:
-        yield svc
+        svc = start_mlflow(name, uri, workdir, extra_args, env, python, artifacts_destination)
+        svc.backend = uri
+        try:
+            yield svc
+        finally:
+            svc.stop()
     finally:
-        svc.stop()
         if not uri.startswith("sqlite"):
             with contextlib.suppress(Exception):
                 drop_database(uri)
