@@ -153,6 +153,12 @@ def describe(e: BaseException) -> str:
     return credentials.redact(f"{type(e).__name__}: {e}")
 
 
+def first_line(e: BaseException) -> str:
+    """The error's first line, marked `[…]` when more followed."""
+    line, _, rest = str(e).partition("\n")
+    return f"{line} […]" if rest.strip() else line
+
+
 def failed_row(row: Row, stage: str, error: BaseException | str) -> Row:
     """The row marked failed; the stage is the one the error names (a task that does several
     stages), else the task's."""
@@ -183,7 +189,10 @@ def _run_one(stage: Stage, row: Row, opts: Options) -> Row:
         except TransientError as e:
             if attempt == attempts:
                 return failed_row(row, stage.name, e)
-            log.warning("%s (attempt %d of %d, retrying)", e, attempt, attempts)
+            # One line (a server's SQL error runs to several); the whole of it at debug, and
+            # in the row if the last attempt fails too.
+            log.warning("%s (attempt %d of %d, retrying)", first_line(e), attempt, attempts)
+            log.debug("the whole error: %s", e)
             time.sleep(min(2**attempt, 30))
         except Exception as e:  # the one broad catch: the object fails, the migration goes on
             what = row.get("source_run_id") or row.get("source_model_id") or row.get("name", "")

@@ -85,6 +85,22 @@ def test_transient_error_retried_and_succeeds_on_second_attempt(sleeps: list[flo
     assert len(sleeps) == 1 and sleeps[0] > 0
 
 
+def test_a_retry_is_logged_in_one_line_and_a_last_failure_keeps_the_whole_error(
+    sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A target's SQL race comes with its statement and parameters on further lines."""
+    sql = "UNIQUE constraint failed: datasets.name\n[SQL: INSERT INTO datasets ...]\n[parameters: (...)]"
+
+    def racing(row: dict, opts: Options) -> dict:
+        raise TransientError(sql, obj="run a", stage="import")
+
+    with caplog.at_level("WARNING", logger="migrator.fanout"):
+        out = run_one(Stage("import", racing), _rows("a")[0], Options(max_attempts=2))
+    [retry] = [r.getMessage() for r in caplog.records]
+    assert retry == "import run a: UNIQUE constraint failed: datasets.name […] (attempt 1 of 2, retrying)"
+    assert out["state"] == "failed" and "[SQL: INSERT INTO datasets" in out["error"]
+
+
 def test_transient_error_gives_up_after_max_attempts(sleeps: list[float]) -> None:
     attempts = {"n": 0}
 
