@@ -35,13 +35,19 @@ def aside(fn: Callable[..., T], *args: Any) -> Future[T]:
 
 
 def ahead(
-    items: Iterable[T], name: str, depth: int = 1, stopped: threading.Event | None = None
+    items: Iterable[T],
+    name: str,
+    depth: int = 1,
+    stopped: threading.Event | None = None,
+    idle: T | None = None,
 ) -> Generator[T, None, None]:
     """`items`, made in a daemon thread up to `depth` ahead of the loop that takes them: the
     next is made while this one is used. An error raised while making one is raised here, in
     its place. When the loop stops early, `stopped` is set, and the thread stops once it has
     made the item it is making, which nobody takes; a producer given the same event can cut
-    that item short (`ExperimentDriver.move`)."""
+    that item short (`ExperimentDriver.move`). `idle`, when given, is handed out each time the
+    next item is not made yet, before the wait for it: the loop can send on what it holds
+    instead of holding it through the wait (`fanout.FLUSH`)."""
     handed: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=max(1, depth))
     if stopped is None:
         stopped = threading.Event()
@@ -67,6 +73,8 @@ def ahead(
     threading.Thread(target=make, name=f"ahead-{name}", daemon=True).start()
     try:
         while True:
+            if idle is not None and handed.empty():
+                yield idle
             last, value = handed.get()
             if last:
                 if value is not None:

@@ -96,13 +96,25 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+class Flush:
+    """The type of `FLUSH`."""
+
+
+#: In `batched`'s input: the input is about to wait (the next hundred experiments are not
+#: made yet; `pipeline`), so the rows held back for the tail go out now, in the tail's
+#: shrinking jobs, instead of waiting with it while workers run dry.
+FLUSH = Flush()
+
+
 def jobs_of(stage: Stage, rows: Iterable[Row], size: int, workers: int = 1) -> Iterator[Job]:
     """Rows into jobs of at most `size` rows each, lazily (rows may come from a paged search),
     shaped for `workers` jobs at a time (see `batched`)."""
     return batched(((stage, row) for row in rows), size, workers)
 
 
-def batched(items: Iterable[tuple[Stage, Row]], size: int, workers: int = 1) -> Iterator[Job]:
+def batched(
+    items: Iterable[tuple[Stage, Row] | Flush], size: int, workers: int = 1
+) -> Iterator[Job]:
     """(stage, row) pairs into jobs of one stage each, at most `size` rows, lazily.
 
     Shaped so that `workers` jobs at a time keep every worker busy from the first second to the
@@ -116,7 +128,8 @@ def batched(items: Iterable[tuple[Stage, Row]], size: int, workers: int = 1) -> 
     - **A tail at the end** (guided self-scheduling): `size * (workers - 1)` rows are held
       back, and once the input ends they go out in jobs of `ceil(rows left / workers)`, which
       shrink towards one row, so the workers finish together instead of one by one while
-      the last long jobs run. A small input is spread over the workers the same way.
+      the last long jobs run. A small input is spread over the workers the same way. `FLUSH`
+      in the input sends them the same way before the input waits.
     The hold-back is the only read-ahead (rows come from a paged search: no request waits
     on it). With `workers=1` both are off: plain jobs of `size`.
     """
@@ -130,7 +143,20 @@ def batched(items: Iterable[tuple[Stage, Row]], size: int, workers: int = 1) -> 
         n = size if sent >= workers else -(-size * (sent + 1) // workers)
         return n if rows_left is None else min(n, -(-rows_left // workers))
 
-    for stage, row in items:
+    def tail() -> Iterator[Job]:
+        nonlocal sent
+        for stage, rows in pending.values():
+            while rows:
+                n = cap(len(rows))
+                yield Job(stage, rows[:n])
+                del rows[:n]
+                sent += 1
+
+    for item in items:
+        if isinstance(item, Flush):
+            yield from tail()
+            continue
+        stage, row = item
         rows = pending.setdefault(stage.name, (stage, []))[1]
         rows.append(row)
         if len(rows) > held + cap() - 1:
@@ -138,12 +164,7 @@ def batched(items: Iterable[tuple[Stage, Row]], size: int, workers: int = 1) -> 
             yield Job(stage, rows[:n])
             del rows[:n]
             sent += 1
-    for stage, rows in pending.values():
-        while rows:
-            n = cap(len(rows))
-            yield Job(stage, rows[:n])
-            del rows[:n]
-            sent += 1
+    yield from tail()
 
 
 def describe(e: BaseException) -> str:

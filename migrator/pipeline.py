@@ -40,7 +40,7 @@ from migrator.config import Options
 from migrator.dataset_driver import DatasetDriver
 from migrator.errors import ConfigError, Interrupted, PermanentError, TransientError
 from migrator.experiment_driver import ExperimentDriver
-from migrator.fanout import Executor, describe
+from migrator.fanout import FLUSH, Executor, Flush, describe
 from migrator.layout import check_staging_format
 from migrator.lease import Lease
 from migrator.logged_model_driver import LoggedModelDriver
@@ -388,13 +388,20 @@ def _run_stages(m: Migration, command: str) -> Summary:
     m.runs.count_ahead(ids, from_source=do_export)
     exp_rows: list[Row] = []
 
-    def runs() -> Generator[tuple[Row, str], None, None]:
+    def runs() -> Generator[tuple[Row, str] | Flush, None, None]:
         """The runs of each hundred experiments, once those are made (`ExperimentDriver.move`,
-        the next hundred made in a thread of its own while this hundred's runs move)."""
+        the next hundred made in a thread of its own while this hundred's runs move); `FLUSH`
+        where the next hundred is not made yet, so the runs held for the tail do not wait."""
         stopped = threading.Event()  # set when the loop ends early: the hundred being made stops
-        made = ahead(m.experiments.move(work, stopped), "experiments", stopped=stopped)
+        not_made: list[Row] = []
+        made = ahead(
+            m.experiments.move(work, stopped), "experiments", stopped=stopped, idle=not_made
+        )
         with contextlib.closing(made):
             for chunk in made:
+                if chunk is not_made:
+                    yield FLUSH
+                    continue
                 exp_rows.extend(m.experiments.record(chunk))
                 yield from (m.runs.from_source(chunk) if do_export else m.runs.from_staging(chunk))
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from migrator import mlflow_io, scope
-from migrator.fanout import Job, Stage, batched, failed_row, jobs_of
+from migrator.fanout import Flush, Job, Stage, batched, failed_row, jobs_of
 from migrator.faults import crash_point
 from migrator.ledger import Ledger, Targets
 from migrator.manifest import EXPORTED, FAILED, IMPORTED, TAGGED, ManifestTable, Row, runs_table
@@ -137,15 +137,21 @@ class RunDriver:
 
     # ---- moving them ---------------------------------------------------------------------
 
-    def transfer(self, runs: Iterable[tuple[Row, str]], do_export: bool, do_import: bool) -> None:
+    def transfer(
+        self, runs: Iterable[tuple[Row, str] | Flush], do_export: bool, do_import: bool
+    ) -> None:
         """Export and/or import runs through the fan-out; when both are asked for, one task
-        does both for a run (`migrate_run`)."""
+        does both for a run (`migrate_run`). A `FLUSH` in `runs` goes on to `batched`."""
         m = self.m
         size = max(1, m.opts.batch_size)
         first = MIGRATE if do_import else EXPORT
 
-        def items() -> Iterator[tuple[Stage, Row]]:
-            for row, step in runs:
+        def items() -> Iterator[tuple[Stage, Row] | Flush]:
+            for run in runs:
+                if isinstance(run, Flush):
+                    yield run
+                    continue
+                row, step = run
                 m.summary.found[_found_as(row, step)] += 1
                 step = "export" if step == "resync" else step
                 if step == "export" and do_export:

@@ -69,3 +69,23 @@ def test_a_loop_that_stops_early_stops_the_thread() -> None:
     time.sleep(0.3)
     assert len(made) == stopped_at <= 3
     assert not [t for t in threading.enumerate() if t.name == "ahead-test" and t.is_alive()]
+
+
+def test_idle_is_handed_out_only_when_the_next_item_is_not_made_yet() -> None:
+    go_on = threading.Event()
+
+    def items() -> Iterator[int]:
+        yield 1
+        go_on.wait(5)  # item 2 is being made
+        yield 2
+
+    taken = ahead(items(), "test", idle=0)
+    got = [next(taken)]
+    if got == [0]:  # asked before item 1 was handed over
+        got = [next(taken)]
+    assert got == [1]
+    assert next(taken) == 0  # item 2 is not made yet: said so instead of waiting
+    go_on.set()
+    time.sleep(0.3)
+    assert next(taken) == 2  # made by now: no idle before it
+    assert set(taken) <= {0}  # the end, said idle too if it was not there yet

@@ -410,6 +410,28 @@ def test_no_more_rows_are_read_ahead_than_the_workers_hold() -> None:
     assert len(first.rows) == 1 and len(read) == 8 * 7 + 1
 
 
+def test_a_flush_sends_the_rows_held_back_before_the_input_waits() -> None:
+    """`FLUSH` (the next hundred experiments are not made yet): every row held back for the
+    tail goes out before `batched` reads on, in the tail's shrinking jobs."""
+    stage = Stage("s", _ok("x"))
+    read_past_flush = False
+
+    def items():
+        nonlocal read_past_flush
+        for i in range(60):
+            yield stage, {"source_run_id": str(i)}
+        yield fanout.FLUSH
+        read_past_flush = True
+        for i in range(60, 100):
+            yield stage, {"source_run_id": str(i)}
+
+    jobs = [(read_past_flush, job) for job in fanout.batched(items(), 8, 8)]
+    before = [r["source_run_id"] for past, j in jobs if not past for r in j.rows]
+    assert before == [str(i) for i in range(60)]
+    assert [r["source_run_id"] for _, j in jobs for r in j.rows] == [str(i) for i in range(100)]
+    assert max(len(j.rows) for _, j in jobs) <= 8
+
+
 def test_run_each_keeps_the_order_given_and_runs_side_by_side() -> None:
     import threading
     import time as _time
