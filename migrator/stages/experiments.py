@@ -94,10 +94,20 @@ def experiment_lineage(
         kind="experiment",
         obj=f"experiment {name!r} ({source_id})",
         find=find,
-        create=lambda: c.get_experiment(c.create_experiment(name, tags=tags)),
+        create=lambda: _made(c.create_experiment(name, tags=tags), name, tags),
         order=lambda e: e.experiment_id,
         target_id=lambda e: str(e.experiment_id),
     )
+
+
+def _made(experiment_id: str, name: str, tags: dict[str, str] | None) -> Any:
+    """The experiment a create just made, as the server holds it (active, with the tags the
+    create sent), without a request to read it back: on a server of thousands of experiments
+    that was one request in two of the experiments' own."""
+    from mlflow.entities import Experiment, ExperimentTag
+
+    made = [ExperimentTag(k, v) for k, v in (tags or {}).items()]
+    return Experiment(experiment_id, name, "", "active", made)
 
 
 def import_experiment(
