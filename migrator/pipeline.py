@@ -403,6 +403,7 @@ def _run_stages(m: Migration, command: str) -> Summary:
                     yield FLUSH
                     continue
                 exp_rows.extend(m.experiments.record(chunk))
+                m.runs.leave_out(chunk)
                 yield from (m.runs.from_source(chunk) if do_export else m.runs.from_staging(chunk))
 
     # Closed when the transfer stops early (an error, an interrupt): so is `ahead`'s thread.

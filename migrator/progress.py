@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -152,20 +153,17 @@ class Progress:
         moving.set()
         self._show()
 
-    def count_ahead(self, label: str, count: Callable[[], Iterable[int]]) -> threading.Thread:
-        """Count a kind's total in a thread: `count` yields running totals, the last final.
-        The thread starts at once and counts once the kind's first object is done (or after
-        `COUNT_AFTER_S`)."""
+    def count_ahead(self, label: str, count: Callable[[], None]) -> threading.Thread:
+        """Count a kind's total in a thread: `count` says its totals through `total`, the last
+        one final. The thread starts at once and counts once the kind's first object is done
+        (or after `COUNT_AFTER_S`)."""
         with self._lock:
             moving = self._moving.setdefault(label, threading.Event())
 
         def run() -> None:
             moving.wait(COUNT_AFTER_S)
-            n = 0
             try:
-                for n in count():
-                    self.total(label, n, final=False)
-                self.total(label, n, final=True)
+                count()
             except Exception as e:  # only the display loses its total
                 log.debug("counting %s ahead failed: %s", label, e)
 
@@ -219,3 +217,44 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class GroupTotal:
+    """A kind's total counted by group (runs by experiment), said to `progress` as it grows.
+    A group left out (an experiment that failed to move: its runs stay where they are) takes
+    what it counted out of the total, and is not counted further, so the bar of such a command
+    still ends full; the summary names the failure."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self._progress, self._label = progress, label
+        self._lock = threading.Lock()
+        self._by_group: Counter[str] = Counter()
+        self._left_out: set[str] = set()
+        self._n = 0
+        self._final = False
+
+    def add(self, group: str, n: int = 1, say: bool = False) -> None:
+        """`n` more objects of `group`; `say`: show the total so far."""
+        with self._lock:
+            if group not in self._left_out:
+                self._by_group[group] += n
+                self._n += n
+            if say:
+                self._say()
+
+    def final(self) -> None:
+        """Every group is counted."""
+        with self._lock:
+            self._final = True
+            self._say()
+
+    def leave_out(self, groups: Iterable[str]) -> None:
+        with self._lock:
+            for g in groups:
+                self._left_out.add(g)
+                self._n -= self._by_group.pop(g, 0)
+            if self._final:
+                self._say()
+
+    def _say(self) -> None:  # under the lock, so that an older total never follows a newer
+        self._progress.total(self._label, self._n, final=self._final)

@@ -23,6 +23,7 @@ from migrator.fanout import Flush, Job, Stage, batched, failed_row, jobs_of
 from migrator.faults import crash_point
 from migrator.ledger import Ledger, Targets
 from migrator.manifest import EXPORTED, FAILED, IMPORTED, TAGGED, ManifestTable, Row, runs_table
+from migrator.progress import GroupTotal
 from migrator.stages.export_runs import SOURCE_RUN, export_run, prefetch
 from migrator.stages.import_runs import import_run, migrate_run
 from migrator.stages.tag_runs import tag_run, with_targets
@@ -64,6 +65,8 @@ class RunDriver:
         self.rows: Ledger = self.table.open()
         #: Source → target run id, looked up in the ledger.
         self.targets: Targets = Targets(self.rows, "target_run_id")
+        #: The runs in scope, for the progress display (`count_ahead`).
+        self.total = GroupTotal(m.progress, "runs")
 
     @property
     def tables(self) -> tuple[ManifestTable]:
@@ -120,20 +123,25 @@ class RunDriver:
     def count_ahead(self, experiment_ids: list[str], from_source: bool) -> None:
         """The total of runs of these experiments for the progress display: counted on the
         source by a paged search in a thread of its own (for `import`: the manifest's)."""
+        total = self.total
         if not from_source:
-            counts = self.rows.counts(experiment_ids)
-            self.m.progress.total("runs", sum(counts.values()), final=True)
+            wanted = set(experiment_ids)
+            for experiment_id, n in self.rows.group_counts().items():
+                if experiment_id in wanted:
+                    total.add(experiment_id, n)
+            total.final()
             return
 
-        def count() -> Iterator[int]:
-            n = 0
-            for _ in scope.source_runs(self.m.opts, experiment_ids):
-                n += 1
-                if n % 1000 == 0:
-                    yield n
-            yield n
+        def count() -> None:
+            for n, run in enumerate(scope.source_runs(self.m.opts, experiment_ids), 1):
+                total.add(run.info.experiment_id, say=n % 1000 == 0)
+            total.final()
 
         self.m.progress.count_ahead("runs", count)
+
+    def leave_out(self, exp_rows: Iterable[Row]) -> None:
+        """Runs of experiments that failed to move stay where they are: out of the total."""
+        self.total.leave_out(e["source_experiment_id"] for e in exp_rows if e["state"] == FAILED)
 
     # ---- moving them ---------------------------------------------------------------------
 
