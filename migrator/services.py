@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +94,7 @@ def _start(
     workdir: Path,
     env: dict[str, str] | None = None,
     timeout: float = 180.0,
-    base_env: Mapping[str, str] | None = None,
 ) -> Service:
-    """Start `cmd` with `env` over `base_env` (default: this process's environment) and wait
-    until `health` answers."""
     import requests
 
     log_path = workdir / f"{name}.log"
@@ -107,7 +104,7 @@ def _start(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env={**(os.environ if base_env is None else base_env), **(env or {})},
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
     svc = Service(name, proc, url, log_path)
@@ -147,15 +144,12 @@ def start_mlflow(
     env: dict[str, str] | None = None,
     python: str = sys.executable,
     artifacts_destination: str = "",
-    base_env: Mapping[str, str] | None = None,
 ) -> Service:
     """`mlflow server` with proxied artifacts in a folder of its own, one worker, no job runner
     (`extra_args`, `env`: e.g. `--app-name basic-auth` and its settings; `python`: the
     interpreter of another MLflow, e.g. an MLflow 2 venv's from `venv`;
     `artifacts_destination`: another store for the proxied artifacts, e.g. `s3://bucket/src`
-    on the moto server, whose address and keys are then in `env`; `base_env`: the environment
-    under `env`, when not this process's)."""
-    base = os.environ if base_env is None else base_env
+    on the moto server, whose address and keys are then in `env`)."""
     port = free_port()
     artifacts = workdir / f"{name}-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -177,7 +171,7 @@ def start_mlflow(
         *extra_args,
     ]
     # As if its venv were active: older MLflow starts `gunicorn` by name, from PATH.
-    path = os.pathsep.join([os.path.dirname(python), base.get("PATH", "")])
+    path = os.pathsep.join([os.path.dirname(python), os.environ.get("PATH", "")])
     svc = _start(
         name,
         cmd,
@@ -185,7 +179,6 @@ def start_mlflow(
         "/health",
         workdir,
         {**SERVER_ENV, "PATH": path, **(env or {})},
-        base_env=base,
     )
     svc.artifacts_dir = artifacts
     svc.artifacts_destination = artifacts_destination or str(artifacts)
@@ -297,15 +290,12 @@ def mlflow_server(
     env: dict[str, str] | None = None,
     python: str = sys.executable,
     artifacts_destination: str = "",
-    base_env: Mapping[str, str] | None = None,
 ) -> Iterator[Service]:
     """A fresh MLflow server on a fresh database; both gone afterwards (the database too when
     the server does not start)."""
     uri = backend_uri(kind, workdir, name)
     try:
-        svc = start_mlflow(
-            name, uri, workdir, extra_args, env, python, artifacts_destination, base_env
-        )
+        svc = start_mlflow(name, uri, workdir, extra_args, env, python, artifacts_destination)
         svc.backend = uri
         try:
             yield svc

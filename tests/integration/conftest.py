@@ -17,7 +17,6 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,55 +65,13 @@ def s3_staging() -> str:
     return f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}"
 
 
-class SpareTargets:
-    """Fresh target servers started one ahead, in a thread of their own: a test takes one that
-    is up, and the next starts while the test runs. A start is ~6 s (two interpreters
-    importing MLflow), most of it while the test waits on servers, retries or a kill; the suite
-    starts dozens. Each starts with the environment the session began with, never a test's
-    monkeypatched one."""
-
-    Started = tuple[contextlib.AbstractContextManager[services.Service], services.Service]
-
-    def __init__(self, workdir: Path) -> None:
-        self._workdir = workdir
-        self._env = dict(os.environ)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="spare-target")
-        self._next: Future[SpareTargets.Started] = self._pool.submit(self._start)
-
-    def _start(self) -> Started:
-        name = f"target-{uuid.uuid4().hex[:6]}"
-        server = services.mlflow_server(
-            name, services.POSTGRES, self._workdir, base_env=self._env
-        )
-        return server, server.__enter__()
-
-    def take(self) -> Started:
-        """A started server and its context (whose exit stops it and drops its database)."""
-        taken, self._next = self._next, self._pool.submit(self._start)
-        return taken.result()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            server, _ = self._next.result()
-            server.__exit__(None, None, None)
-        self._pool.shutdown()
-
-
-@pytest.fixture(scope="session")
-def spare_targets(workdir: Path) -> Iterator[SpareTargets]:
-    spares = SpareTargets(workdir)
-    yield spares
-    spares.close()
-
-
 @pytest.fixture()
-def target_server(spare_targets: SpareTargets) -> Iterator[Callable[[], services.Service]]:
+def target_server(workdir: Path) -> Iterator[Callable[[], services.Service]]:
     """A factory of fresh target servers (PostgreSQL), all stopped when the test ends."""
     with contextlib.ExitStack() as stack:
         def make() -> services.Service:
-            server, svc = spare_targets.take()
-            stack.push(server)
-            return svc
+            name = f"target-{uuid.uuid4().hex[:6]}"
+            return stack.enter_context(services.mlflow_server(name, services.POSTGRES, workdir))
 
         yield make
 
