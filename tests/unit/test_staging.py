@@ -211,14 +211,18 @@ def test_open_staging_local_folder_and_file_uri(tmp_path: Path) -> None:
     assert (tmp_path / "viafile" / "k").read_bytes() == b"v"
 
 
-def test_delete_many_on_s3_deletes_in_batches_and_only_what_it_is_given(moto: str) -> None:
+def test_delete_many_on_s3_deletes_in_batches_and_only_what_it_is_given(
+    moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import uuid
 
     from migrator import staging as staging_mod
     from migrator.staging import S3Staging
 
+    assert staging_mod._DELETE_BATCH == 1000  # the most one DeleteObjects takes
+    monkeypatch.setattr(staging_mod, "_DELETE_BATCH", 10)  # the same, on fewer keys
     st = S3Staging(f"s3://stage/{uuid.uuid4().hex[:8]}")
-    keys = [f"manifests/_journal/runs/{i:05d}.parquet" for i in range(2345)]
+    keys = [f"manifests/_journal/runs/{i:05d}.parquet" for i in range(25)]
     for k in keys:
         st.write_bytes(k, b"x")
     st.write_bytes("manifests/runs.parquet", b"keep")
@@ -226,10 +230,10 @@ def test_delete_many_on_s3_deletes_in_batches_and_only_what_it_is_given(moto: st
     st._client.meta.events.register(
         "before-call.s3.DeleteObjects", lambda **_: requests.append("DeleteObjects")
     )
-    assert st.delete_many(iter(keys[:2001])) == 2001
-    assert len(requests) == -(-2001 // staging_mod._DELETE_BATCH)  # 3 requests, not 2,001
+    assert st.delete_many(iter(keys[:21])) == 21
+    assert len(requests) == 3  # one per batch, not one per key
     left = sorted(st.list_keys("manifests"))
-    assert left == sorted([*keys[2001:], "manifests/runs.parquet"])
+    assert left == sorted([*keys[21:], "manifests/runs.parquet"])
     assert st.delete_many([]) == 0 and len(requests) == 3
 
 
