@@ -205,7 +205,13 @@ def translate_errors(obj: str, stage: str = "") -> Iterator[None]:
             or bool(_POOL_EXHAUSTED.search(e.message))
         )
         kind = TransientError if transient else PermanentError
-        raise kind(f"{e.error_code}: {e.message}", obj=obj, stage=stage) from e
+        # A server's answer (RestException) starts with its code already: said once.
+        said = (
+            e.message
+            if e.message.startswith(f"{e.error_code}:")
+            else f"{e.error_code}: {e.message}"
+        )
+        raise kind(said, obj=obj, stage=stage) from e
     except (requests.ConnectionError, requests.Timeout) as e:
         raise TransientError(f"{type(e).__name__}: {e}", obj=obj, stage=stage) from e
 

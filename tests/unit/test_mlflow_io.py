@@ -173,6 +173,22 @@ def test_a_refused_value_is_permanent() -> None:
         raise MlflowException("Invalid value for parameter", error_code=INVALID_PARAMETER_VALUE)
 
 
+def test_a_server_answer_says_its_code_once() -> None:
+    """A server's answer (RestException) starts with its code; a client's own error not."""
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from migrator.errors import PermanentError
+
+    answer = RestException({"error_code": "BAD_REQUEST", "message": "value too long"})
+    with pytest.raises(PermanentError) as raised, mlflow_io.translate_errors("experiment e"):
+        raise answer
+    assert raised.value.message == "BAD_REQUEST: value too long"
+    with pytest.raises(PermanentError) as raised, mlflow_io.translate_errors("run r"):
+        raise MlflowException("Invalid value", error_code=INVALID_PARAMETER_VALUE)
+    assert raised.value.message == "INVALID_PARAMETER_VALUE: Invalid value"
+
+
 def test_a_source_database_of_another_schema_is_refused_untouched(tmp_path: Path) -> None:
     """An MLflow 2 database opened by MLflow 3's store is upgraded in place: refused first."""
     import sqlite3
