@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,24 @@ def test_missing_credentials_fail_fast(source: Source, s3: Any, tmp_path: Path,
     assert "credentials" in err.lower()
 
 
-def test_unreadable_source_artifact_fails_that_run_only(
+def test_a_run_and_an_experiment_the_servers_refuse_fail_alone(
     workdir: Path, target_server: Any, ray_local: None, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An artifact the source server cannot read (its file vanished behind a dangling link)."""
-    from migrator import services
+    """An artifact the source server cannot read (its file vanished behind a dangling link),
+    and an experiment whose name a SQLite source holds but PostgreSQL's 256-character column
+    refuses: each fails alone, named; the runs of the refused experiment stay where they are,
+    and leave the progress total (the bar ends full)."""
+    from migrator import progress, services
 
+    totals: list[tuple[str, int, bool]] = []
+    said = progress.Progress.total
+
+    def total(self: progress.Progress, label: str, n: int, final: bool) -> None:
+        totals.append((label, n, final))
+        said(self, label, n, final)
+
+    monkeypatch.setattr(progress.Progress, "total", total)
     with services.mlflow_server("broken-source", "sqlite", tmp_path) as src:
         c = MlflowClient(src.url)
         exp = c.create_experiment("broken")
@@ -127,15 +139,29 @@ def test_unreadable_source_artifact_fails_that_run_only(
         assert stored.is_file()
         stored.unlink()
         stored.symlink_to(tmp_path / "gone")
+        long_name = "a name over 256 characters " + "x" * 250
+        refused = c.create_experiment(long_name)
+        stays = {c.create_run(refused).info.run_id for _ in range(2)}
         target = target_server()
-        code = main(["migrate", "--source", src.url, "--target", target.url,
-                     "--staging", str(tmp_path / "staging")])
-        out = capsys.readouterr().out
-    assert code == 1
+        # one attempt: the retries (2 s, then 4 s, over MLflow's own) are the faults tests'
+        opts = Options(source=src.url, target=target.url, staging=str(tmp_path / "staging"),
+                       max_attempts=1)
+        summary = run_command("migrate", opts, make_executor)
+        out = summary.render()
+    assert not summary.ok
     assert f"run {bad}: export:" in out
+    assert f"experiment {long_name!r} ({refused}): import:" in out and "too long" in out
     rows = runs_table(LocalStaging(str(tmp_path / "staging"))).load()
     assert rows[bad]["state"] == "failed" and rows[bad]["failed_stage"] == "export"
     assert rows[good]["state"] == "tagged"
+    assert not stays & set(rows), "the runs of the refused experiment were not started"
+    tgt = MlflowClient(target.url)
+    assert sorted(e.name for e in tgt.search_experiments()) == ["Default", "broken"]
+    deadline = time.monotonic() + 30  # the count runs in a thread of its own
+    while not any(label == "runs" and final for label, _, final in totals):
+        assert time.monotonic() < deadline, totals
+        time.sleep(0.1)
+    assert [n for label, n, final in totals if label == "runs" and final][-1] == 2
 
 
 def test_a_model_the_target_refuses_fails_alone(
