@@ -141,7 +141,9 @@ class RunDriver:
 
     def leave_out(self, exp_rows: Iterable[Row]) -> None:
         """Runs of experiments that failed to move stay where they are: out of the total."""
-        self.total.leave_out(e["source_experiment_id"] for e in exp_rows if e["state"] == FAILED)
+        self.total.leave_out(
+            e["source_experiment_id"] for e in exp_rows if e.get("state") == FAILED
+        )
 
     # ---- moving them ---------------------------------------------------------------------
 
