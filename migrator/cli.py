@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_artifacts_depth(verify)
     audit = sub.add_parser("audit", help="lineage questions answered from the manifests")
     audit.add_argument("--staging", default=DEFAULTS.staging, help="the migration's staging URI")
-    which = audit.add_mutually_exclusive_group(required=True)
+    which = audit.add_mutually_exclusive_group()  # none: the summary
     which.add_argument("--source-run-id", help="where did this source run go, and what was it?")
     which.add_argument("--target-run-id", help="where did this target run come from?")
     which.add_argument("--model", help="a registered model by name: its row and its versions")
@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--target-model-id", help="where did this target logged model come from?")
     which.add_argument("--source-trace-id", help="where did this source trace go?")
     which.add_argument("--target-trace-id", help="where did this target trace come from?")
-    which.add_argument("--summary", action="store_true", help="counts by object type and state")
+    which.add_argument(
+        "--summary", action="store_true", help="counts by object type and state (the default)"
+    )
     audit.add_argument("--version", type=int, help="with --model or --prompt: just this version")
     audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
     _add_logging(audit)

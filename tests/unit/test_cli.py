@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,21 @@ def test_an_interrupted_command_exits_3_with_one_line(
     assert code == 3
     assert err.startswith("migrator: interrupted:") and "Traceback" not in err
     assert signal.getsignal(signal.SIGTERM) == before  # given back
+
+
+def test_audit_without_a_question_gives_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DESIGN.md's `audit --staging URI [--source-run-id ID | … | --summary]`."""
+    from migrator.manifest import runs_table
+    from migrator.staging import LocalStaging
+
+    staging = LocalStaging(str(tmp_path / "staging"))
+    runs = runs_table(staging)
+    runs.append([{"source_run_id": "s1", "state": "tagged", "artifact_bytes": 7}])
+    runs.compact()
+    assert main(["audit", "--staging", staging.uri, "--format", "json"]) == 0
+    asked = capsys.readouterr().out
+    assert json.loads(asked)["runs"] == {"tagged": 1}
+    assert main(["audit", "--staging", staging.uri, "--format", "json", "--summary"]) == 0
+    assert capsys.readouterr().out == asked
