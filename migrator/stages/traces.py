@@ -124,7 +124,7 @@ def row_fields(trace: Any) -> Row:
         "execution_duration": fields["execution_duration"],
         "trace_state": fields["state"],
         "client_request_id": info.client_request_id,
-        "tags": {k: v for k, v in info.tags.items() if k not in SERVER_OWNED_TAGS},
+        "tags": dict(info.tags),  # the server-set ones too: the source's, as it had them
         "trace_metadata": dict(info.trace_metadata),
         "source_run_id": info.trace_metadata.get(SOURCE_RUN_KEY),
         "source_model_id": info.trace_metadata.get(MODEL_ID_KEY),
@@ -241,7 +241,8 @@ def target_info(trace: Any, item: Row, opts: Options, target_id: str) -> Any:
         originals = {
             k: v for k, v in info.trace_metadata.items() if k in (SOURCE_RUN_KEY, MODEL_ID_KEY)
         }
-        tags.update(object_source_tags(fields, TRACE_FIELDS, {**tags, **originals}))
+        # every source system tag, the ones the target's server sets for itself too
+        tags.update(object_source_tags(fields, TRACE_FIELDS, {**info.tags, **originals}))
     return TraceInfo(
         trace_id=target_id,
         trace_location=TraceLocation.from_experiment_id(item["target_experiment_id"]),

@@ -113,6 +113,16 @@ def test_spans_keep_ids_parents_nanoseconds_status_and_events(moved: dict[str, A
         for f in ("request_time", "execution_duration", "state", "client_request_id",
                   "request_preview", "response_preview"):
             assert getattr(a.info, f) == getattr(b.info, f), f
+        # every source system tag kept, the ones each server sets for itself too
+        # (`mlflow.artifactLocation`, the spans' location), with the run and logged model
+        # links the metadata held on the source; and in the manifest
+        system = {k: v for k, v in a.info.tags.items() if k.startswith("mlflow.")}
+        assert "mlflow.artifactLocation" in system, a.info.tags
+        system.update((k, v) for k, v in a.info.trace_metadata.items()
+                      if k in ("mlflow.sourceRun", "mlflow.modelId"))
+        copies = {k: v for k, v in b.info.tags.items() if k.startswith("mlflow_exim.mlflow_tag.")}
+        assert copies == {"mlflow_exim.mlflow_tag." + k[7:]: v for k, v in system.items()}
+        assert dict(moved["manifest"][sid]["tags"]) == a.info.tags
     failed = tgt.get_trace(moved["ids"]["error"])
     raised = [s for s in failed.data.spans if s.status.status_code == "ERROR"]
     assert raised and any(e.name == "exception" for e in raised[0].events)
