@@ -5,17 +5,18 @@ experiments/<source_experiment_id>/experiment.json
 runs/<source_run_id>/run.json            written last: its presence means the export is complete
 runs/<source_run_id>/metrics.parquet     key, step, timestamp, value (every point)
 runs/<source_run_id>/artifacts/<path>    bytes as on the source
-models/<quoted name>/model.json          registered model with its versions
-models/<quoted name>/versions/<n>/artifacts/<path>   a version whose run was not migrated
-prompts/<quoted name>/model.json         a prompt with its versions (a registered model beneath)
+models/<name>/model.json          registered model with its versions
+models/<name>/versions/<n>/artifacts/<path>   a version whose run was not migrated
+prompts/<name>/model.json         a prompt with its versions (a registered model beneath)
 logged_models/<model_id>/logged_model.json          MLflow 3 logged model (params, metrics…)
 logged_models/<model_id>/artifacts/<path>
 traces/<trace_id>/trace.json             a trace: info, every span, assessments (`Trace.to_dict`)
 evaluation_datasets/<dataset_id>/dataset.json   an evaluation dataset with every record
-scorers/<experiment_id>/<quoted name>/scorer.json   a registered scorer, every version
+scorers/<experiment_id>/<name>/scorer.json   a registered scorer, every version
 ```
-A model name is percent-quoted into one path segment (`/` and `%` included), so any name maps
-to one folder and none can climb out of `models/`.
+A model's folder is its name as it is, but for the few characters percent-quoted into one path
+segment (`/`, `%`, `~`, `#`, backslash and unprintable ones), so any name maps to one folder and
+none can climb out of `models/`.
 Everything read back is validated here, so the import stage works only on well-formed input.
 """
 
@@ -26,7 +27,6 @@ import io
 import json
 import re
 from typing import Any
-from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -81,14 +81,28 @@ def model_folder(name: str, folder: str = "models") -> str:
     segment."""
     if not isinstance(name, str) or not name:
         raise StagingError(f"invalid model name {name!r}")
-    quoted = quote(name, safe="").replace("~", "%7E")  # `~` marks a shortened name only
+    quoted = "".join(_quote_char(c) for c in name)
     if quoted in (".", ".."):
         quoted = quoted.replace(".", "%2E")
-    if len(quoted) > MAX_SEGMENT:  # a file system's name limit: keep a prefix, add a digest
+    if len(quoted.encode()) > MAX_SEGMENT:  # a file system's limit: keep a prefix, add a digest
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        prefix = re.sub(r"%[0-9A-F]?$", "", quoted[: MAX_SEGMENT - 17])  # no half an escape
+        prefix = quoted.encode()[: MAX_SEGMENT - 17].decode(errors="ignore")  # whole characters
+        prefix = re.sub(r"%[0-9A-F]?$", "", prefix)  # and no half an escape
         quoted = f"{prefix}~{digest}"
     return f"{folder}/{quoted}"
+
+
+#: What a model name's folder does not hold as it is: the path separator, the escape itself,
+#: the mark of a shortened name, and what storage or URLs treat specially (`safe_key`).
+_QUOTED_CHARS = frozenset("/%~#\\")
+
+
+def _quote_char(c: str) -> str:
+    """A character of a model name as its folder holds it: itself (spaces and any script too:
+    the layout's `models/<name>/`), or percent-quoted as UTF-8 where it must be."""
+    if c in _QUOTED_CHARS or not c.isprintable():
+        return "".join(f"%{b:02X}" for b in c.encode())
+    return c
 
 
 def model_key(name: str, folder: str = "models") -> str:

@@ -68,7 +68,7 @@ def test_export_then_import_with_filters_and_no_source_tags(
     # Models came along: a version whose run is outside the filters (here a single file) was
     # staged from its own source; no source tags anywhere, the logged model's marker gone too.
     assert imported.versions == {"imported": 5} and imported.logged_models == {"tagged": 1}
-    assert (Path(staging) / "models" / "team.forecast%20model" / "model.json").is_file()
+    assert (Path(staging) / "models" / "team.forecast model" / "model.json").is_file()
     forecast = tgt.get_model_version("team.forecast model", "1")
     assert "/models/m-" in forecast.source and forecast.source.endswith("/artifacts/model.txt")
     source_file = src.get_model_version("team.forecast model", "1")

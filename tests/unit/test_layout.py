@@ -197,12 +197,15 @@ def test_metrics_from_corrupt_bytes_is_staging_error() -> None:
         ("a/b", "models/a%2Fb"),
         ("a%b", "models/a%25b"),
         ("a%2Fb", "models/a%252Fb"),
-        ("a b", "models/a%20b"),
+        ("a b", "models/a b"),
+        ("Wine Quality (prod), v2: +ok?", "models/Wine Quality (prod), v2: +ok?"),
         (".", "models/%2E"),
         ("..", "models/%2E%2E"),
         ("...", "models/..."),
         ("../x", "models/..%2Fx"),
-        ("é", "models/%C3%A9"),
+        ("é 模型", "models/é 模型"),
+        ("a#b\\c", "models/a%23b%5Cc"),
+        ("tab\there\n", "models/tab%09here%0A"),
     ],
 )
 def test_model_folder(name: str, folder: str) -> None:
@@ -249,7 +252,8 @@ def test_model_folder_is_one_safe_segment(name: str) -> None:
 def test_model_folder_names_map_to_distinct_folders() -> None:
     from migrator.layout import model_folder
 
-    names = ["a/b", "a%2Fb", "a%252Fb", ".", "%2E", "..", "%2E%2E", "a b", "a+b", "a%20b", "A/B"]
+    names = ["a/b", "a%2Fb", "a%252Fb", ".", "%2E", "..", "%2E%2E", "a b", "a+b", "a%20b", "A/B",
+             "a\tb", "a%09b", "~", "%7E"]
     assert len({model_folder(n) for n in names}) == len(names)
 
 
@@ -313,11 +317,19 @@ def test_validate_files() -> None:
 # ---- long model names --------------------------------------------------------------------
 
 
+def _quoted(name: str) -> str:
+    """A name quoted for its folder, by hand: `/ % ~ # \\` and unprintable characters only."""
+    return "".join(
+        "".join(f"%{b:02X}" for b in c.encode()) if c in "/%~#\\" or not c.isprintable() else c
+        for c in name
+    )
+
+
 def _long_name_cases() -> list[str]:
     return [
         "x" * 256,
         "x" * 201,
-        "é" * 100,  # 200 characters, 600 once quoted
+        "é" * 101,  # 101 characters, 202 bytes
         "a/" * 80,  # every `/` quoted as %2F
         "%" * 70,  # every `%` quoted as %25
         "日本語モデル" * 40,
@@ -329,26 +341,25 @@ def _long_name_cases() -> list[str]:
 def test_model_folder_of_a_long_name_is_a_prefix_and_a_digest(name: str) -> None:
     import hashlib
     import re
-    from urllib.parse import quote
 
     from migrator.layout import MAX_SEGMENT, model_folder, model_key
     from migrator.staging import safe_key
 
     assert MAX_SEGMENT == 200
-    assert len(quote(name, safe="")) > MAX_SEGMENT
+    assert len(_quoted(name).encode()) > MAX_SEGMENT
     folder = model_folder(name)
     segments = folder.split("/")
     assert segments[0] == "models"
     assert len(segments) == 2  # one path segment
     segment = segments[1]
-    assert len(segment) <= MAX_SEGMENT
-    assert len(segment.encode()) <= MAX_SEGMENT  # ASCII: bytes on disk, too
+    assert len(segment.encode()) <= MAX_SEGMENT  # bytes on disk
     prefix, tilde, digest = segment.rpartition("~")
     assert tilde == "~"
     assert re.fullmatch(r"[0-9a-f]{16}", digest)
     assert digest == hashlib.sha256(name.encode()).hexdigest()[:16]
-    assert quote(name, safe="").startswith(prefix)  # a prefix of the quoted name
-    assert len(prefix) >= MAX_SEGMENT - 17 - 2  # only a cut `%`-escape is dropped
+    assert _quoted(name).startswith(prefix)  # a prefix of the quoted name
+    # only a cut `%`-escape (2 bytes) or a cut character (3 bytes at most) is dropped
+    assert len(prefix.encode()) >= MAX_SEGMENT - 17 - 3
     assert safe_key(folder) == folder
     assert model_folder(name) == folder  # the same every time
     assert model_key(name) == f"{folder}/model.json"
@@ -372,15 +383,13 @@ def test_model_folder_long_names_differing_at_the_end_are_distinct(a: str, b: st
 
 
 @pytest.mark.parametrize(
-    "name", ["x" * 200, "é" * 33, "%" * 66, "a~" * 50, "churn", "m" * 175 + "~" + "0" * 16]
+    "name", ["x" * 200, "é" * 100, "%" * 66, "a~" * 50, "churn", "m" * 175 + "~" + "0" * 16]
 )
 def test_model_folder_of_a_name_up_to_the_limit_is_just_quoted(name: str) -> None:
-    from urllib.parse import quote
-
     from migrator.layout import MAX_SEGMENT, model_folder
 
-    quoted = quote(name, safe="").replace("~", "%7E")
-    assert len(quoted) <= MAX_SEGMENT
+    quoted = _quoted(name)
+    assert len(quoted.encode()) <= MAX_SEGMENT
     assert model_folder(name) == f"models/{quoted}"
 
 
