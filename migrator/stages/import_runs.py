@@ -141,7 +141,7 @@ def _find_or_create(
         def create() -> Any:
             return c._tracking_client.store.create_run(
                 experiment_id=target_exp,
-                user_id=info.get("user_id") or "unknown",
+                user_id=info.get("user_id") or "",  # as on the source: a REST client may name none
                 start_time=info["start_time"],
                 tags=[RunTag(k, v) for k, v in _creation_tags(doc, opts).items()],
                 run_name=info.get("run_name"),

@@ -48,8 +48,13 @@ def hostile_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         for key in ("experiment", "long experiment"):
             exp = c.create_experiment(NAMES[key], tags={"note": AWKWARD})
             for i in range(2):
-                run = c.create_run(exp, run_name=f"{AWKWARD} {i}",
-                                   tags={"mlflow.user": "o'neil \"x\"", "multi": "a\nb\x01c"})
+                tags = {"mlflow.user": "o'neil \"x\"", "multi": "a\nb\x01c"}
+                if i:
+                    run = c.create_run(exp, run_name=f"{AWKWARD} {i}", tags=tags)
+                else:  # as a REST client that names no user makes it: user_id ""
+                    run = c._tracking_client.store.create_run(
+                        exp, "", 1_700_000_000_000, [RunTag(k, v) for k, v in tags.items()],
+                        f"{AWKWARD} {i}")
                 c.log_batch(run.info.run_id, metrics=[Metric("m", 1.0, 1, 0)],
                             params=[Param("p", AWKWARD)], tags=[RunTag("t", LONG_UNICODE)])
                 c.log_text(run.info.run_id, "x", f"files/{LONG_UNICODE[:40]}.txt")
@@ -82,6 +87,10 @@ def test_awkward_names_and_tags_migrate_exactly(
     assert sorted(r.data.tags[SOURCE_RUN_ID_TAG] for r in runs) == sorted(hostile_source["runs"])
     assert all(r.data.params["p"] == AWKWARD and r.data.tags["multi"] == "a\nb\x01c"
                for r in runs)
+    src = MlflowClient(hostile_source["url"])
+    users = {r.data.tags[SOURCE_RUN_ID_TAG]: r.info.user_id for r in runs}
+    assert users == {rid: src.get_run(rid).info.user_id for rid in hostile_source["runs"]}
+    assert sorted(users.values()).count("") == 2  # kept empty, not made up
     for n in ("1", "2"):
         v = tgt.get_model_version(NAMES["model"], n)
         assert v.tags["q"] == AWKWARD and v.run_id in {r.info.run_id for r in runs}
