@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from migrator.errors import ConfigError, TransientError
+from migrator.lineage import (
+    MAX_EXPERIMENT_TAG_VALUE_LENGTH,
+    MAX_EXPERIMENT_TAG_VALUE_LENGTH_BEFORE_3_16,
+)
 from migrator.mlflow_io import host_creds, translate_errors
 
 if TYPE_CHECKING:
@@ -243,6 +248,12 @@ class ServerCapabilities:
         head = self.version.split(".", 1)[0]
         return int(head) if head.isdigit() else None
 
+    def at_least(self, *release: int) -> bool:
+        """Whether the server says it is this MLflow release or a later one (`3.16.0rc1` is
+        3.16; a server that does not say is not)."""
+        said = re.match(r"(\d+)\.(\d+)", self.version)
+        return said is not None and tuple(map(int, said.groups())) >= release
+
     def describe(self) -> str:
         """`MLflow 2.16.2`, or what the probes make of a server that does not say."""
         if self.version:
@@ -401,6 +412,19 @@ def of(opts: Options, uri: str) -> ServerCapabilities:
 
 def source_has(opts: Options, feature: str) -> bool:
     return of(opts, opts.source).has(feature)
+
+
+def experiment_tag_value_limit(opts: Options) -> int:
+    """The longest experiment tag value the target takes (a longer one is cut to it, as every
+    tag is cut to the target's limit): 20,000 characters from MLflow 3.16, 5,000 before and
+    where the target does not say its version. Options without the target's probe (never a
+    command's: its preflight probes) get this package's MLflow's limit."""
+    for c in opts.capabilities:
+        if c.uri == opts.target:
+            if c.at_least(3, 16):
+                return MAX_EXPERIMENT_TAG_VALUE_LENGTH
+            return MAX_EXPERIMENT_TAG_VALUE_LENGTH_BEFORE_3_16
+    return MAX_EXPERIMENT_TAG_VALUE_LENGTH
 
 
 def notes(opts: Options, *, source: bool = True, target: bool = True) -> list[str]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from migrator.capabilities import experiment_tag_value_limit
 from migrator.config import Options
 from migrator.errors import StagingError
 from migrator.layout import EXPERIMENT_FORMAT, dump_doc, experiment_key, load_doc
 from migrator.lineage import (
     EXPERIMENT_FIELDS,
-    MAX_EXPERIMENT_TAG_VALUE_LENGTH,
     experiment_source_tags,
     fit,
 )
@@ -124,7 +124,7 @@ def import_experiment(
         wanted = dict(tags)
         if opts.import_source_tags:
             wanted.update(experiment_source_tags(fields, tags))
-        wanted = fit(wanted, MAX_EXPERIMENT_TAG_VALUE_LENGTH)
+        wanted = fit(wanted, experiment_tag_value_limit(opts))
         if source_id == DEFAULT_EXPERIMENT_ID:
             target = c.get_experiment(DEFAULT_EXPERIMENT_ID)
         else:
@@ -192,7 +192,7 @@ def verify_experiment(row: Row, opts: Options) -> Row:
     want = dict(source.tags)
     if opts.import_source_tags:
         want.update(experiment_source_tags(experiment_fields(source), source.tags))
-    want = fit(want, MAX_EXPERIMENT_TAG_VALUE_LENGTH)
+    want = fit(want, experiment_tag_value_limit(opts))
     bad = [k for k, v in want.items() if target.tags.get(k) != v]
     if not opts.import_source_tags:
         bad += [k for k in target.tags if k.startswith("mlflow_exim.")]

@@ -226,3 +226,32 @@ def test_a_loop_that_stops_early_starts_no_more_experiments() -> None:
         time.sleep(0.05)
     assert made == [str(i) for i in range(101)]
     assert not [t for t in threading.enumerate() if t.name == "ahead-experiments-stop"]
+
+
+@pytest.mark.parametrize(
+    ("version", "limit"),
+    [("3.18.0", 20_000), ("3.16.0rc1", 20_000), ("4.0", 20_000), ("3.15.2", 5000), ("", 5000)],
+)
+def test_a_tag_value_is_cut_to_the_limit_of_the_targets_mlflow(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, version: str, limit: int
+) -> None:
+    """MLflow 3.16 took experiment tag values from 5,000 characters to 20,000: a newer
+    source's longer value (a description, say) is cut to what the target takes, and verify
+    expects it so."""
+    from migrator.capabilities import ServerCapabilities
+
+    target = Target({})
+    monkeypatch.setattr(experiments, "client", lambda uri: target)
+    staging = open_staging(str(tmp_path))
+    exp = _source_experiment()
+    exp.tags = {"mlflow.note.content": "d" * 25_000}
+    caps = (ServerCapabilities("http://tgt", version, frozenset()),)
+    opts = Options(target="http://tgt", import_source_tags=False, capabilities=caps)
+    row = experiments.import_experiment(experiments.export_experiment(exp, staging), opts, staging)
+    assert target.by_name["churn"].tags == {"mlflow.note.content": "d" * limit}
+    sides = {"http://src": exp, "http://tgt": target.by_name["churn"]}
+    monkeypatch.setattr(
+        "migrator.mlflow_io.get_experiment_or_none", lambda uri, exp_id: sides[uri]
+    )
+    report = experiments.verify_experiment(row, opts.replace(source="http://src"))
+    assert report["outcome"] == "match", report
