@@ -5,9 +5,9 @@ experiments/<source_experiment_id>/experiment.json
 runs/<source_run_id>/run.json            written last: its presence means the export is complete
 runs/<source_run_id>/metrics.parquet     key, step, timestamp, value (every point)
 runs/<source_run_id>/artifacts/<path>    bytes as on the source
-models/<name>/model.json          registered model with its versions
+models/<name>/model.json                 registered model with its versions
 models/<name>/versions/<n>/artifacts/<path>   a version whose run was not migrated
-prompts/<name>/model.json         a prompt with its versions (a registered model beneath)
+prompts/<name>/model.json                a prompt with its versions (a registered model beneath)
 logged_models/<model_id>/logged_model.json          MLflow 3 logged model (params, metrics…)
 logged_models/<model_id>/artifacts/<path>
 traces/<trace_id>/trace.json             a trace: info, every span, assessments (`Trace.to_dict`)

@@ -323,17 +323,18 @@ def _make_schema_template(kind: str) -> str | None:
     import atexit
 
     import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables
 
-    if kind == POSTGRES:
-        uri = create_database(POSTGRES, prefix="migrator_schema")
-        made, remove = uri.rsplit("/", 1)[1], lambda: drop_database(uri)
-    else:
-        folder = tempfile.mkdtemp(prefix="migrator-schema-")
-        made = os.path.join(folder, "mlflow.db")
-        uri, remove = f"sqlite:///{made}", lambda: shutil.rmtree(folder, ignore_errors=True)
-    atexit.register(remove)
     try:
+        from mlflow.store.db.utils import _initialize_tables  # MLflow's own, not a public API
+
+        if kind == POSTGRES:
+            uri = create_database(POSTGRES, prefix="migrator_schema")
+            made, remove = uri.rsplit("/", 1)[1], lambda: drop_database(uri)
+        else:
+            folder = tempfile.mkdtemp(prefix="migrator-schema-")
+            made = os.path.join(folder, "mlflow.db")
+            uri, remove = f"sqlite:///{made}", lambda: shutil.rmtree(folder, ignore_errors=True)
+        atexit.register(remove)
         engine = sqlalchemy.create_engine(uri)
         quiet = logging.getLogger("mlflow.store.db.utils")
         level = quiet.level
