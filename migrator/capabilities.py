@@ -402,12 +402,14 @@ def with_capabilities(opts: Options, *uris: str) -> Options:
     return opts.replace(capabilities=tuple(found.values()))
 
 
+def probed(opts: Options, uri: str) -> ServerCapabilities | None:
+    """The capabilities of one side as the driver probed them, if it did."""
+    return next((c for c in opts.capabilities if c.uri == uri), None)
+
+
 def of(opts: Options, uri: str) -> ServerCapabilities:
     """The capabilities of one side, as the driver probed them (or probed here, once)."""
-    for c in opts.capabilities:
-        if c.uri == uri:
-            return c
-    return probe(uri)
+    return probed(opts, uri) or probe(uri)
 
 
 def source_has(opts: Options, feature: str) -> bool:
@@ -419,12 +421,10 @@ def experiment_tag_value_limit(opts: Options) -> int:
     tag is cut to the target's limit): 20,000 characters from MLflow 3.16, 5,000 before and
     where the target does not say its version. Options without the target's probe (never a
     command's: its preflight probes) get this package's MLflow's limit."""
-    for c in opts.capabilities:
-        if c.uri == opts.target:
-            if c.at_least(3, 16):
-                return MAX_EXPERIMENT_TAG_VALUE_LENGTH
-            return MAX_EXPERIMENT_TAG_VALUE_LENGTH_BEFORE_3_16
-    return MAX_EXPERIMENT_TAG_VALUE_LENGTH
+    target = probed(opts, opts.target)
+    if target is None or target.at_least(3, 16):
+        return MAX_EXPERIMENT_TAG_VALUE_LENGTH
+    return MAX_EXPERIMENT_TAG_VALUE_LENGTH_BEFORE_3_16
 
 
 def notes(opts: Options, *, source: bool = True, target: bool = True) -> list[str]:
